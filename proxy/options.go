@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// ProxyProtocolMode says whether clients' connections start with a PROXY
+// protocol header (from a load balancer).
+type ProxyProtocolMode string
+
+const (
+	// ProxyProtocolOff: no header is read; a header is bad input.
+	ProxyProtocolOff ProxyProtocolMode = "off"
+	// ProxyProtocolOptional: a header is read when a trusted peer sends one.
+	ProxyProtocolOptional ProxyProtocolMode = "optional"
+	// ProxyProtocolRequired: a trusted peer must send one; untrusted peers are refused.
+	ProxyProtocolRequired ProxyProtocolMode = "required"
+)
+
+// Options are a Server's settings. The zero value of every field but Upstream
+// means "the default" (see DefaultOptions).
+type Options struct {
+	// Upstream is the broker's address, host:port.
+	Upstream string
+	// DialTimeout bounds connecting to the broker.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds a client's protocol header, PROXY header and
+	// connection.start-ok … connection.open; a client that has not opened its
+	// connection by then is closed.
+	HandshakeTimeout time.Duration
+	// Heartbeat is the largest heartbeat interval offered to clients in
+	// connection.tune (the broker's own value if it is smaller); 0 keeps the broker's.
+	Heartbeat time.Duration
+	// UpstreamHeartbeat is the interval the proxy asks the broker for.
+	UpstreamHeartbeat time.Duration
+	// FrameMax caps frame_max on both sides.
+	FrameMax uint32
+	// ChannelMax caps channel_max offered to clients (0 keeps the broker's).
+	ChannelMax uint16
+	// MaxUnconfirmed bounds the unconfirmed publishes one session keeps for
+	// replay, in bytes of content. A session over the bound keeps running but
+	// can no longer be moved by a failover.
+	MaxUnconfirmed int
+	// ReadBufferSize and WriteBufferSize size each connection's buffers.
+	ReadBufferSize int
+
+	// ProxyProtocol reads PROXY headers from clients in TrustedProxies.
+	ProxyProtocol       ProxyProtocolMode
+	TrustedProxies      []netip.Prefix
+	ProxyHeaderTimeout  time.Duration
+	// SendProxyProtocol is "", "v1" or "v2": the header written to the broker
+	// so it sees the client's real address.
+	SendProxyProtocol string
+
+	// ShutdownGrace bounds how long Shutdown lets sessions finish before
+	// closing them with 320 CONNECTION_FORCED.
+	ShutdownGrace time.Duration
+
+	// Logger receives the server's logs; each session gets a child logger.
+	Logger zerolog.Logger
+}
+
+// DefaultOptions are the values used for zero fields.
+var DefaultOptions = Options{
+	DialTimeout:        5 * time.Second,
+	HandshakeTimeout:   10 * time.Second,
+	Heartbeat:          60 * time.Second,
+	UpstreamHeartbeat:  30 * time.Second,
+	FrameMax:           131072,
+	MaxUnconfirmed:     16 << 20,
+	ReadBufferSize:     256 << 10,
+	ProxyProtocol:      ProxyProtocolOff,
+	ProxyHeaderTimeout: 5 * time.Second,
+	ShutdownGrace:      30 * time.Second,
+}
