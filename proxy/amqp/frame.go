@@ -140,6 +140,10 @@ func (r *Reader) ReadFrame() (Frame, error) {
 // own ceiling for frame_max is far below it).
 const maxBuffer = 16 << 20
 
+// maxEmptyReads is how many reads in a row may return no data and no error
+// before the stream is taken as broken (bufio allows as many).
+const maxEmptyReads = 100
+
 // fill makes at least n bytes available at buf[r:]. It moves unread bytes to
 // the front only when it has to read, so frames already returned stay valid
 // until the caller asks for more than is buffered.
@@ -148,6 +152,10 @@ func (r *Reader) fill(n int) error {
 		return nil
 	}
 	if r.err != nil {
+		if errors.Is(r.err, io.EOF) && r.w > r.r {
+			// The stream ended earlier with part of a frame buffered.
+			return io.ErrUnexpectedEOF
+		}
 		return r.err
 	}
 	if n > len(r.buf) {
@@ -159,7 +167,7 @@ func (r *Reader) fill(n int) error {
 		r.w = copy(r.buf, r.buf[r.r:r.w])
 		r.r = 0
 	}
-	for r.w-r.r < n {
+	for empty := 0; r.w-r.r < n; {
 		m, err := r.src.Read(r.buf[r.w:])
 		r.w += m
 		if err != nil {
@@ -173,7 +181,9 @@ func (r *Reader) fill(n int) error {
 			r.err = err
 			return err
 		}
-		if m == 0 {
+		if m > 0 {
+			empty = 0
+		} else if empty++; empty >= maxEmptyReads {
 			return io.ErrNoProgress
 		}
 	}
