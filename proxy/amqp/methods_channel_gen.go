@@ -136,10 +136,10 @@ func (m *ChannelFlowOk) decodeArgs(r *wireReader) {
 
 // ChannelClose is channel.close (class 20, method 40; synchronous).
 type ChannelClose struct {
-	ReplyCode uint16 // reply-code short
-	ReplyText string // reply-text shortstr
-	ClassId   uint16 // class-id short
-	MethodId  uint16 // method-id short
+	ReplyCode       uint16 // reply-code short
+	ReplyText       string // reply-text shortstr
+	FailingClassID  uint16 // class-id short
+	FailingMethodID uint16 // method-id short
 }
 
 // ClassID is 20.
@@ -161,16 +161,16 @@ func (*ChannelClose) Synchronous() bool { return true }
 func (m *ChannelClose) AppendArgs(dst []byte) []byte {
 	dst = binary.BigEndian.AppendUint16(dst, m.ReplyCode)
 	dst = appendShortstr(dst, m.ReplyText, "channel.close reply-text")
-	dst = binary.BigEndian.AppendUint16(dst, m.ClassId)
-	dst = binary.BigEndian.AppendUint16(dst, m.MethodId)
+	dst = binary.BigEndian.AppendUint16(dst, m.FailingClassID)
+	dst = binary.BigEndian.AppendUint16(dst, m.FailingMethodID)
 	return dst
 }
 
 func (m *ChannelClose) decodeArgs(r *wireReader) {
 	m.ReplyCode = r.short("reply-code")
 	m.ReplyText = r.shortstr("reply-text")
-	m.ClassId = r.short("class-id")
-	m.MethodId = r.short("method-id")
+	m.FailingClassID = r.short("class-id")
+	m.FailingMethodID = r.short("method-id")
 }
 
 // ChannelCloseOk is channel.close-ok (class 20, method 41; synchronous).

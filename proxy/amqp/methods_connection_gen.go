@@ -290,10 +290,10 @@ func (m *ConnectionOpenOk) decodeArgs(r *wireReader) {
 
 // ConnectionClose is connection.close (class 10, method 50; synchronous).
 type ConnectionClose struct {
-	ReplyCode uint16 // reply-code short
-	ReplyText string // reply-text shortstr
-	ClassId   uint16 // class-id short
-	MethodId  uint16 // method-id short
+	ReplyCode       uint16 // reply-code short
+	ReplyText       string // reply-text shortstr
+	FailingClassID  uint16 // class-id short
+	FailingMethodID uint16 // method-id short
 }
 
 // ClassID is 10.
@@ -315,16 +315,16 @@ func (*ConnectionClose) Synchronous() bool { return true }
 func (m *ConnectionClose) AppendArgs(dst []byte) []byte {
 	dst = binary.BigEndian.AppendUint16(dst, m.ReplyCode)
 	dst = appendShortstr(dst, m.ReplyText, "connection.close reply-text")
-	dst = binary.BigEndian.AppendUint16(dst, m.ClassId)
-	dst = binary.BigEndian.AppendUint16(dst, m.MethodId)
+	dst = binary.BigEndian.AppendUint16(dst, m.FailingClassID)
+	dst = binary.BigEndian.AppendUint16(dst, m.FailingMethodID)
 	return dst
 }
 
 func (m *ConnectionClose) decodeArgs(r *wireReader) {
 	m.ReplyCode = r.short("reply-code")
 	m.ReplyText = r.shortstr("reply-text")
-	m.ClassId = r.short("class-id")
-	m.MethodId = r.short("method-id")
+	m.FailingClassID = r.short("class-id")
+	m.FailingMethodID = r.short("method-id")
 }
 
 // ConnectionCloseOk is connection.close-ok (class 10, method 51; synchronous).

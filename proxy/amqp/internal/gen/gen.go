@@ -42,8 +42,9 @@ type Method struct {
 
 // Field is one argument of a method.
 type Field struct {
-	Name string // as in the spec: "routing-key"
-	Type string // bit octet short long longlong shortstr longstr table
+	Name   string // as in the spec: "routing-key"
+	Type   string // bit octet short long longlong shortstr longstr table
+	GoName string // the struct field: "RoutingKey"
 }
 
 var goTypes = map[string]string{
@@ -117,18 +118,26 @@ func Parse(src []byte) ([]*Class, error) {
 		}
 		names := map[string]bool{}
 		for _, w := range words[3:] {
-			name, typ, ok := strings.Cut(w, ":")
-			if !ok || name == "" {
-				return nil, fmt.Errorf("spec line %d: field %q is not <name>:<type>", line, w)
+			parts := strings.Split(w, ":")
+			if len(parts) < 2 || len(parts) > 3 || parts[0] == "" {
+				return nil, fmt.Errorf("spec line %d: field %q is not <name>:<type>[:<GoName>]", line, w)
+			}
+			name, typ, goName := parts[0], parts[1], camel(parts[0])
+			if len(parts) == 3 {
+				goName = parts[2]
 			}
 			if _, ok := goTypes[typ]; !ok {
 				return nil, fmt.Errorf("spec line %d: field %s has unknown type %q", line, name, typ)
 			}
-			if names[name] {
+			if names[name] || names[goName] {
 				return nil, fmt.Errorf("spec line %d: field %s appears twice", line, name)
 			}
-			names[name] = true
-			m.Fields = append(m.Fields, Field{Name: name, Type: typ})
+			switch goName {
+			case "ClassID", "MethodID", "Name", "HasContent", "Synchronous", "AppendArgs":
+				return nil, fmt.Errorf("spec line %d: field %s would be named like a method; give it a Go name", line, name)
+			}
+			names[name], names[goName] = true, true
+			m.Fields = append(m.Fields, Field{Name: name, Type: typ, GoName: goName})
 		}
 		cur.Methods = append(cur.Methods, m)
 	}
@@ -141,11 +150,15 @@ func Parse(src []byte) ([]*Class, error) {
 	return classes, nil
 }
 
-// camel turns "routing-key" into "RoutingKey".
+// camel turns "routing-key" into "RoutingKey" and "id" into "ID".
 func camel(s string) string {
 	var b strings.Builder
 	for _, part := range strings.Split(s, "-") {
 		if part == "" {
+			continue
+		}
+		if part == "id" {
+			b.WriteString("ID")
 			continue
 		}
 		b.WriteString(strings.ToUpper(part[:1]))
@@ -294,7 +307,7 @@ func genMethod(p func(string, ...any), m *Method) {
 	} else {
 		p("type %s struct {\n", name)
 		for _, f := range m.Fields {
-			p("\t%s %s // %s %s\n", camel(f.Name), goTypes[f.Type], f.Name, f.Type)
+			p("\t%s %s // %s %s\n", f.GoName, goTypes[f.Type], f.Name, f.Type)
 		}
 		p("}\n\n")
 	}
@@ -316,23 +329,23 @@ func genMethod(p func(string, ...any), m *Method) {
 		case "bit":
 			p("\tvar bits%d uint8\n", gi)
 			for i, bf := range g {
-				p("\tif m.%s {\n\t\tbits%d |= 1 << %d\n\t}\n", camel(bf.Name), gi, i)
+				p("\tif m.%s {\n\t\tbits%d |= 1 << %d\n\t}\n", bf.GoName, gi, i)
 			}
 			p("\tdst = append(dst, bits%d)\n", gi)
 		case "octet":
-			p("\tdst = append(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = append(dst, m.%s)\n", f.GoName)
 		case "short":
-			p("\tdst = binary.BigEndian.AppendUint16(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = binary.BigEndian.AppendUint16(dst, m.%s)\n", f.GoName)
 		case "long":
-			p("\tdst = binary.BigEndian.AppendUint32(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = binary.BigEndian.AppendUint32(dst, m.%s)\n", f.GoName)
 		case "longlong":
-			p("\tdst = binary.BigEndian.AppendUint64(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = binary.BigEndian.AppendUint64(dst, m.%s)\n", f.GoName)
 		case "shortstr":
-			p("\tdst = appendShortstr(dst, m.%s, %q)\n", camel(f.Name), m.FullName()+" "+f.Name)
+			p("\tdst = appendShortstr(dst, m.%s, %q)\n", f.GoName, m.FullName()+" "+f.Name)
 		case "longstr":
-			p("\tdst = appendLongstr(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = appendLongstr(dst, m.%s)\n", f.GoName)
 		case "table":
-			p("\tdst = AppendTable(dst, m.%s)\n", camel(f.Name))
+			p("\tdst = AppendTable(dst, m.%s)\n", f.GoName)
 		}
 	}
 	p("\treturn dst\n}\n\n")
@@ -344,10 +357,10 @@ func genMethod(p func(string, ...any), m *Method) {
 		case "bit":
 			p("\tbits%d := r.bits(%q, %d)\n", gi, f.Name, len(g))
 			for i, bf := range g {
-				p("\tm.%s = bits%d&(1<<%d) != 0\n", camel(bf.Name), gi, i)
+				p("\tm.%s = bits%d&(1<<%d) != 0\n", bf.GoName, gi, i)
 			}
 		default:
-			p("\tm.%s = r.%s(%q)\n", camel(f.Name), f.Type, f.Name)
+			p("\tm.%s = r.%s(%q)\n", f.GoName, f.Type, f.Name)
 		}
 	}
 	p("}\n\n")
