@@ -35,6 +35,9 @@ type Config struct {
 	// failed holds the keys whose value could not be decoded (they keep
 	// their defaults); Validate does not judge other keys by them.
 	failed map[string]bool
+	// decodeErrs are the file's decoding problems, reported again by
+	// Validate so that one call gives the whole list.
+	decodeErrs Errors
 }
 
 // Listen is where clients connect.

@@ -16,7 +16,7 @@ import (
 // data returns c without its bookkeeping, for comparing values.
 func data(c *Config) Config {
 	d := *c
-	d.File, d.where, d.failed = "", nil, nil
+	d.File, d.where, d.failed, d.decodeErrs = "", nil, nil, nil
 	return d
 }
 
@@ -223,21 +223,24 @@ func TestBadValues(t *testing.T) {
 // message.
 func checkErrors(t *testing.T, name, text string) []string {
 	t.Helper()
-	c, err := Parse(name, []byte(text))
-	var es Errors
-	if err != nil {
-		if !errors.As(err, &es) {
-			t.Fatalf("Parse error %v is %T, not Errors", err, err)
+	c, perr := Parse(name, []byte(text))
+	var pes, es Errors
+	if perr != nil && !errors.As(perr, &pes) {
+		t.Fatalf("Parse error %v is %T, not Errors", perr, perr)
+	}
+	if err := c.Validate(); err != nil && !errors.As(err, &es) {
+		t.Fatalf("Validate error %v is %T, not Errors", err, err)
+	}
+	// Validate repeats every decoding problem.
+	for _, pe := range pes {
+		found := false
+		for _, e := range es {
+			found = found || e == pe
+		}
+		if !found {
+			t.Errorf("Validate did not repeat the decoding problem %q", pe)
 		}
 	}
-	if verr := c.Validate(); verr != nil {
-		var ves Errors
-		if !errors.As(verr, &ves) {
-			t.Fatalf("Validate error %v is %T, not Errors", verr, verr)
-		}
-		es = append(es, ves...)
-	}
-	es = es.sorted()
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.Error()

@@ -36,8 +36,10 @@ var planned = map[string]bool{
 
 // Load reads the YAML file at path over Default. On a decoding problem it
 // returns the Config anyway (every key that decoded is set, the others keep
-// their defaults) with an Errors holding every problem, so that a check can
-// report them all at once. A file that cannot be read returns a nil Config.
+// their defaults) with an Errors holding every problem; Validate reports
+// those problems again together with its own, so a caller may ignore this
+// error and take Validate's. A file that cannot be read returns a nil Config
+// and the read error.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -52,6 +54,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	c.File = name
 	d := decoder{cfg: c, file: name}
 	d.document(data)
+	c.decodeErrs = d.errs
 	return c, d.errs.orNil()
 }
 

@@ -15,9 +15,10 @@ const (
 
 // Validate checks every value and the relations between them. It returns nil
 // or an Errors naming, for each problem, the key and where its value came
-// from (file line or flag).
+// from (file line or flag), in file order. The file's decoding problems, if
+// any, are part of the list.
 func (c *Config) Validate() error {
-	v := validator{c: c}
+	v := validator{c: c, errs: append(Errors(nil), c.decodeErrs...)}
 
 	v.hostPort("listen.address", c.Listen.Address, false)
 
