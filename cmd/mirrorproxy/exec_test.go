@@ -57,6 +57,29 @@ func TestExecVersion(t *testing.T) {
 	}
 }
 
+// TestExecVersionCommit builds with VCS stamping and expects the commit of
+// the checkout in the version output.
+func TestExecVersionCommit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a second build of the binary; skipped with -short")
+	}
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Skip("not in a git checkout: no commit to stamp")
+	}
+	bin := filepath.Join(t.TempDir(), "mirrorproxy")
+	if out, err := exec.Command("go", "build", "-buildvcs=true", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -buildvcs=true: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "commit: " + strings.TrimSpace(string(head)); !strings.Contains(string(out), want) {
+		t.Errorf("version output %q lacks %q", out, want)
+	}
+}
+
 func TestExecConfigCheckExitCodes(t *testing.T) {
 	out, err := exec.Command(binPath, "config", "check", "../../config.example.yaml").CombinedOutput()
 	if err != nil || string(out) != "../../config.example.yaml: ok\n" {
@@ -76,11 +99,13 @@ type logLine map[string]any
 
 func (l logLine) msg() string { s, _ := l["message"].(string); return s }
 
-// TestExecRunSIGTERM runs a real sidecar with no config file, checks that it
-// serves a client, sends SIGTERM and expects a clean exit 0 with every
-// stderr line a JSON log record (stderr is a pipe, so format auto is JSON).
+// TestExecRunSIGTERM runs a real sidecar, checks that it serves a client,
+// sends SIGTERM and expects a clean exit 0 with every stderr line a JSON log
+// record (stderr is a pipe, so format auto is JSON). The file sets a short
+// grace and a listen address that the --listen flag overrides.
 func TestExecRunSIGTERM(t *testing.T) {
-	cmd := exec.Command(binPath, "run", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--log-format", "auto")
+	cfg := writeFile(t, "run.yaml", "listen:\n  address: 127.0.0.1:1\nshutdown_grace: 3s\nlog:\n  format: auto\n")
+	cmd := exec.Command(binPath, "run", "--config", cfg, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
