@@ -374,6 +374,32 @@ func TestProxyProtoHeaderTimeout(t *testing.T) {
 	}
 }
 
+// Under optional, a trusted peer that sends nothing within the header
+// timeout is served as a peer without a header.
+func TestProxyProtoOptionalSilentPeerServedAfterTimeout(t *testing.T) {
+	ppNoLeaks(t)
+	opts := ppOpts(ProxyProtocolOptional, "127.0.0.0/8")
+	opts.ProxyHeaderTimeout = 100 * time.Millisecond
+	s := ppStart(t, opts)
+	cl := ppDial(t, s, "", nil)
+	c := s.next(t)
+	// Write only well after the header timeout: what is tested is the
+	// server's behaviour once its timeout fired, so this waits on a timer.
+	wrote := make(chan error, 1)
+	timer := time.AfterFunc(4*opts.ProxyHeaderTimeout, func() {
+		_, err := cl.Write(ppAMQPHeader)
+		wrote <- err
+	})
+	defer timer.Stop()
+	ppReadAMQP(t, c)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.RemoteAddr().String(), cl.LocalAddr().String(); got != want {
+		t.Errorf("RemoteAddr = %s, want the socket peer %s", got, want)
+	}
+}
+
 func TestProxyProtoOffAndUnknownMode(t *testing.T) {
 	ppNoLeaks(t)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
