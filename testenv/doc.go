@@ -1,0 +1,64 @@
+// Package testenv starts real RabbitMQ brokers for tests, demos and
+// benchmarks: a group of independent single-node brokers on free loopback
+// ports, each with its own data and log directories.
+//
+// In a test:
+//
+//	g := testenv.Start(t, testenv.Options{Nodes: 3})
+//	conn, err := amqp.Dial(g.Nodes[0].URL) // guest/guest on 127.0.0.1
+//
+// Start registers t.Cleanup to close the group; when the test failed the
+// directories are kept and the log paths are logged. Outside tests:
+//
+//	g, err := testenv.StartGroup(ctx, testenv.Options{Nodes: 3})
+//	...
+//	defer g.Close()
+//
+// # Backends
+//
+// The local backend (default, Linux) runs each broker as a rabbitmq-server
+// process of the Debian package (the scripts in /usr/lib/rabbitmq/bin, or
+// the directory named by MIRRORPROXY_RABBITMQ_BIN). When the test runs as
+// root, the brokers and rabbitmqctl run as user rabbitmq and the
+// directories are given to it. A container backend (testcontainers-go)
+// will sit behind the same API; choose it with Options.Backend or
+// MIRRORPROXY_TESTENV=docker (today: ErrBackendNotImplemented). Sidecar
+// processes of mirrorproxy itself will be started beside each broker
+// (Options.Sidecar, not implemented yet); testenv never imports the
+// product's packages.
+//
+// # Readiness
+//
+// Nodes start in parallel. A node is ready when its AMQP port answers the
+// protocol header with connection.start and `rabbitmqctl -n NODE
+// await_startup` succeeds (retried: it fails before the VM's distribution
+// is up). Ports are picked by listening on 127.0.0.1:0; if another process
+// takes one first, the broker fails with eaddrinuse and the start is
+// retried on new ports. Errors carry the tail of the console output and
+// log of the node (StartError).
+//
+// # Processes and signals
+//
+// Each broker is one beam.smp process (the start script is made to exec
+// the VM in place) in its own process group, started with
+// Pdeathsig=SIGKILL. Kill and Close SIGKILL the group and the VM's helper
+// processes (erl_child_setup, inet_gethost), never the machine's shared
+// epmd, and wait until they are gone; Stop sends SIGTERM, which RabbitMQ
+// handles as a clean shutdown.
+//
+// On SIGINT or SIGTERM of the process (Ctrl-C of `go test`, which does not
+// reach the brokers' process groups), a watcher kills every open group,
+// removes its directories (unless kept) and re-raises the signal.
+//
+// On a hard kill of the process (SIGKILL, or the `go test -timeout` panic,
+// which skips t.Cleanup) the kernel SIGKILLs each broker through
+// Pdeathsig: no broker survives its starter. (Pdeathsig follows the OS
+// thread that started the process; the Go runtime only ends threads that a
+// goroutine locked with runtime.LockOSThread and did not unlock, so do not
+// start groups from such a goroutine.) The directories stay behind:
+// Cleanup, or `go run ./testenv/cmd/testenv cleanup`, removes every group
+// directory whose owner process is gone and kills any broker still
+// running from it.
+//
+// Set MIRRORPROXY_TESTENV_KEEP=1 to keep all directories for inspection.
+package testenv

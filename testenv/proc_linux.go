@@ -1,0 +1,146 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// procStat is the part of /proc/PID/stat testenv uses.
+type procStat struct {
+	pid, ppid, pgrp int
+	comm            string
+	state           byte
+	startTime       uint64 // clock ticks after boot; with pid, names a process uniquely
+}
+
+// readStat parses /proc/PID/stat. The command name is in parentheses and
+// may itself hold spaces and parentheses, so fields are counted from the
+// last ')'.
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(pid, b)
+}
+
+func parseStat(pid int, b []byte) (procStat, error) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return procStat{}, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[end+1:]))
+	// f[0] is field 3 (state); start time is field 22.
+	if len(f) < 20 {
+		return procStat{}, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	s := procStat{pid: pid, comm: string(b[open+1 : end]), state: f[0][0]}
+	s.ppid, _ = strconv.Atoi(f[1])
+	s.pgrp, _ = strconv.Atoi(f[2])
+	s.startTime, _ = strconv.ParseUint(f[19], 10, 64)
+	return s, nil
+}
+
+// procStartTime returns the start time of pid (see procStat.startTime).
+func procStartTime(pid int) (uint64, error) {
+	s, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return s.startTime, nil
+}
+
+// allProcs returns every process that is not a zombie.
+func allProcs() []procStat {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []procStat
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		s, err := readStat(pid)
+		if err != nil || s.state == 'Z' || s.state == 'X' {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// descendants returns the live descendants of root, except epmd (shared by
+// every Erlang node of the machine; it daemonizes, but may still be a child
+// for a moment after being spawned).
+func descendants(root int) []int {
+	children := map[int][]procStat{}
+	for _, s := range allProcs() {
+		children[s.ppid] = append(children[s.ppid], s)
+	}
+	var out []int
+	queue := []int{root}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		for _, c := range children[pid] {
+			if c.comm == "epmd" {
+				continue
+			}
+			out = append(out, c.pid)
+			queue = append(queue, c.pid)
+		}
+	}
+	return out
+}
+
+// alivePids returns the pids of pids that still run (not zombies).
+func alivePids(pids []int) []int {
+	var out []int
+	for _, pid := range pids {
+		if s, err := readStat(pid); err == nil && s.state != 'Z' && s.state != 'X' {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// groupMembers returns the live members of process group pgid.
+func groupMembers(pgid int) []int {
+	var out []int
+	for _, s := range allProcs() {
+		if s.pgrp == pgid {
+			out = append(out, s.pid)
+		}
+	}
+	return out
+}
+
+// cmdline returns the arguments of pid.
+func cmdline(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// markedProcs returns the live processes whose command line carries the
+// testenv marker for group directory dir.
+func markedProcs(dir string) []int {
+	var out []int
+	for _, s := range allProcs() {
+		args := cmdline(s.pid)
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == markerFlag && args[i+1] == dir {
+				out = append(out, s.pid)
+				break
+			}
+		}
+	}
+	return out
+}
