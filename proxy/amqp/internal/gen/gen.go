@@ -1,11 +1,3 @@
-// Package gen turns spec.txt, our compact description of the AMQP 0-9-1
-// methods RabbitMQ speaks, into the Go source of proxy/amqp/methods_gen.go:
-// one struct per method with its argument encoder and decoder, the class and
-// method id constants and the tables DecodeMethod dispatches on.
-//
-// The amqpgen command writes the file (go generate ./proxy/amqp); the amqp
-// package's TestGeneratedCodeIsCurrent compares Generate's output with the
-// checked-in file.
 package gen
 
 import (
