@@ -68,18 +68,20 @@
 //
 // # Errors
 //
-// Malformed input gives a *FrameError whose Code is what a broker closes the
-// connection with. The codes follow what RabbitMQ 3.10.8 was seen to answer
-// (probed by hand against a real node):
+// Malformed input gives a *FrameError whose Code is the reply code to close
+// the connection with. Where RabbitMQ 3.10.8 answers such input with a close
+// we use its code; where it drops the connection or answers inconsistently
+// (unknown methods) we use the spec's code for the fault. What a real node
+// was seen to do, probed by hand, and what this package returns:
 //
-//	input                                         RabbitMQ 3.10.8          this package
-//	arguments short, or octets after them         501 "cannot decode"      501
-//	unknown method id of a known class            501 "cannot decode"      501
-//	unknown class id                              no close, socket reset   503
-//	unknown field table type                      no close, socket reset   502
-//	reserved bits set, boolean octet not 0 or 1   accepted, ignored        502
-//	content header weight not 0, class not basic  505                      505
-//	content header properties short or too long   541                      501
+//	input                                       RabbitMQ 3.10.8           here
+//	arguments short, or octets after them       501 "cannot decode"       501
+//	unknown method of class basic               501 "cannot decode"       503
+//	unknown class, unknown method of others     no close: socket reset    503
+//	unknown field table type                    no close: socket reset    502
+//	reserved bits set, boolean octet not 0/1    accepted, ignored         502
+//	content header weight not 0, class not 60   505                       505
+//	content header properties short or long     541                       501
 //
 // The 502 rows are stricter than RabbitMQ on purpose: only canonical
 // encodings decode, which keeps decoding and encoding exact inverses. Real

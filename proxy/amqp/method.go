@@ -51,19 +51,17 @@ func MethodKey(payload []byte) (key uint32, ok bool) {
 // DecodeMethod decodes the payload of a method frame. The strings of the
 // result share one copy of the payload, so p may be reused afterwards.
 //
-// Errors are *FrameError, with the codes RabbitMQ 3.10 answers with where it
-// answers at all:
+// Errors are *FrameError (the package comment compares them with what
+// RabbitMQ 3.10 answers):
 //   - 501 FRAME_ERROR for arguments that end early or are followed by more
-//     octets, and for a method id unknown to a known class (RabbitMQ closes
-//     with "FRAME_ERROR - cannot decode" in all of these);
-//   - 503 COMMAND_INVALID for an unknown class (RabbitMQ 3.10 has no answer:
-//     its reader process exits and the socket is reset);
+//     octets (RabbitMQ: 501 "cannot decode");
+//   - 503 COMMAND_INVALID for a class or method id that does not exist
+//     (RabbitMQ mostly drops the connection without a close);
 //   - 502 SYNTAX_ERROR for values that decode but are not the canonical
-//     encoding, which RabbitMQ would tolerate: reserved bits set in an octet
-//     of bit fields, a boolean table value other than 0 or 1, an unknown
-//     field table type (that one makes RabbitMQ drop the connection), tables
-//     nested deeper than 64. Refusing those keeps decode and AppendArgs
-//     exact inverses.
+//     encoding: reserved bits set in an octet of bit fields, a boolean table
+//     value other than 0 or 1, an unknown field table type, tables nested
+//     deeper than 64. Refusing those keeps decoding and AppendArgs exact
+//     inverses.
 func DecodeMethod(payload []byte) (Method, error) {
 	key, ok := MethodKey(payload)
 	if !ok {
@@ -73,7 +71,7 @@ func DecodeMethod(payload []byte) (Method, error) {
 	if m == nil {
 		class, method := uint16(key>>16), uint16(key)
 		if name := ClassName(class); name != "" {
-			return nil, framef("unknown method %d.%d: class %s has no method %d", class, method, name, method)
+			return nil, &FrameError{Code: CommandInvalid, Reason: fmt.Sprintf("unknown method %d.%d: class %s has no method %d", class, method, name, method)}
 		}
 		return nil, &FrameError{Code: CommandInvalid, Reason: fmt.Sprintf("unknown class %d (method %d)", class, method)}
 	}

@@ -142,6 +142,8 @@ func TestPeekDoesNotAllocate(t *testing.T) {
 	ack := AppendMethod(nil, peekSamples()[6])
 	nack := AppendMethod(nil, peekSamples()[8])
 	rej := AppendMethod(nil, peekSamples()[10])
+	stream, _ := publishStream()
+	r := NewReader(&loopReader{data: stream}, 64<<10)
 	for name, f := range map[string]func(){
 		"PeekBasicPublish":      func() { _, _, _, _ = PeekBasicPublish(pub) },
 		"PeekBasicDeliver":      func() { _, _, _, _, _, _ = PeekBasicDeliver(del) },
@@ -153,6 +155,11 @@ func TestPeekDoesNotAllocate(t *testing.T) {
 		"SetDeliveryTag/get-ok": func() { _ = SetDeliveryTag(getOk, 5) },
 		"SetAckTag":             func() { _ = SetAckTag(nack, 5) },
 		"MethodKey":             func() { _, _ = MethodKey(pub) },
+		"ReadFrame": func() {
+			if _, err := r.ReadFrame(); err != nil {
+				t.Fatal(err)
+			}
+		},
 	} {
 		if n := testing.AllocsPerRun(200, f); n != 0 {
 			t.Errorf("%s allocates %v times per call", name, n)
