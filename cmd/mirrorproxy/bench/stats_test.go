@@ -5,11 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestPercentilesNearestRank(t *testing.T) {
 	ns := make([]int64, 100)

@@ -86,7 +86,7 @@ func dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	}
 	cfg := amqp.Config{
 		Dial:       amqp.DefaultDial(timeout),
-		Heartbeat:  10 * time.Second,
+		Heartbeat:  60 * time.Second, // tolerant of a starved box; RunTimeout catches a dead peer
 		Properties: amqp.NewConnectionProperties(),
 	}
 	cfg.Properties.SetClientConnectionName("mirrorproxy-bench " + name)
