@@ -3,30 +3,214 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server accepts AMQP clients and carries each session to the upstream broker.
+//
+// Lock order: Server.mu is never held while taking a session's locks.
 type Server struct {
 	opts Options
+	log  zerolog.Logger
+
+	// ctx is cancelled by Shutdown after the grace period (or by Close): every
+	// session then closes with 320.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	closed    bool
+	sessions  sync.WaitGroup
+	active    atomic.Int64
+	nextID    atomic.Uint64
 }
 
 // NewServer checks opts and returns a Server. It does not listen.
 func NewServer(opts Options) (*Server, error) {
-	return &Server{opts: opts}, nil
+	if opts.Upstream == "" {
+		return nil, errors.New("proxy: Options.Upstream is empty: give the broker's host:port")
+	}
+	if _, _, err := net.SplitHostPort(opts.Upstream); err != nil {
+		return nil, fmt.Errorf("proxy: Options.Upstream %q: %w", opts.Upstream, err)
+	}
+	d := DefaultOptions
+	setDefault(&opts.DialTimeout, d.DialTimeout)
+	setDefault(&opts.HandshakeTimeout, d.HandshakeTimeout)
+	setDefault(&opts.Heartbeat, d.Heartbeat)
+	setDefault(&opts.UpstreamHeartbeat, d.UpstreamHeartbeat)
+	setDefault(&opts.FrameMax, d.FrameMax)
+	setDefault(&opts.MaxUnconfirmed, d.MaxUnconfirmed)
+	setDefault(&opts.ReadBufferSize, d.ReadBufferSize)
+	setDefault(&opts.ProxyProtocol, d.ProxyProtocol)
+	setDefault(&opts.ProxyHeaderTimeout, d.ProxyHeaderTimeout)
+	setDefault(&opts.ShutdownGrace, d.ShutdownGrace)
+	if opts.FrameMax < 4096 {
+		return nil, fmt.Errorf("proxy: Options.FrameMax %d is below AMQP's minimum 4096", opts.FrameMax)
+	}
+	switch opts.ProxyProtocol {
+	case ProxyProtocolOff, ProxyProtocolOptional, ProxyProtocolRequired:
+	default:
+		return nil, fmt.Errorf("proxy: Options.ProxyProtocol %q: want off, optional or required", opts.ProxyProtocol)
+	}
+	switch opts.SendProxyProtocol {
+	case "", "v1", "v2":
+	default:
+		return nil, fmt.Errorf("proxy: Options.SendProxyProtocol %q: want \"\", v1 or v2", opts.SendProxyProtocol)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		opts:      opts,
+		log:       opts.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+	}, nil
 }
 
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}
+
+// Sessions reports how many client sessions are open.
+func (s *Server) Sessions() int { return int(s.active.Load()) }
+
 // Serve accepts clients on ln until Shutdown or Close. It always returns a
-// non-nil error; after Shutdown or Close it is ErrServerClosed.
-func (s *Server) Serve(ln net.Listener) error { return errors.New("TODO") }
+// non-nil error; after Shutdown or Close it is ErrServerClosed. The accept
+// loop never blocks on a client: PROXY headers are read, and the broker
+// dialled, in the session's own goroutine.
+func (s *Server) Serve(ln net.Listener) error {
+	ln = wrapProxyListener(ln, s.opts)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	s.log.Info().Str("listen", ln.Addr().String()).Str("upstream", s.opts.Upstream).Msg("accepting AMQP clients")
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() || errors.Is(err, net.ErrClosed) {
+				return ErrServerClosed
+			}
+			// Out of descriptors, a connection the PROXY policy refused, a bad
+			// header: log it and keep accepting, backing off while it lasts.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.startSession(c)
+	}
+}
+
+func (s *Server) startSession(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	id := s.nextID.Add(1)
+	sess := &session{
+		srv:  s,
+		id:   id,
+		st:   newSessionState(s.opts.MaxUnconfirmed),
+		done: make(chan struct{}),
+	}
+	sess.client = c
+	s.sessions.Add(1)
+	s.active.Add(1)
+	go func() {
+		defer s.sessions.Done()
+		defer s.active.Add(-1)
+		// RemoteAddr of a PROXY-protocol connection reads the header: do it
+		// here, under the header timeout, not in the accept loop.
+		sess.log = s.log.With().Uint64("session", id).Str("client", clientAddr(c)).Logger()
+		sess.serve(s.ctx)
+	}()
+}
+
+// clientAddr is the client's address, or the reason there is none.
+func clientAddr(c net.Conn) (addr string) {
+	defer func() {
+		if recover() != nil {
+			addr = "unknown"
+		}
+	}()
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return "unknown"
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// closeListeners stops accepting. It reports whether the server was open.
+func (s *Server) closeListeners() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := !s.closed
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	return was
+}
 
 // Shutdown stops accepting, lets sessions finish until ctx is done (or
 // Options.ShutdownGrace, whichever comes first), then closes the rest with
 // 320 CONNECTION_FORCED. It waits for every session goroutine to end.
-func (s *Server) Shutdown(ctx context.Context) error { return errors.New("TODO") }
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ShutdownGrace)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	n := s.Sessions()
+	s.log.Info().Int("sessions", n).Msg("shutdown grace over; closing the remaining sessions with 320")
+	s.cancel()
+	<-done
+	return nil
+}
 
-// Close closes the listeners and every session at once.
-func (s *Server) Close() error { return errors.New("TODO") }
+// Close closes the listeners and every session at once (with 320).
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.cancel()
+	s.sessions.Wait()
+	return nil
+}

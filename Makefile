@@ -1,0 +1,34 @@
+# mirrorproxy — `make` lists the targets.
+GO      ?= go
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: help build test test-short verify fmt vet demo bench fuzz clean-testenv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+build: ## build bin/mirrorproxy
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/mirrorproxy ./cmd/mirrorproxy
+
+test: ## run every test with the race detector (needs rabbitmq-server)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+test-short: ## unit tests only, no brokers
+	$(GO) test -short -count=1 $(PKGS)
+
+verify: ## gofmt, vet, go.mod tidy, generated code current
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) mod tidy -diff
+	$(GO) test -count=1 -run 'TestGeneratedCodeIsCurrent' ./proxy/amqp/...
+
+demo: build ## start a local RabbitMQ and a sidecar, run a client through it
+	$(GO) run ./cmd/mirrorproxy demo
+
+bench: build ## direct vs bare TCP hop vs proxy, interleaved (see docs/PERFORMANCE.md)
+	$(GO) run ./cmd/mirrorproxy bench
+
+fuzz: ## run the codec fuzzer for a while
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 2m ./proxy/amqp/

@@ -1,0 +1,194 @@
+package proxy_test
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// badInputs are protocol violations a client can commit after opening its
+// connection and channel 1. Each must get the same reply code through the
+// proxy as from the broker directly (DESIGN invariant 6). Where RabbitMQ
+// 3.10 sends no close at all (it resets the connection on an unknown class,
+// and waits forever for the rest of an oversized frame or ignores a body
+// longer than its header said) the proxy still closes with the code the
+// spec gives, and a reason.
+var badInputs = []struct {
+	name string
+	send func(c *rawClient) []byte
+	want uint16 // the code we expect both to send
+}{
+	{"unknown frame type", func(c *rawClient) []byte {
+		return []byte{9, 0, 1, 0, 0, 0, 1, 0, amqp.FrameEnd}
+	}, amqp.FrameErrorCode},
+	{"wrong frame-end octet", func(c *rawClient) []byte {
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicQos{PrefetchCount: 1})
+		b[len(b)-1] = 0x00
+		return b
+	}, amqp.FrameErrorCode},
+	{"frame larger than frame_max", func(c *rawClient) []byte {
+		size := c.tune.FrameMax // payload alone already exceeds frame_max with the overhead
+		b := []byte{amqp.FrameBody, 0, 1, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[3:], size)
+		return b // the proxy must refuse before the payload arrives
+	}, amqp.FrameErrorCode},
+	{"unknown class and method", func(c *rawClient) []byte {
+		return amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 99, 0, 1})
+	}, 0},
+	{"method on a channel never opened", func(c *rawClient) []byte {
+		return amqp.AppendMethodFrame(nil, 7, &amqp.BasicQos{PrefetchCount: 1})
+	}, amqp.ChannelError},
+	{"second channel.open", func(c *rawClient) []byte {
+		return amqp.AppendMethodFrame(nil, 1, &amqp.ChannelOpen{})
+	}, amqp.ChannelError},
+	{"body longer than the header said", func(c *rawClient) []byte {
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicPublish{RoutingKey: "nowhere"})
+		b = amqp.AppendContentHeaderFrame(b, 1, 60, 4, &amqp.Properties{})
+		return amqp.AppendFrame(b, amqp.FrameBody, 1, []byte("0123456789"))
+	}, 0},
+	{"content header without a method", func(c *rawClient) []byte {
+		return amqp.AppendContentHeaderFrame(nil, 1, 60, 4, &amqp.Properties{})
+	}, amqp.UnexpectedFrame},
+	{"method where a content header belongs", func(c *rawClient) []byte {
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicPublish{RoutingKey: "nowhere"})
+		return amqp.AppendMethodFrame(b, 1, &amqp.BasicQos{PrefetchCount: 1})
+	}, amqp.UnexpectedFrame},
+	{"truncated method arguments", func(c *rawClient) []byte {
+		// queue.declare whose queue name says 200 octets but has 3.
+		return amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 50, 0, 10, 0, 0, 200, 'a', 'b', 'c'})
+	}, 0},
+}
+
+// closeCode sends the bad input after a good handshake and returns the
+// connection.close reply code received (0: the connection just ended).
+// The broker hangs on some inputs (it waits for the rest of an oversized
+// frame); wait for it at most within.
+func closeCode(t *testing.T, addr string, within time.Duration, send func(*rawClient) []byte) (uint16, string) {
+	c := dialRaw(t, addr)
+	c.open(0, nil)
+	c.conn.SetDeadline(time.Now().Add(within))
+	c.send(send(c))
+	cl := c.closed()
+	if cl == nil {
+		return 0, "(no connection.close)"
+	}
+	return cl.ReplyCode, cl.ReplyText
+}
+
+func TestBadInputGetsTheBrokersClose(t *testing.T) {
+	b := needBroker(t)
+	p := startProxy(t, proxy.Options{})
+	bystander := p.dial(t)
+	for _, tc := range badInputs {
+		t.Run(tc.name, func(t *testing.T) {
+			direct, directText := closeCode(t, b.AMQPAddr, 3*time.Second, tc.send)
+			got, text := closeCode(t, p.Addr, 20*time.Second, tc.send)
+			t.Logf("direct: %d %q; proxy: %d %q", direct, directText, got, text)
+			if got == 0 {
+				t.Fatalf("the proxy closed without connection.close; the broker sent %d %q", direct, directText)
+			}
+			if tc.want != 0 && got != tc.want {
+				t.Errorf("proxy sent %d, want %d", got, tc.want)
+			}
+			if direct != 0 && got != direct {
+				t.Errorf("proxy sent %d %q, the broker sends %d %q", got, text, direct, directText)
+			}
+			if text == "" {
+				t.Error("the close has no reason text")
+			}
+			// The other session does not notice.
+			healthy(t, bystander)
+		})
+	}
+	// One log line per fault, with the client's address.
+	if line := p.Logs.lineWith(`"client":"127.0.0.1:`, `"code":501`); line == "" {
+		t.Errorf("no log line with the client address for a frame error:\n%s", p.Logs.String())
+	}
+}
+
+func TestBadProtocolHeaderIsAnsweredWithOurs(t *testing.T) {
+	p := startProxy(t, proxy.Options{})
+	c := dialRaw(t, p.Addr)
+	c.send([]byte("GET / HTTP/1.1\r\n\r\n"))
+	got, err := io.ReadAll(c.conn)
+	if err != nil && !isReset(err) {
+		t.Fatal(err)
+	}
+	if string(got) != string(amqp.ProtocolHeader[:]) {
+		t.Fatalf("got %q, want the AMQP 0-9-1 protocol header", got)
+	}
+	eventually(t, 5*time.Second, "a log line about the bad header", func() bool {
+		return p.Logs.lineWith("bad protocol header", `"client":"127.0.0.1:`) != ""
+	})
+}
+
+func TestStalledHandshakeTimesOut(t *testing.T) {
+	p := startProxy(t, proxy.Options{HandshakeTimeout: 300 * time.Millisecond})
+	bystander := p.dial(t)
+	for _, stage := range []string{"nothing sent", "protocol header only", "start-ok never sent"} {
+		t.Run(stage, func(t *testing.T) {
+			c := dialRaw(t, p.Addr)
+			switch stage {
+			case "protocol header only":
+				c.send(amqp.ProtocolHeader[:4])
+			case "start-ok never sent":
+				c.send(amqp.ProtocolHeader[:])
+				c.expect("connection.start")
+			}
+			c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(c.conn); err != nil && !isReset(err) {
+				t.Fatalf("the proxy did not close a stalled handshake: %v", err)
+			}
+			healthy(t, bystander)
+		})
+	}
+}
+
+func TestUpstreamRefusing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	p := startProxy(t, proxy.Options{Upstream: dead, DialTimeout: time.Second})
+	c := dialRaw(t, p.Addr)
+	c.send(amqp.ProtocolHeader[:])
+	if _, err := io.ReadAll(c.conn); err != nil && !isReset(err) {
+		t.Fatalf("read: %v", err)
+	}
+	eventually(t, 5*time.Second, "a log line naming the broker", func() bool {
+		return p.Logs.lineWith("cannot reach the broker", dead) != ""
+	})
+}
+
+func TestUpstreamDyingMidSession(t *testing.T) {
+	needBroker(t)
+	g := startOwnBroker(t)
+	p := startProxy(t, proxy.Options{Upstream: g.AMQPAddr})
+	c := dialRaw(t, p.Addr)
+	c.open(0, nil)
+	if err := g.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cl := c.closed()
+	if cl == nil || cl.ReplyCode != amqp.ConnectionForced || !strings.Contains(cl.ReplyText, "CONNECTION_FORCED") {
+		t.Fatalf("got %v, want connection.close 320 CONNECTION_FORCED", describe(methodOrNil(cl)))
+	}
+	eventually(t, 5*time.Second, "a log line", func() bool {
+		return p.Logs.lineWith("broker connection failed", `"client":"127.0.0.1:`) != ""
+	})
+}
+
+func methodOrNil(c *amqp.ConnectionClose) amqp.Method {
+	if c == nil {
+		return nil
+	}
+	return c
+}

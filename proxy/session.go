@@ -1,0 +1,483 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// session is one client connection and its upstream broker connection. The
+// front half (client side) and the core half (broker side) each have a pump
+// goroutine that reads one connection, tracks what it reads in the shared
+// sessionState and forwards it to the other connection's out.
+type session struct {
+	srv    *Server
+	id     uint64
+	log    zerolog.Logger
+	client net.Conn
+	cr     *amqp.Reader
+	cout   *out
+	up     net.Conn
+	ur     *amqp.Reader
+	uout   *out
+	st     *sessionState
+
+	// clientRead and upRead are set by the pumps on every frame and cleared
+	// by the heartbeat loop, which closes a side silent for too long.
+	clientRead atomic.Bool
+	upRead     atomic.Bool
+
+	// closing is set once the proxy has decided to end the session: the
+	// pumps then drop what they read, but for the client's close-ok.
+	closing   atomic.Bool
+	closeOnce sync.Once
+	done      chan struct{} // closed when the pumps should stop
+}
+
+// errKind says who failed and so what the session does about it.
+type errKind uint8
+
+const (
+	kindClientGone   errKind = iota // the client's TCP connection ended or failed
+	kindClientFault                 // the client broke the protocol
+	kindUpstreamGone                // the broker's TCP connection ended or failed
+	kindUpstreamFault               // the broker broke the protocol
+	kindTimeout                     // handshake or heartbeat timeout on the client
+	kindShutdown                    // the server is shutting down
+)
+
+type sessionError struct {
+	kind   errKind
+	code   uint16
+	reason string
+	err    error
+}
+
+func (e *sessionError) Error() string {
+	if e.err != nil {
+		return e.reason + ": " + e.err.Error()
+	}
+	return e.reason
+}
+func (e *sessionError) Unwrap() error { return e.err }
+
+func clientGone(err error) error {
+	return &sessionError{kind: kindClientGone, reason: "client connection lost", err: err}
+}
+
+func upstreamGone(err error) error {
+	return &sessionError{kind: kindUpstreamGone, code: amqp.ConnectionForced, reason: "CONNECTION_FORCED - broker connection lost", err: err}
+}
+
+// clientFault makes a protocol error by the client from err (an
+// *amqp.FrameError carries the reply code).
+func (s *session) clientFault(err error) error {
+	var fe *amqp.FrameError
+	if errors.As(err, &fe) {
+		return &sessionError{kind: kindClientFault, code: fe.Code, reason: replyText(fe.Code, fe.Reason)}
+	}
+	return &sessionError{kind: kindClientFault, code: amqp.InternalError, reason: "INTERNAL_ERROR - " + err.Error()}
+}
+
+func (s *session) upstreamFault(err error) error {
+	return &sessionError{kind: kindUpstreamFault, code: amqp.ConnectionForced, reason: "CONNECTION_FORCED - broker protocol error", err: err}
+}
+
+// clientReadError classifies an error from reading the client.
+func (s *session) clientReadError(err error) error {
+	var fe *amqp.FrameError
+	switch {
+	case errors.As(err, &fe):
+		return s.clientFault(err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return &sessionError{kind: kindTimeout, reason: "client timed out", err: err}
+	}
+	return clientGone(err)
+}
+
+// replyText prefixes reason with the reply code's name, as RabbitMQ does,
+// unless it is there already.
+func replyText(code uint16, reason string) string {
+	name := replyNames[code]
+	if name == "" || len(reason) >= len(name) && reason[:len(name)] == name {
+		return reason
+	}
+	return name + " - " + reason
+}
+
+var replyNames = map[uint16]string{
+	amqp.ConnectionForced: "CONNECTION_FORCED", amqp.FrameErrorCode: "FRAME_ERROR",
+	amqp.SyntaxError: "SYNTAX_ERROR", amqp.CommandInvalid: "COMMAND_INVALID",
+	amqp.ChannelError: "CHANNEL_ERROR", amqp.UnexpectedFrame: "UNEXPECTED_FRAME",
+	amqp.ResourceError: "RESOURCE_ERROR", amqp.NotAllowed: "NOT_ALLOWED",
+	amqp.NotImplemented: "NOT_IMPLEMENTED", amqp.InternalError: "INTERNAL_ERROR",
+}
+
+// serve runs the session to its end. It owns client and closes it.
+func (s *session) serve(ctx context.Context) {
+	defer s.client.Close()
+	opts := &s.srv.opts
+	s.client.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
+	s.cr = amqp.NewReader(s.client, opts.ReadBufferSize)
+	s.cout = newOut(s.client, sendTimeout)
+
+	if _, err := s.cr.ReadProtocolHeader(); err != nil {
+		if errors.Is(err, amqp.ErrBadProtocolHeader) {
+			// As a broker does: answer with the header we speak and close.
+			s.log.Warn().Msg("bad protocol header from client; answered with AMQP 0-9-1's")
+			_ = s.cout.write(amqp.ProtocolHeader[:])
+			lingerClose(s.client)
+			return
+		}
+		if errors.Is(err, ErrProxyHeader) {
+			s.log.Warn().Err(err).Msg("refused a client connection: bad PROXY protocol header")
+			return
+		}
+		s.log.Info().Err(err).Msg("client left before sending a protocol header")
+		return
+	}
+
+	if err := s.dialUpstream(ctx); err != nil {
+		s.log.Error().Err(err).Str("upstream", opts.Upstream).Msg("cannot reach the broker; closing the client")
+		return
+	}
+	defer s.up.Close()
+
+	if err := s.handshake(); err != nil {
+		s.finish(err, false)
+		return
+	}
+	s.client.SetDeadline(time.Time{})
+	s.up.SetDeadline(time.Time{})
+	s.log = s.log.With().Str("vhost", s.st.vhost).Logger()
+	s.log.Debug().Uint32("frame_max", s.st.client.frameMax).Uint16("heartbeat", s.st.client.heartbeat).
+		Uint32("upstream_frame_max", s.st.upstream.frameMax).Msg("session open")
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(3)
+	go func() { defer wg.Done(); errc <- s.clientPump() }()
+	go func() { defer wg.Done(); errc <- s.upstreamPump() }()
+	go func() { defer wg.Done(); errc <- s.heartbeats() }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		err = &sessionError{kind: kindShutdown, code: amqp.ConnectionForced, reason: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"}
+	}
+	s.finish(err, true)
+	wg.Wait()
+	// A pump that stopped on an error leaves its connection unread: drain
+	// it until the deadline finish set, so the close frame is not reset away.
+	for _, c := range []net.Conn{s.client, s.up} {
+		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+		c.Close()
+	}
+}
+
+// sendTimeout bounds one write to a peer that does not read, as RabbitMQ's
+// default tcp send_timeout does.
+const sendTimeout = 15 * time.Second
+
+func (s *session) dialUpstream(ctx context.Context) error {
+	opts := &s.srv.opts
+	d := net.Dialer{Timeout: opts.DialTimeout}
+	c, err := d.DialContext(ctx, "tcp", opts.Upstream)
+	if err != nil {
+		return err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
+	if opts.SendProxyProtocol != "" {
+		if err := writeProxyHeader(c, opts.SendProxyProtocol, s.client.RemoteAddr(), s.client.LocalAddr()); err != nil {
+			c.Close()
+			return fmt.Errorf("writing PROXY header to the broker: %w", err)
+		}
+	}
+	if _, err := c.Write(amqp.ProtocolHeader[:]); err != nil {
+		c.Close()
+		return err
+	}
+	s.up = c
+	s.ur = amqp.NewReader(c, opts.ReadBufferSize)
+	s.uout = newOut(c, sendTimeout)
+	return nil
+}
+
+// clientPump forwards the client's frames to the broker.
+func (s *session) clientPump() error {
+	for {
+		if !s.cr.HasFrame() {
+			if err := s.uout.flush(); err != nil {
+				return upstreamGone(err)
+			}
+		}
+		f, err := s.cr.ReadFrame()
+		if err != nil {
+			return s.clientReadError(err)
+		}
+		s.clientRead.Store(true)
+		if s.closing.Load() {
+			if isCloseOk(f) {
+				return nil
+			}
+			continue
+		}
+		fwd, err := s.st.fromClient(f)
+		if err != nil {
+			return s.clientFault(err)
+		}
+		if !fwd {
+			continue
+		}
+		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.upstream.frameMax {
+			s.uout.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
+			continue
+		}
+		s.uout.queue(f.Raw)
+	}
+}
+
+// upstreamPump forwards the broker's frames to the client.
+func (s *session) upstreamPump() error {
+	for {
+		if !s.ur.HasFrame() {
+			if err := s.cout.flush(); err != nil {
+				return clientGone(err)
+			}
+		}
+		f, err := s.ur.ReadFrame()
+		if err != nil {
+			var fe *amqp.FrameError
+			if errors.As(err, &fe) {
+				return s.upstreamFault(err)
+			}
+			if s.st.isClosing() && errors.Is(err, io.EOF) {
+				return nil // the broker closed after close-ok
+			}
+			return upstreamGone(err)
+		}
+		s.upRead.Store(true)
+		if s.closing.Load() {
+			continue
+		}
+		fwd, err := s.st.fromUpstream(f)
+		if err != nil {
+			return s.upstreamFault(err)
+		}
+		if !fwd {
+			continue
+		}
+		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.client.frameMax {
+			s.cout.build(func(b []byte) []byte { return rechunk(b, f, s.st.client.frameMax) })
+			continue
+		}
+		s.cout.queue(f.Raw)
+	}
+}
+
+// rechunk appends f's body split into frames of at most frameMax octets.
+func rechunk(dst []byte, f amqp.Frame, frameMax uint32) []byte {
+	n := int(frameMax) - amqp.FrameOverhead
+	for p := f.Payload; len(p) > 0; {
+		k := min(n, len(p))
+		dst = amqp.AppendFrame(dst, amqp.FrameBody, f.Channel, p[:k])
+		p = p[k:]
+	}
+	return dst
+}
+
+func isCloseOk(f amqp.Frame) bool {
+	if f.Type != amqp.FrameMethod || f.Channel != 0 {
+		return false
+	}
+	k, _ := amqp.MethodKey(f.Payload)
+	return k == amqp.ConnectionCloseOkID
+}
+
+// heartbeats sends heartbeats to each side that has been idle for half its
+// interval, and ends the session when a side has been silent for two.
+func (s *session) heartbeats() error {
+	chb := time.Duration(s.st.client.heartbeat) * time.Second
+	uhb := time.Duration(s.st.upstream.heartbeat) * time.Second
+	if chb == 0 && uhb == 0 {
+		<-s.done
+		return nil
+	}
+	tick := time.Second
+	for _, hb := range []time.Duration{chb, uhb} {
+		if hb > 0 && hb/2 < tick {
+			tick = hb / 2
+		}
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var cIdleSend, uIdleSend, cIdleRecv, uIdleRecv time.Duration
+	for {
+		select {
+		case <-s.done:
+			return nil
+		case <-t.C:
+		}
+		if chb > 0 {
+			if s.cout.wrote.Swap(false) {
+				cIdleSend = 0
+			} else if cIdleSend += tick; cIdleSend >= chb/2 {
+				if err := s.cout.write(amqp.HeartbeatFrame); err != nil {
+					return clientGone(err)
+				}
+				cIdleSend = 0
+			}
+			if s.clientRead.Swap(false) {
+				cIdleRecv = 0
+			} else if cIdleRecv += tick; cIdleRecv >= 2*chb {
+				return &sessionError{kind: kindTimeout, reason: fmt.Sprintf("missed heartbeats from client, timeout: %ds", chb/time.Second)}
+			}
+		}
+		if uhb > 0 {
+			if s.uout.wrote.Swap(false) {
+				uIdleSend = 0
+			} else if uIdleSend += tick; uIdleSend >= uhb/2 {
+				if err := s.uout.write(amqp.HeartbeatFrame); err != nil {
+					return upstreamGone(err)
+				}
+				uIdleSend = 0
+			}
+			if s.upRead.Swap(false) {
+				uIdleRecv = 0
+			} else if uIdleRecv += tick; uIdleRecv >= 2*uhb {
+				return upstreamGone(fmt.Errorf("missed heartbeats from broker, timeout: %ds", uhb/time.Second))
+			}
+		}
+	}
+}
+
+// finish ends the session for err: one log line, the close each side should
+// see, and read deadlines that bound how long the pumps (when running) wait
+// for the peers' close-ok. With the pumps not running it drains and closes
+// the connections itself. It is called once, by serve.
+func (s *session) finish(err error, pumping bool) {
+	s.closing.Store(true)
+	close(s.done)
+	clientCode, clientReason := uint16(0), ""
+	upstreamClose := false // send connection.close 200 upstream
+	hardClient, hardUpstream := false, false
+	var se *sessionError
+	switch {
+	case err == nil:
+		// A pump ended at a normal close: nothing more to say to anyone.
+		hardClient, hardUpstream = true, true
+	case errors.Is(err, errHandshakeClosed):
+		hardClient, hardUpstream = false, false
+	case !errors.As(err, &se):
+		s.log.Error().Err(err).Msg("session ended")
+		clientCode, clientReason = amqp.InternalError, "INTERNAL_ERROR - "+err.Error()
+		upstreamClose = true
+	case se.kind == kindClientGone:
+		if s.st.isClosing() || isEOF(se.err) {
+			s.log.Debug().Msg("client closed the connection")
+		} else {
+			s.log.Info().Err(se.err).Msg("client connection lost")
+		}
+		// Mirror what the client did: the broker sees its connection end.
+		hardClient, hardUpstream = true, true
+	case se.kind == kindTimeout:
+		s.log.Warn().Err(se.err).Msg(se.reason)
+		hardClient, upstreamClose = true, true
+	case se.kind == kindClientFault:
+		s.log.Warn().Uint16("code", se.code).Str("reason", se.reason).Msg("closing client connection: protocol error")
+		clientCode, clientReason, upstreamClose = se.code, se.reason, true
+	case se.kind == kindUpstreamGone, se.kind == kindUpstreamFault:
+		if s.st.isClosing() && isEOF(se.err) {
+			hardClient, hardUpstream = true, true
+			break
+		}
+		s.log.Warn().Err(se.err).Msg("broker connection failed; closing the client with 320")
+		clientCode, clientReason, hardUpstream = se.code, se.reason, true
+	case se.kind == kindShutdown:
+		s.log.Info().Msg("closing session: shutdown")
+		clientCode, clientReason, upstreamClose = se.code, se.reason, true
+	}
+
+	deadline := time.Now().Add(lingerTimeout)
+	if clientCode != 0 {
+		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: clientCode, ReplyText: clientReason})
+		if s.cout.write(frame) != nil {
+			hardClient = true
+		}
+	}
+	if s.up != nil && upstreamClose && !s.st.isClosing() {
+		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: amqp.ReplySuccess, ReplyText: "closed by mirrorproxy: " + closeCause(se)})
+		if s.uout.write(frame) != nil {
+			hardUpstream = true
+		}
+	}
+	end := func(c net.Conn, hard bool) {
+		if c == nil {
+			return
+		}
+		if hard {
+			c.Close()
+			return
+		}
+		halfClose(c)
+		c.SetReadDeadline(deadline)
+		if !pumping {
+			io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+			c.Close()
+		}
+	}
+	end(s.client, hardClient)
+	end(s.up, hardUpstream)
+}
+
+func closeCause(se *sessionError) string {
+	if se == nil {
+		return "internal error"
+	}
+	switch se.kind {
+	case kindTimeout:
+		return se.reason
+	case kindShutdown:
+		return "shutdown"
+	}
+	return "client protocol error: " + se.reason
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// lingerTimeout bounds waiting for a peer to read our close and go.
+const lingerTimeout = 2 * time.Second
+
+// halfClose sends FIN so that a peer that reads our close frame then sees the
+// end of the stream; reading on goes on until the peer closes, so that unread
+// input does not make the kernel reset the connection and lose the close frame.
+func halfClose(c net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+}
+
+// lingerClose half-closes c, drains it until the peer closes or the timeout,
+// and closes it.
+func lingerClose(c net.Conn) {
+	halfClose(c)
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	c.Close()
+}

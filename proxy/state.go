@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// sessionState is what a front keeps of one client session so that it can be
+// replayed on another broker: credentials, vhost, tune values, channels with
+// their qos, confirm/tx mode and consumers, the delivery-tag and
+// publish-sequence maps, and the unconfirmed publishes. It is a pure state
+// machine: fromClient and fromUpstream are fed every frame that passes, in
+// order, by the session's two pumps, and say whether to forward it.
+//
+// Concurrency: fromClient and fromUpstream are called from different
+// goroutines; every method takes mu. Lock order: sessionState.mu before out.mu
+// (see LOCKS.md in this directory).
+type sessionState struct {
+	mu sync.Mutex
+
+	// Handshake, set once before the pumps start.
+	mechanism        string
+	response         []byte
+	locale           string
+	clientProperties amqp.Table
+	caps             clientCaps
+	vhost            string
+	client           tuneValues // what the client agreed in tune-ok
+	upstream         tuneValues // what the proxy agreed with the broker
+
+	channels    []*channelState // by channel number; nil when closed
+	open        int             // channels open
+	closing     bool            // connection.close seen from either side
+	maxPending  int             // bound on unconfirmed publish bytes per session
+	pendingSize int             // bytes held in unconfirmed publishes
+	unmovable   string          // why the session cannot move to another broker, "" if it can
+}
+
+type tuneValues struct {
+	channelMax uint16
+	frameMax   uint32
+	heartbeat  uint16
+}
+
+// clientCaps are the capabilities a client announced in start-ok.
+type clientCaps struct {
+	consumerCancelNotify bool
+	connectionBlocked    bool
+	publisherConfirms    bool
+	basicNack            bool
+	exchangeExchange     bool
+	authFailureClose     bool
+}
+
+// channelState is one open channel.
+type channelState struct {
+	id        uint16
+	closing   bool // channel.close sent by the client or the broker
+	flowOff   bool
+	confirm   bool   // confirm.select sent
+	nextSeq   uint64 // next publish sequence number in confirm mode (from 1)
+	tx        bool   // tx.select sent
+	txDirty   bool   // publishes or acks since the last commit/rollback
+	qosCount  uint16
+	qosSize   uint32
+	qosGlobal bool
+
+	consumers map[string]*consumer
+	// consumes waiting for consume-ok, in order (the tag may be server-made).
+	consumeQ []*consumer
+
+	// Delivery tags. The client sees tagBase + the broker's tag; tagBase
+	// moves past lastTag when the session moves to another broker, so tags
+	// keep increasing and tags at or below tagBase belong to the old broker.
+	tagBase uint64
+	lastTag uint64
+
+	// in tracks content frames from the client, out those from the broker.
+	in, out content
+
+	unconfirmed pubLog
+}
+
+// consumer is one basic.consume, kept to re-attach it elsewhere.
+type consumer struct {
+	tag       string
+	queue     string
+	noLocal   bool
+	noAck     bool
+	exclusive bool
+	args      amqp.Table
+	// cancelOnFailover is x-cancel-on-ha-failover=true.
+	cancelOnFailover bool
+}
+
+// content is where a channel is in a content-bearing method: none, or waiting
+// for a header of classID, or for remaining body octets.
+type content struct {
+	state     uint8
+	classID   uint16
+	remaining uint64
+}
+
+const (
+	contentNone = iota
+	contentHeader
+	contentBody
+)
+
+func newSessionState(maxPending int) *sessionState {
+	return &sessionState{maxPending: maxPending, channels: make([]*channelState, 0, 8)}
+}
+
+func (s *sessionState) channel(id uint16) *channelState {
+	if int(id) < len(s.channels) {
+		return s.channels[id]
+	}
+	return nil
+}
+
+// connErr is a connection-level error to close the connection with.
+func connErr(code uint16, format string, args ...any) *amqp.FrameError {
+	return &amqp.FrameError{Code: code, Reason: fmt.Sprintf(format, args...)}
+}
+
+// step advances c for one frame and reports an error when the frame does not
+// fit the content sequence, with RabbitMQ's reply code and wording.
+func (c *content) step(f amqp.Frame) error {
+	switch c.state {
+	case contentNone:
+		if f.Type != amqp.FrameMethod {
+			return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - expected method frame, got non method frame instead")
+		}
+	case contentHeader:
+		if f.Type != amqp.FrameHeader {
+			return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - expected content header for class %d, got non content header frame instead", c.classID)
+		}
+		class, size, err := amqp.PeekContentHeader(f.Payload)
+		if err != nil {
+			return err
+		}
+		if class != c.classID {
+			return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - expected content header for class %d, got one for class %d instead", c.classID, class)
+		}
+		if size == 0 {
+			c.state = contentNone
+		} else {
+			c.state, c.remaining = contentBody, size
+		}
+	case contentBody:
+		if f.Type != amqp.FrameBody {
+			return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - expected content body, got non content body frame instead")
+		}
+		n := uint64(len(f.Payload))
+		if n > c.remaining {
+			return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - content body of %d octets exceeds the %d remaining of the content header's body size", n, c.remaining)
+		}
+		c.remaining -= n
+		if c.remaining == 0 {
+			c.state = contentNone
+		}
+	}
+	return nil
+}
+
+// isClosing reports whether either side has sent connection.close.
+func (s *sessionState) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,296 @@
+package proxy
+
+import (
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// Per-frame tracking of an open session. Only the methods the state needs
+// are looked at; hot ones (publish, deliver, ack) through the codec's
+// allocation-free Peek functions, rare ones decoded whole.
+
+// fromClient tracks a frame the client sent after the handshake. It reports
+// whether to forward the frame; an error is a connection-level fault to close
+// the client's connection with.
+func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.Type == amqp.FrameHeartbeat {
+		return false, nil
+	}
+	if f.Channel == 0 {
+		return s.clientConnFrame(f)
+	}
+	ch := s.channel(f.Channel)
+	if ch == nil {
+		if f.Type != amqp.FrameMethod {
+			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - expected 'channel.open'")
+		}
+		key, ok := amqp.MethodKey(f.Payload)
+		if !ok || key != amqp.ChannelOpenID {
+			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - expected 'channel.open'")
+		}
+		if s.client.channelMax != 0 && f.Channel > s.client.channelMax {
+			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - channel %d is above the negotiated channel_max %d", f.Channel, s.client.channelMax)
+		}
+		s.openChannel(f.Channel)
+		return true, nil
+	}
+	if err := ch.in.step(f); err != nil {
+		return false, err
+	}
+	if f.Type != amqp.FrameMethod {
+		if ch.confirm {
+			s.pendingSize += ch.unconfirmed.add(f.Raw, s.pendingSize+len(f.Raw) <= s.maxPending)
+		}
+		return true, nil
+	}
+	key, ok := amqp.MethodKey(f.Payload)
+	if !ok {
+		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+	}
+	switch key {
+	case amqp.BasicPublishID:
+		ch.in.state, ch.in.classID = contentHeader, 60
+		if ch.confirm {
+			seq := ch.nextSeq
+			ch.nextSeq++
+			s.pendingSize += ch.unconfirmed.begin(seq, f.Raw, s.pendingSize+len(f.Raw) <= s.maxPending)
+		}
+		if ch.tx {
+			ch.txDirty = true
+		}
+	case amqp.BasicAckID, amqp.BasicNackID, amqp.BasicRejectID:
+		if ch.tx {
+			ch.txDirty = true
+		}
+	case amqp.ChannelOpenID:
+		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - second 'channel.open' seen")
+	case amqp.ChannelCloseID:
+		ch.closing = true
+	case amqp.ChannelCloseOkID:
+		s.closeChannel(ch)
+	default:
+		return true, s.clientChannelMethod(ch, key, f.Payload)
+	}
+	return true, nil
+}
+
+// clientChannelMethod tracks the rare channel methods a client sends.
+func (s *sessionState) clientChannelMethod(ch *channelState, key uint32, p []byte) error {
+	switch key {
+	case amqp.BasicQosID, amqp.BasicConsumeID, amqp.BasicCancelID, amqp.ConfirmSelectID,
+		amqp.TxSelectID, amqp.TxCommitID, amqp.TxRollbackID, amqp.ChannelFlowID:
+	default:
+		if amqp.MethodName(key) == "" {
+			_, err := amqp.DecodeMethod(p) // the codec names the fault as RabbitMQ does
+			return err
+		}
+		return nil
+	}
+	m, err := amqp.DecodeMethod(p)
+	if err != nil {
+		return err
+	}
+	switch m := m.(type) {
+	case *amqp.BasicQos:
+		ch.qosCount, ch.qosSize, ch.qosGlobal = m.PrefetchCount, m.PrefetchSize, m.Global
+	case *amqp.BasicConsume:
+		c := &consumer{tag: m.ConsumerTag, queue: m.Queue, noLocal: m.NoLocal, noAck: m.NoAck, exclusive: m.Exclusive, args: m.Arguments}
+		if v, ok := m.Arguments.Get("x-cancel-on-ha-failover"); ok {
+			c.cancelOnFailover, _ = v.(bool)
+		}
+		if m.NoWait && c.tag != "" {
+			ch.addConsumer(c)
+		} else {
+			ch.consumeQ = append(ch.consumeQ, c)
+		}
+	case *amqp.BasicCancel:
+		delete(ch.consumers, m.ConsumerTag)
+	case *amqp.ConfirmSelect:
+		if !ch.confirm {
+			ch.confirm, ch.nextSeq = true, 1
+		}
+	case *amqp.TxSelect:
+		ch.tx = true
+	case *amqp.TxCommit, *amqp.TxRollback:
+		ch.txDirty = false
+	case *amqp.ChannelFlow:
+		ch.flowOff = !m.Active
+	}
+	return nil
+}
+
+// clientConnFrame tracks channel 0 after the handshake.
+func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
+	if f.Type != amqp.FrameMethod {
+		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - unexpected content frame on channel 0")
+	}
+	key, ok := amqp.MethodKey(f.Payload)
+	if !ok {
+		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+	}
+	switch key {
+	case amqp.ConnectionCloseID:
+		s.closing = true
+	case amqp.ConnectionCloseOkID, amqp.ConnectionUpdateSecretID, amqp.ConnectionBlockedID, amqp.ConnectionUnblockedID:
+	default:
+		if amqp.MethodName(key) == "" {
+			_, err := amqp.DecodeMethod(f.Payload)
+			return false, err
+		}
+		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - %s is not valid on an open connection", amqp.MethodName(key))
+	}
+	return true, nil
+}
+
+// fromUpstream tracks a frame the broker sent after the handshake and
+// reports whether to pass it to the client.
+func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.Type == amqp.FrameHeartbeat {
+		return false, nil
+	}
+	if f.Channel == 0 {
+		return s.upstreamConnFrame(f)
+	}
+	ch := s.channel(f.Channel)
+	if ch == nil {
+		// The broker answers on channels the client closed (close-ok races);
+		// pass it on and let the client judge.
+		return true, nil
+	}
+	if err := ch.out.step(f); err != nil {
+		return false, err
+	}
+	if f.Type != amqp.FrameMethod {
+		return true, nil
+	}
+	key, ok := amqp.MethodKey(f.Payload)
+	if !ok {
+		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+	}
+	switch key {
+	case amqp.BasicDeliverID, amqp.BasicGetOkID:
+		ch.out.state, ch.out.classID = contentHeader, 60
+		tag, err := peekDeliveryTag(key, f.Payload)
+		if err != nil {
+			return false, err
+		}
+		tag += ch.tagBase
+		if ch.tagBase != 0 {
+			amqp.SetDeliveryTag(f.Payload, tag)
+		}
+		ch.lastTag = tag
+	case amqp.BasicReturnID:
+		ch.out.state, ch.out.classID = contentHeader, 60
+	case amqp.BasicAckID:
+		if ch.confirm {
+			tag, multiple, err := amqp.PeekBasicAck(f.Payload)
+			if err != nil {
+				return false, err
+			}
+			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
+		}
+	case amqp.BasicNackID:
+		if ch.confirm {
+			tag, multiple, _, err := amqp.PeekBasicNack(f.Payload)
+			if err != nil {
+				return false, err
+			}
+			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
+		}
+	case amqp.ChannelCloseID:
+		ch.closing = true
+	case amqp.ChannelCloseOkID:
+		s.closeChannel(ch)
+	case amqp.BasicConsumeOkID, amqp.BasicCancelID, amqp.BasicCancelOkID:
+		m, err := amqp.DecodeMethod(f.Payload)
+		if err != nil {
+			return false, err
+		}
+		switch m := m.(type) {
+		case *amqp.BasicConsumeOk:
+			if len(ch.consumeQ) > 0 {
+				c := ch.consumeQ[0]
+				ch.consumeQ = ch.consumeQ[1:]
+				c.tag = m.ConsumerTag
+				ch.addConsumer(c)
+			}
+		case *amqp.BasicCancel:
+			// Server-sent cancel (queue deleted, failover): only for clients
+			// that said they understand it.
+			delete(ch.consumers, m.ConsumerTag)
+			if !s.caps.consumerCancelNotify {
+				return false, nil
+			}
+		case *amqp.BasicCancelOk:
+			delete(ch.consumers, m.ConsumerTag)
+		}
+	}
+	return true, nil
+}
+
+func (s *sessionState) upstreamConnFrame(f amqp.Frame) (bool, error) {
+	if f.Type != amqp.FrameMethod {
+		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - broker sent a content frame on channel 0")
+	}
+	key, _ := amqp.MethodKey(f.Payload)
+	switch key {
+	case amqp.ConnectionCloseID:
+		s.closing = true
+	case amqp.ConnectionBlockedID, amqp.ConnectionUnblockedID:
+		return s.caps.connectionBlocked, nil
+	}
+	return true, nil
+}
+
+func (s *sessionState) openChannel(id uint16) {
+	for int(id) >= len(s.channels) {
+		s.channels = append(s.channels, nil)
+	}
+	s.channels[id] = &channelState{id: id}
+	s.open++
+}
+
+func (s *sessionState) closeChannel(ch *channelState) {
+	s.pendingSize -= ch.unconfirmed.live
+	s.channels[ch.id] = nil
+	s.open--
+}
+
+func (ch *channelState) addConsumer(c *consumer) {
+	if ch.consumers == nil {
+		ch.consumers = make(map[string]*consumer)
+	}
+	ch.consumers[c.tag] = c
+}
+
+// movable reports whether the session's state can be replayed on another
+// broker, and if not, why.
+func (s *sessionState) movable() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range s.channels {
+		if ch == nil {
+			continue
+		}
+		if ch.tx && ch.txDirty {
+			return false, "a transaction is open on channel " + itoa(int(ch.id))
+		}
+		if ch.unconfirmed.dropped {
+			return false, "unconfirmed publishes on channel " + itoa(int(ch.id)) + " exceed the replay bound"
+		}
+	}
+	return true, ""
+}
+
+// peekDeliveryTag reads the delivery tag of basic.deliver or basic.get-ok.
+func peekDeliveryTag(key uint32, p []byte) (uint64, error) {
+	if key == amqp.BasicDeliverID {
+		_, tag, _, _, _, err := amqp.PeekBasicDeliver(p)
+		return tag, err
+	}
+	tag, _, _, _, _, err := amqp.PeekBasicGetOk(p)
+	return tag, err
+}
