@@ -48,9 +48,9 @@ type Options struct {
 	ReadBufferSize int
 
 	// ProxyProtocol reads PROXY headers from clients in TrustedProxies.
-	ProxyProtocol       ProxyProtocolMode
-	TrustedProxies      []netip.Prefix
-	ProxyHeaderTimeout  time.Duration
+	ProxyProtocol      ProxyProtocolMode
+	TrustedProxies     []netip.Prefix
+	ProxyHeaderTimeout time.Duration
 	// SendProxyProtocol is "", "v1" or "v2": the header written to the broker
 	// so it sees the client's real address.
 	SendProxyProtocol string

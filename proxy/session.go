@@ -48,12 +48,12 @@ type session struct {
 type errKind uint8
 
 const (
-	kindClientGone   errKind = iota // the client's TCP connection ended or failed
-	kindClientFault                 // the client broke the protocol
-	kindUpstreamGone                // the broker's TCP connection ended or failed
-	kindUpstreamFault               // the broker broke the protocol
-	kindTimeout                     // handshake or heartbeat timeout on the client
-	kindShutdown                    // the server is shutting down
+	kindClientGone    errKind = iota // the client's TCP connection ended or failed
+	kindClientFault                  // the client broke the protocol
+	kindUpstreamGone                 // the broker's TCP connection ended or failed
+	kindUpstreamFault                // the broker broke the protocol
+	kindTimeout                      // handshake or heartbeat timeout on the client
+	kindShutdown                     // the server is shutting down
 )
 
 type sessionError struct {

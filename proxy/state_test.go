@@ -137,7 +137,10 @@ func TestStateConfirmModeKeepsUnconfirmedPublishes(t *testing.T) {
 	s.mustUpstream(method(1, &amqp.BasicAck{DeliveryTag: 4}))
 	var replay [][]byte
 	var seqs []uint64
-	if !ch.unconfirmed.each(func(seq uint64, b []byte) { seqs = append(seqs, seq); replay = append(replay, append([]byte(nil), b...)) }) {
+	if !ch.unconfirmed.each(func(seq uint64, b []byte) {
+		seqs = append(seqs, seq)
+		replay = append(replay, append([]byte(nil), b...))
+	}) {
 		t.Fatal("replay not possible")
 	}
 	if len(seqs) != 1 || seqs[0] != 3 || !bytes.Equal(replay[0], sent[2]) {
