@@ -11,29 +11,39 @@ import (
 	"time"
 )
 
-// Cleanup removes what crashed test processes left behind: for every group
-// directory under os.TempDir() whose owner process is gone, it SIGKILLs the
-// brokers still running from it (found by the marker on their command
-// line) and removes the directory, including directories that were kept
-// on purpose for a failed test. Groups of live processes, this one
-// included, are left alone, so Cleanup is safe while other tests run.
-// It returns the directories it removed.
+// Cleanup removes what crashed test processes left behind. It SIGKILLs
+// every testenv broker whose owner (the process that started it) is gone,
+// found by the marker on its command line, and removes every group
+// directory under os.TempDir() whose owner is gone, including directories
+// that were kept on purpose for a failed test. Groups of live processes,
+// this one included, are left alone, so Cleanup is safe while other tests
+// run. It returns the directories it removed.
 //
 // Brokers normally die with the process that started them (Pdeathsig), so
 // after `kill -9` of a test binary or a `go test -timeout` panic usually
 // only directories remain.
 func Cleanup() (removed []string, err error) {
+	var errs []error
+	var orphans []int
+	for _, m := range markedProcs() {
+		if !ownerAlive(m.owner) {
+			orphans = append(orphans, m.pid)
+		}
+	}
+	if err := killAndWait(orphans); err != nil {
+		errs = append(errs, err)
+	}
+
 	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
 	if err != nil {
 		return nil, fmt.Errorf("testenv: cleanup: %w", err)
 	}
-	var errs []error
 	for _, dir := range dirs {
-		if ownerAlive(dir) {
+		if dirOwnerAlive(dir) {
 			continue
 		}
-		if err := killMarked(dir); err != nil {
-			errs = append(errs, err)
+		if left := groupProcs(dir); len(left) > 0 {
+			errs = append(errs, fmt.Errorf("testenv: cleanup: %s: brokers %v of a dead owner still run", dir, left))
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -45,21 +55,27 @@ func Cleanup() (removed []string, err error) {
 	return removed, errors.Join(errs...)
 }
 
-// ownerAlive reports whether the process that made group directory dir
+// dirOwnerAlive reports whether the process that made group directory dir
 // still runs. A directory without a readable owner file counts as alive
 // for its first minute (it may be being created).
-func ownerAlive(dir string) bool {
+func dirOwnerAlive(dir string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
 	if err != nil {
 		st, serr := os.Stat(dir)
 		return serr == nil && time.Since(st.ModTime()) < time.Minute
 	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
+	return ownerAlive(strings.TrimSpace(string(b)))
+}
+
+// ownerAlive reports whether owner ("<pid>:<start time>") names a live
+// process. A malformed owner is dead.
+func ownerAlive(owner string) bool {
+	p, st, ok := strings.Cut(owner, ":")
+	if !ok {
 		return false
 	}
-	pid, err1 := strconv.Atoi(f[0])
-	start, err2 := strconv.ParseUint(f[1], 10, 64)
+	pid, err1 := strconv.Atoi(p)
+	start, err2 := strconv.ParseUint(st, 10, 64)
 	if err1 != nil || err2 != nil {
 		return false
 	}
@@ -67,10 +83,9 @@ func ownerAlive(dir string) bool {
 	return err == nil && s.startTime == start && s.state != 'Z'
 }
 
-// killMarked SIGKILLs the brokers of group directory dir, and their
-// helpers, and waits until they are gone.
-func killMarked(dir string) error {
-	pids := markedProcs(dir)
+// killAndWait SIGKILLs pids and their descendants (never epmd) and waits
+// until they are gone.
+func killAndWait(pids []int) error {
 	if len(pids) == 0 {
 		return nil
 	}
@@ -91,7 +106,7 @@ func killMarked(dir string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("testenv: cleanup %s: processes %v still running %v after SIGKILL", dir, left, goneTimeout)
+			return fmt.Errorf("testenv: cleanup: processes %v still running %v after SIGKILL", left, goneTimeout)
 		}
 		<-tick.C
 	}

@@ -18,21 +18,23 @@ import (
 // Directory layout of a group (local backend):
 //
 //	$TMPDIR/mirrorproxy-testenv-<id>/
-//	  owner                 "<pid> <start time>" of the process that made it
+//	  owner                 "<pid>:<start time>" of the process that made it
 //	  home/.erlang.cookie   shared by the brokers and rabbitmqctl (HOME)
 //	  n<i>/rabbitmq.conf    written on every start
 //	  n<i>/enabled_plugins
 //	  n<i>/mnesia/          RABBITMQ_MNESIA_BASE (Node.DataDir)
 //	  n<i>/log/             RABBITMQ_LOG_BASE (Node.LogDir): <node>.log, console.log
 //
-// Every broker's command line carries "-mirrorproxy_testenv <group dir>"
-// (an Erlang user flag the VM ignores) so its processes can be found by
-// directory after the owner died (Cleanup).
+// Every broker's command line carries "-mirrorproxy_testenv <group dir>
+// -mirrorproxy_testenv_owner <pid>:<start time>" (Erlang user flags the VM
+// ignores), so Cleanup can find brokers whose owner died, even when their
+// directory is gone.
 
 const (
-	dirPrefix  = "mirrorproxy-testenv-"
-	markerFlag = "-mirrorproxy_testenv"
-	ownerFile  = "owner"
+	dirPrefix       = "mirrorproxy-testenv-"
+	markerFlag      = "-mirrorproxy_testenv"
+	markerOwnerFlag = "-mirrorproxy_testenv_owner"
+	ownerFile       = "owner"
 )
 
 // EnvRabbitMQBin names a directory holding the real rabbitmq-server and
@@ -48,6 +50,7 @@ type localBackend struct {
 	cred     *syscall.Credential
 	uid, gid int
 	home     string
+	owner    string // "<pid>:<start time>" of this process
 	// pickPorts returns n distinct free loopback ports.
 	pickPorts func(n int) ([]int, error)
 }
@@ -139,8 +142,11 @@ func (be *localBackend) setup(g *Group) error {
 	if err != nil {
 		return fail(fmt.Errorf("testenv: read own start time: %w", err))
 	}
-	owner := fmt.Sprintf("%d %d\n", os.Getpid(), st)
-	if err := be.writeFile(filepath.Join(g.Dir, ownerFile), owner, 0o644); err != nil {
+	be.owner = fmt.Sprintf("%d:%d", os.Getpid(), st)
+	if be.opts.fakeOwner != "" {
+		be.owner = be.opts.fakeOwner
+	}
+	if err := be.writeFile(filepath.Join(g.Dir, ownerFile), be.owner+"\n", 0o644); err != nil {
 		return fail(err)
 	}
 	be.home = filepath.Join(g.Dir, "home")

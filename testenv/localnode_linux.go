@@ -148,7 +148,8 @@ func (r *localNode) config() string {
 
 func (r *localNode) serverEnv() []string {
 	n := r.n
-	erlArgs := "-kernel inet_dist_use_interface {127,0,0,1} " + markerFlag + " " + r.g.Dir
+	erlArgs := "-kernel inet_dist_use_interface {127,0,0,1} " +
+		markerFlag + " " + r.g.Dir + " " + markerOwnerFlag + " " + r.be.owner
 	if a := strings.TrimSpace(r.be.opts.ErlArgs); a != "" {
 		erlArgs += " " + a
 	}
@@ -235,7 +236,12 @@ func (r *localNode) startOnce(ctx context.Context) error {
 // isRetryable reports whether a failed boot's log says a port or the node
 // name was taken, so another attempt may succeed.
 func isRetryable(logTail string) bool {
-	for _, s := range []string{"eaddrinuse", "Address already in use", "seems to be in use by another Erlang node"} {
+	for _, s := range []string{
+		"eaddrinuse",                                // AMQP or management listener
+		"dist_port_already_used",                    // distribution port
+		"Address already in use",                    // other listeners
+		"seems to be in use by another Erlang node", // node name still in epmd
+	} {
 		if strings.Contains(logTail, s) {
 			return true
 		}

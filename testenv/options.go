@@ -81,6 +81,9 @@ type Options struct {
 
 	// portPicker replaces the free-port search (tests only).
 	portPicker func(n int) ([]int, error)
+	// fakeOwner replaces the "<pid>:<start time>" owner mark of the
+	// group (tests only: makes a group look orphaned to Cleanup).
+	fakeOwner string
 }
 
 // SidecarOptions will describe the mirrorproxy sidecar started beside each

@@ -129,17 +129,39 @@ func cmdline(pid int) []string {
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
-// markedProcs returns the live processes whose command line carries the
-// testenv marker for group directory dir.
-func markedProcs(dir string) []int {
-	var out []int
+// marked is a broker process found by its testenv marker.
+type marked struct {
+	pid        int
+	dir, owner string
+}
+
+// markedProcs returns every live process carrying a testenv marker.
+func markedProcs() []marked {
+	var out []marked
 	for _, s := range allProcs() {
 		args := cmdline(s.pid)
+		m := marked{pid: s.pid}
 		for i := 0; i+1 < len(args); i++ {
-			if args[i] == markerFlag && args[i+1] == dir {
-				out = append(out, s.pid)
-				break
+			switch args[i] {
+			case markerFlag:
+				m.dir = args[i+1]
+			case markerOwnerFlag:
+				m.owner = args[i+1]
 			}
+		}
+		if m.dir != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// groupProcs returns the pids of the live brokers of group directory dir.
+func groupProcs(dir string) []int {
+	var out []int
+	for _, m := range markedProcs() {
+		if m.dir == dir {
+			out = append(out, m.pid)
 		}
 	}
 	return out

@@ -59,12 +59,28 @@ func startHelper(t *testing.T) (*exec.Cmd, string) {
 		_ = cmd.Wait()
 		t.Fatalf("helper said %q", line)
 	}
-	if len(markedProcs(dir)) != 1 {
+	if len(groupProcs(dir)) != 1 {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		t.Fatalf("helper's broker not found by directory %s", dir)
 	}
 	return cmd, dir
+}
+
+// privateTmp points os.TempDir at a fresh directory for the rest of the
+// test, so Cleanup only sees this test's groups (other engineers' kept
+// directories in /tmp stay alone). The brokers' user must reach into it.
+func privateTmp(t *testing.T) {
+	t.Helper()
+	d, err := os.MkdirTemp("", "testenv-tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	t.Setenv("TMPDIR", d)
 }
 
 func signalledBy(err error, sig syscall.Signal) bool {
@@ -90,7 +106,7 @@ func TestSignalKillsBrokers(t *testing.T) {
 		if !signalledBy(err, sig) {
 			t.Fatalf("helper ended with %v, want death by %v", err, sig)
 		}
-		if left := markedProcs(dir); len(left) != 0 {
+		if left := groupProcs(dir); len(left) != 0 {
 			t.Fatalf("brokers %v survived %v of their starter", left, sig)
 		}
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -103,6 +119,7 @@ func TestSignalKillsBrokers(t *testing.T) {
 // Pdeathsig; the directory stays until Cleanup removes it.
 func TestHardKillThenCleanup(t *testing.T) {
 	noLeaks(t)
+	privateTmp(t)
 	cmd, dir := startHelper(t)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	if err := cmd.Process.Kill(); err != nil {
@@ -112,7 +129,7 @@ func TestHardKillThenCleanup(t *testing.T) {
 		t.Fatalf("helper ended with %v, want SIGKILL", err)
 	}
 	waitFor(t, 30*time.Second, "the broker to die with its starter", func() bool {
-		return len(markedProcs(dir)) == 0
+		return len(groupProcs(dir)) == 0
 	})
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("directory %s should survive a hard kill: %v", dir, err)
@@ -129,32 +146,48 @@ func TestHardKillThenCleanup(t *testing.T) {
 	}
 }
 
-// TestCleanupKillsOrphans: a broker whose starter is gone but which still
-// runs (here: a group dir whose owner file names a dead process) is killed
-// by Cleanup; live groups are left alone.
+// TestCleanupKillsOrphans: brokers and directories whose owner is gone
+// are removed by Cleanup, even when the directory went first; live groups
+// are left alone.
 func TestCleanupKillsOrphans(t *testing.T) {
 	noLeaks(t)
-	g := Start(t, Options{})
+	privateTmp(t)
+	// Owner "1:1" names no live process (pid 1 started later than tick 1).
+	orphan := Start(t, Options{fakeOwner: "1:1"})
 	live := Start(t, Options{})
-	// Pretend g's owner died: point its owner file at a process that is gone.
-	if err := os.WriteFile(g.Dir+"/"+ownerFile, []byte("1 1\n"), 0o644); err != nil {
-		t.Fatal(err)
+	if ownerAlive("1:1") || !dirOwnerAlive(live.Dir) || dirOwnerAlive(orphan.Dir) {
+		t.Fatal("ownerAlive does not tell the fake dead owner from the live one")
 	}
 	removed, err := Cleanup()
 	if err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
-	if !slices.Contains(removed, g.Dir) {
-		t.Fatalf("cleanup removed %v, not the orphaned %s", removed, g.Dir)
+	if !slices.Contains(removed, orphan.Dir) {
+		t.Fatalf("cleanup removed %v, not the orphaned %s", removed, orphan.Dir)
 	}
 	if slices.Contains(removed, live.Dir) {
 		t.Fatalf("cleanup removed the live group %s", live.Dir)
 	}
-	if left := markedProcs(g.Dir); len(left) != 0 {
+	if left := groupProcs(orphan.Dir); len(left) != 0 {
 		t.Fatalf("orphaned brokers %v survive Cleanup", left)
 	}
-	if !live.Nodes[0].Running() || len(markedProcs(live.Dir)) != 1 {
-		t.Fatal("the live group's broker was harmed by Cleanup")
+	if _, err := os.Stat(live.Dir); err != nil || !live.Nodes[0].Running() || len(groupProcs(live.Dir)) != 1 {
+		t.Fatalf("the live group was harmed by Cleanup (dir: %v)", err)
 	}
-	waitFor(t, 10*time.Second, "Running() to see the orphan's death", func() bool { return !g.Nodes[0].Running() })
+	waitFor(t, 10*time.Second, "Running() to see the orphan's death", func() bool { return !orphan.Nodes[0].Running() })
+
+	// A broker whose directory is already gone is still found.
+	orphan2 := Start(t, Options{fakeOwner: "1:1"})
+	if err := os.RemoveAll(orphan2.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Cleanup(); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	if left := groupProcs(orphan2.Dir); len(left) != 0 {
+		t.Fatalf("broker %v without a directory survives Cleanup", left)
+	}
+	if !live.Nodes[0].Running() {
+		t.Fatal("the live group's broker was killed")
+	}
 }

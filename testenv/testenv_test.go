@@ -242,13 +242,13 @@ func TestCloseLeavesNothing(t *testing.T) {
 		pids = append(pids, p.pid)
 		pids = append(pids, descendants(p.pid)...)
 	}
-	if got := markedProcs(g.Dir); len(got) != 2 {
+	if got := groupProcs(g.Dir); len(got) != 2 {
 		t.Fatalf("found %d broker processes by directory, want 2 (pids %v)", len(got), got)
 	}
 	if err := g.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	if got := markedProcs(g.Dir); len(got) != 0 {
+	if got := groupProcs(g.Dir); len(got) != 0 {
 		t.Fatalf("broker processes %v remain after Close", got)
 	}
 	if left := alivePids(pids); len(left) != 0 {
@@ -288,13 +288,14 @@ func TestBadConfigFailsWithLogTail(t *testing.T) {
 	if !strings.Contains(err.Error(), se.Dir) {
 		t.Fatalf("error does not name the kept directory %s:\n%v", se.Dir, err)
 	}
-	if got := markedProcs(se.Dir); len(got) != 0 {
+	if got := groupProcs(se.Dir); len(got) != 0 {
 		t.Fatalf("processes %v remain after a failed start", got)
 	}
 }
 
-// TestPortTakenIsRetried hands the first attempt a port that is in use and
-// expects the start to succeed on fresh ports.
+// TestPortTakenIsRetried hands the first attempt an AMQP port and the
+// second a distribution port that are in use, and expects the start to
+// succeed on fresh ports.
 func TestPortTakenIsRetried(t *testing.T) {
 	noLeaks(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -307,16 +308,16 @@ func TestPortTakenIsRetried(t *testing.T) {
 	opts := Options{portPicker: func(n int) ([]int, error) {
 		calls++
 		ports, err := freePorts(n)
-		if calls == 1 && err == nil {
-			ports[0] = busyPort // the AMQP port
+		if err == nil && calls <= 2 {
+			ports[calls-1] = busyPort // the AMQP port, then the dist port
 		}
 		return ports, err
 	}}
 	g := Start(t, opts)
-	if calls < 2 {
+	if calls < 3 {
 		t.Fatalf("port picker called %d times, want a retry", calls)
 	}
-	if g.Nodes[0].AMQPPort == busyPort {
+	if n := g.Nodes[0]; n.AMQPPort == busyPort || n.DistPort == busyPort {
 		t.Fatalf("node kept the busy port %d", busyPort)
 	}
 	conn, _ := dial(t, g.Nodes[0])
