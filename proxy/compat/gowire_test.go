@@ -23,6 +23,11 @@ const (
 	scenarioChannels  = 200
 	// waitFor bounds every wait for something the broker sends.
 	waitFor = 15 * time.Second
+	// idleHeartbeat is the heartbeat of the idle connection; it stays idle
+	// for idleFor, longer than amqp091-go's read deadline of three
+	// heartbeats, so it dies unless heartbeats arrive.
+	idleHeartbeat = time.Second
+	idleFor       = 3*idleHeartbeat + 300*time.Millisecond
 )
 
 // goSteps are the steps every amqp091-go transcript must have.
@@ -32,7 +37,7 @@ var goSteps = []string{
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
 	"tx-select-ok", "tx-rollback-ok", "tx-commit-ok", "get-large", "channels",
-	"queue-delete-ok", "exchange-delete-ok", "connection-close-ok",
+	"heartbeat", "queue-delete-ok", "exchange-delete-ok", "connection-close-ok",
 }
 
 func TestGoClient(t *testing.T) {
@@ -55,6 +60,11 @@ type goScenario struct {
 	ch       *amqp091.Channel
 	confirms chan amqp091.Confirmation
 	returns  chan amqp091.Return
+
+	// idle is a second connection, with a short heartbeat, that stays
+	// idle while the scenario runs on conn; idleSince is when it opened.
+	idle      *amqp091.Connection
+	idleSince time.Time
 }
 
 func (s *goScenario) run(t *testing.T) transcript {
@@ -62,10 +72,12 @@ func (s *goScenario) run(t *testing.T) transcript {
 		name string
 		fn   func() error
 	}{
-		{"connect", s.connect}, {"topology", s.topology}, {"confirms", s.confirmSteps},
+		{"connect", s.connect}, {"idle-open", s.openIdle},
+		{"topology", s.topology}, {"confirms", s.confirmSteps},
 		{"get", s.get}, {"consume", s.consume}, {"reject", s.reject},
 		{"get-empty", s.getEmpty}, {"qos", s.qos}, {"cancel-notify", s.cancelNotify},
-		{"tx", s.tx}, {"large", s.large}, {"channels", s.channels}, {"cleanup", s.cleanup},
+		{"tx", s.tx}, {"large", s.large}, {"channels", s.channels},
+		{"heartbeat", s.heartbeat}, {"cleanup", s.cleanup},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -75,6 +87,9 @@ func (s *goScenario) run(t *testing.T) transcript {
 	}
 	if s.conn != nil && !s.conn.IsClosed() {
 		s.conn.Close()
+	}
+	if s.idle != nil && !s.idle.IsClosed() {
+		s.idle.Close()
 	}
 	tr, err := parseTranscript([]byte(strings.Join(s.lines, "\n")), s.prefix)
 	if err != nil {
@@ -256,6 +271,47 @@ func (s *goScenario) connect() error {
 	s.expect(conn.Config.Heartbeat == scenarioHeartbeat, "heartbeat negotiated to the client's 10s")
 	s.expect(conn.Config.FrameSize == scenarioFrameMax, "frame_max negotiated to 131072")
 	return nil
+}
+
+// openIdle opens the idle connection that the heartbeat step checks; it
+// opens early so that its idle time overlaps the scenario's.
+func (s *goScenario) openIdle() error {
+	idle, err := amqp091.DialConfig(s.url, amqp091.Config{Heartbeat: idleHeartbeat})
+	if err != nil {
+		return fmt.Errorf("dial the idle connection: %w", err)
+	}
+	s.idle, s.idleSince = idle, time.Now()
+	return nil
+}
+
+// heartbeat checks the idle connection: after idleFor without traffic
+// other than heartbeats it must still be open and work.
+func (s *goScenario) heartbeat() error {
+	closed := s.idle.NotifyClose(make(chan *amqp091.Error, 1))
+	// Waiting is the point here: the connection must survive idleFor.
+	timer := time.NewTimer(time.Until(s.idleSince.Add(idleFor)))
+	defer timer.Stop()
+	select {
+	case err := <-closed:
+		return fmt.Errorf("the idle connection with a %v heartbeat closed after %v: %v",
+			idleHeartbeat, time.Since(s.idleSince).Round(time.Millisecond), err)
+	case <-timer.C:
+	}
+	ch, err := s.idle.Channel()
+	if err != nil {
+		return fmt.Errorf("channel on the idle connection: %w", err)
+	}
+	q, err := ch.QueueDeclare("", false, false, true, false, nil)
+	if err != nil {
+		return fmt.Errorf("declare on the idle connection: %w", err)
+	}
+	s.emit("heartbeat", "negotiated", int(s.idle.Config.Heartbeat/time.Second),
+		"idle_seconds", idleFor.Seconds(), "alive", strings.HasPrefix(q.Name, "amq.gen-"))
+	s.expect(s.idle.Config.Heartbeat == idleHeartbeat, "a 1 s heartbeat is negotiated")
+	if err := ch.Close(); err != nil {
+		return err
+	}
+	return s.idle.Close()
 }
 
 func (s *goScenario) topology() error {

@@ -84,7 +84,14 @@ func runLegs(t *testing.T, ls []leg, client string, required []string,
 	trs := make([]transcript, len(ls))
 	for i, l := range ls {
 		t.Run(l.name, func(t *testing.T) {
+			var before int64
+			if l.proxy != nil {
+				before = l.proxy.accepted()
+			}
 			tr := run(t, l, uniquePrefix(client, l.name))
+			if l.proxy != nil && l.proxy.accepted() == before {
+				t.Errorf("the %s leg made no connection through the proxy", l.name)
+			}
 			requireSteps(t, l.name, tr, required...)
 			forbidSteps(t, l.name, tr, "check-failed", "error")
 			trs[i] = tr

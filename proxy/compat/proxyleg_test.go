@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -17,6 +18,25 @@ type testProxy struct {
 	srv  *proxy.Server
 	addr string
 	logs *logBuffer
+	ln   *countingListener
+}
+
+// accepted counts the client connections the proxy accepted: a proxied
+// leg that made none did not test the proxy.
+func (p *testProxy) accepted() int64 { return p.ln.n.Load() }
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 // proxyLeg starts a proxy in front of upstream for the rest of the test.
@@ -30,10 +50,11 @@ func proxyLeg(t *testing.T, upstream string) leg {
 	if err != nil {
 		t.Fatalf("proxy.NewServer: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln := &countingListener{Listener: tcp}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -42,7 +63,7 @@ func proxyLeg(t *testing.T, upstream string) leg {
 			t.Errorf("proxy Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	p := &testProxy{srv: srv, addr: ln.Addr().String(), logs: logs}
+	p := &testProxy{srv: srv, addr: ln.Addr().String(), logs: logs, ln: ln}
 	return leg{name: "proxy", addr: p.addr, proxy: p}
 }
 

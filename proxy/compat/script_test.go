@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,15 +26,25 @@ const scriptTimeout = 60 * time.Second
 // needPika fails the test unless Debian's python can import pika.
 func needPika(t *testing.T) {
 	t.Helper()
+	version, err := checkPika()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pika %s", version)
+}
+
+// checkPika returns pika's version, or an error that names the Debian
+// package to install.
+func checkPika() (string, error) {
 	if _, err := os.Stat(debianPython); err != nil {
-		t.Fatalf("%s is missing: install the Debian packages python3 and python3-pika (apt-get install -y python3-pika)", debianPython)
+		return "", fmt.Errorf("%s is missing: install the Debian packages python3 and python3-pika (apt-get install -y python3-pika)", debianPython)
 	}
 	out, err := exec.Command(debianPython, "-c", "import pika; print(pika.__version__)").CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s cannot import pika: install the Debian package python3-pika (apt-get install -y python3-pika): %v\n%s",
+		return "", fmt.Errorf("%s cannot import pika: install the Debian package python3-pika (apt-get install -y python3-pika): %v\n%s",
 			debianPython, err, out)
 	}
-	t.Logf("pika %s", strings.TrimSpace(string(out)))
+	return strings.TrimSpace(string(out)), nil
 }
 
 // amqpTools are the amqp-tools commands the shell scenario runs.
@@ -71,7 +82,12 @@ func runScript(t *testing.T, prefix string, name string, args ...string) transcr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
+	began := time.Now()
 	err := cmd.Run()
+	if testing.Verbose() {
+		t.Logf("%s ran %v; stderr:\n%s", filepath.Base(args[0]), time.Since(began).Round(time.Millisecond),
+			truncate(stderr.String(), 4000))
+	}
 	tr, perr := parseTranscript(stdout.Bytes(), prefix)
 	if perr != nil {
 		t.Errorf("%s: %v\nstdout:\n%s", filepath.Base(args[0]), perr, truncate(stdout.String(), 4000))
@@ -98,7 +114,7 @@ var pikaSteps = []string{
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
 	"tx-select-ok", "tx-rollback-ok", "tx-commit-ok", "get-large", "channels",
-	"queue-delete-ok", "exchange-delete-ok", "connection-close-ok",
+	"heartbeat", "queue-delete-ok", "exchange-delete-ok", "connection-close-ok",
 }
 
 func TestPika(t *testing.T) {

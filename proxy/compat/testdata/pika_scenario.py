@@ -29,6 +29,7 @@ from pika.exceptions import ChannelClosedByBroker, UnroutableError
 WAIT_SECONDS = 15.0
 FRAME_MAX = 131072
 HEARTBEAT = 10
+IDLE_SECONDS = 2.0
 
 
 def jsonable(v):
@@ -381,6 +382,27 @@ class Scenario:
         self.emit("channels", opened=len(chans), distinct=len(numbers), round_trips_ok=ok)
         self.expect(ok == self.channel_count, "every channel's round trip works")
 
+    def heartbeat(self):
+        """A second connection with a 1 s heartbeat stays idle for
+        IDLE_SECONDS: only heartbeats flow, and it must still work after."""
+        params = pika.URLParameters(self.url)
+        params.heartbeat = 1
+        c = pika.BlockingConnection(params)
+        negotiated = c._impl.params.heartbeat
+        deadline = time.monotonic() + IDLE_SECONDS
+        while time.monotonic() < deadline:
+            c.process_data_events(time_limit=deadline - time.monotonic())
+        checker = c._impl._heartbeat_checker
+        received = getattr(checker, "_heartbeat_frames_received", 0) if checker else 0
+        ch = c.channel()
+        r = ch.queue_declare("", exclusive=True)
+        ch.close()
+        c.close()
+        self.emit("heartbeat", negotiated=negotiated, idle_seconds=IDLE_SECONDS,
+                  heartbeats_received=received > 0, alive=r.method.queue.startswith("amq.gen-"))
+        self.expect(negotiated == 1, "a 1 s heartbeat is negotiated")
+        self.expect(received > 0, "heartbeat frames arrive on an idle connection")
+
     def cleanup(self):
         ch = self.conn.channel()
         for name in ("q", "dead", "altq", "nodlx", "tx"):
@@ -430,15 +452,18 @@ class Scenario:
             ("confirms", self.confirms), ("get", self.get), ("consume", self.consume),
             ("reject", self.reject), ("get-empty", self.get_empty), ("qos", self.qos),
             ("cancel-notify", self.cancel_notify), ("tx", self.tx), ("large", self.large),
-            ("channels", self.channels), ("cleanup", self.cleanup),
+            ("channels", self.channels), ("heartbeat", self.heartbeat),
+            ("cleanup", self.cleanup),
         ]
         if steps == ["blocked"]:
             all_steps = [("connect", self.connect), ("blocked", self.blocked)]
         for name, fn in all_steps:
             if steps and name not in steps and name not in ("connect", "cleanup"):
                 continue
+            began = time.monotonic()
             try:
                 fn()
+                sys.stderr.write("step %s took %.3fs\n" % (name, time.monotonic() - began))
             except Exception as e:  # the transcript shows where a leg broke
                 self.emit("error", during=name, error="%s: %s" % (type(e).__name__, e))
                 sys.stderr.write(traceback.format_exc())
