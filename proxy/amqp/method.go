@@ -29,12 +29,6 @@ type Method interface {
 	AppendArgs(dst []byte) []byte
 }
 
-// decodableMethod is what the generated structs implement besides Method.
-type decodableMethod interface {
-	Method
-	decodeArgs(r *wireReader)
-}
-
 // Key returns m's class id<<16 | method id, the form of the *ID constants.
 func Key(m Method) uint32 { return uint32(m.ClassID())<<16 | uint32(m.MethodID()) }
 
@@ -67,21 +61,21 @@ func DecodeMethod(payload []byte) (Method, error) {
 	if !ok {
 		return nil, framef("method frame payload has %d octets, too few for class and method ids", len(payload))
 	}
-	m := newMethod(key)
-	if m == nil {
+	name := MethodName(key)
+	if name == "" {
 		class, method := uint16(key>>16), uint16(key)
-		if name := ClassName(class); name != "" {
-			return nil, &FrameError{Code: CommandInvalid, Reason: fmt.Sprintf("unknown method %d.%d: class %s has no method %d", class, method, name, method)}
+		if cname := ClassName(class); cname != "" {
+			return nil, &FrameError{Code: CommandInvalid, Reason: fmt.Sprintf("unknown method %d.%d: class %s has no method %d", class, method, cname, method)}
 		}
 		return nil, &FrameError{Code: CommandInvalid, Reason: fmt.Sprintf("unknown class %d (method %d)", class, method)}
 	}
-	r := wireReader{s: string(payload[4:]), what: m.Name()}
-	m.decodeArgs(&r)
+	r := wireReader{s: string(payload[4:]), what: name}
+	m := decodeArgs(key, &r)
 	if r.err != nil {
 		return nil, r.err
 	}
 	if len(r.s) != 0 {
-		return nil, framef("%s: cannot decode: %d octets after the arguments", m.Name(), len(r.s))
+		return nil, framef("%s: cannot decode: %d octets after the arguments", name, len(r.s))
 	}
 	return m, nil
 }

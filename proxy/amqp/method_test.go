@@ -12,8 +12,8 @@ import (
 
 // allMethods returns one empty value of every method the package knows,
 // found by asking newMethod for every possible key of the known classes.
-func allMethods() []decodableMethod {
-	var ms []decodableMethod
+func allMethods() []Method {
+	var ms []Method
 	for class := 0; class < 1<<16; class++ {
 		if ClassName(uint16(class)) == "" {
 			continue

@@ -86,7 +86,7 @@ const (
 )
 
 // newMethod returns an empty method for key, or nil for an unknown key.
-func newMethod(key uint32) decodableMethod {
+func newMethod(key uint32) Method {
 	switch key {
 	case ConnectionStartID:
 		return new(ConnectionStart)
@@ -220,6 +220,279 @@ func newMethod(key uint32) decodableMethod {
 		return new(ConfirmSelect)
 	case ConfirmSelectOkID:
 		return new(ConfirmSelectOk)
+	}
+	return nil
+}
+
+// decodeArgs decodes the arguments of the method with key from r, or
+// returns nil for an unknown key. Calling each decodeArgs method directly
+// rather than through an interface keeps r on the caller's stack.
+func decodeArgs(key uint32, r *wireReader) Method {
+	switch key {
+	case ConnectionStartID:
+		m := new(ConnectionStart)
+		m.decodeArgs(r)
+		return m
+	case ConnectionStartOkID:
+		m := new(ConnectionStartOk)
+		m.decodeArgs(r)
+		return m
+	case ConnectionSecureID:
+		m := new(ConnectionSecure)
+		m.decodeArgs(r)
+		return m
+	case ConnectionSecureOkID:
+		m := new(ConnectionSecureOk)
+		m.decodeArgs(r)
+		return m
+	case ConnectionTuneID:
+		m := new(ConnectionTune)
+		m.decodeArgs(r)
+		return m
+	case ConnectionTuneOkID:
+		m := new(ConnectionTuneOk)
+		m.decodeArgs(r)
+		return m
+	case ConnectionOpenID:
+		m := new(ConnectionOpen)
+		m.decodeArgs(r)
+		return m
+	case ConnectionOpenOkID:
+		m := new(ConnectionOpenOk)
+		m.decodeArgs(r)
+		return m
+	case ConnectionCloseID:
+		m := new(ConnectionClose)
+		m.decodeArgs(r)
+		return m
+	case ConnectionCloseOkID:
+		m := new(ConnectionCloseOk)
+		m.decodeArgs(r)
+		return m
+	case ConnectionBlockedID:
+		m := new(ConnectionBlocked)
+		m.decodeArgs(r)
+		return m
+	case ConnectionUnblockedID:
+		m := new(ConnectionUnblocked)
+		m.decodeArgs(r)
+		return m
+	case ConnectionUpdateSecretID:
+		m := new(ConnectionUpdateSecret)
+		m.decodeArgs(r)
+		return m
+	case ConnectionUpdateSecretOkID:
+		m := new(ConnectionUpdateSecretOk)
+		m.decodeArgs(r)
+		return m
+	case ChannelOpenID:
+		m := new(ChannelOpen)
+		m.decodeArgs(r)
+		return m
+	case ChannelOpenOkID:
+		m := new(ChannelOpenOk)
+		m.decodeArgs(r)
+		return m
+	case ChannelFlowID:
+		m := new(ChannelFlow)
+		m.decodeArgs(r)
+		return m
+	case ChannelFlowOkID:
+		m := new(ChannelFlowOk)
+		m.decodeArgs(r)
+		return m
+	case ChannelCloseID:
+		m := new(ChannelClose)
+		m.decodeArgs(r)
+		return m
+	case ChannelCloseOkID:
+		m := new(ChannelCloseOk)
+		m.decodeArgs(r)
+		return m
+	case AccessRequestID:
+		m := new(AccessRequest)
+		m.decodeArgs(r)
+		return m
+	case AccessRequestOkID:
+		m := new(AccessRequestOk)
+		m.decodeArgs(r)
+		return m
+	case ExchangeDeclareID:
+		m := new(ExchangeDeclare)
+		m.decodeArgs(r)
+		return m
+	case ExchangeDeclareOkID:
+		m := new(ExchangeDeclareOk)
+		m.decodeArgs(r)
+		return m
+	case ExchangeDeleteID:
+		m := new(ExchangeDelete)
+		m.decodeArgs(r)
+		return m
+	case ExchangeDeleteOkID:
+		m := new(ExchangeDeleteOk)
+		m.decodeArgs(r)
+		return m
+	case ExchangeBindID:
+		m := new(ExchangeBind)
+		m.decodeArgs(r)
+		return m
+	case ExchangeBindOkID:
+		m := new(ExchangeBindOk)
+		m.decodeArgs(r)
+		return m
+	case ExchangeUnbindID:
+		m := new(ExchangeUnbind)
+		m.decodeArgs(r)
+		return m
+	case ExchangeUnbindOkID:
+		m := new(ExchangeUnbindOk)
+		m.decodeArgs(r)
+		return m
+	case QueueDeclareID:
+		m := new(QueueDeclare)
+		m.decodeArgs(r)
+		return m
+	case QueueDeclareOkID:
+		m := new(QueueDeclareOk)
+		m.decodeArgs(r)
+		return m
+	case QueueBindID:
+		m := new(QueueBind)
+		m.decodeArgs(r)
+		return m
+	case QueueBindOkID:
+		m := new(QueueBindOk)
+		m.decodeArgs(r)
+		return m
+	case QueuePurgeID:
+		m := new(QueuePurge)
+		m.decodeArgs(r)
+		return m
+	case QueuePurgeOkID:
+		m := new(QueuePurgeOk)
+		m.decodeArgs(r)
+		return m
+	case QueueDeleteID:
+		m := new(QueueDelete)
+		m.decodeArgs(r)
+		return m
+	case QueueDeleteOkID:
+		m := new(QueueDeleteOk)
+		m.decodeArgs(r)
+		return m
+	case QueueUnbindID:
+		m := new(QueueUnbind)
+		m.decodeArgs(r)
+		return m
+	case QueueUnbindOkID:
+		m := new(QueueUnbindOk)
+		m.decodeArgs(r)
+		return m
+	case BasicQosID:
+		m := new(BasicQos)
+		m.decodeArgs(r)
+		return m
+	case BasicQosOkID:
+		m := new(BasicQosOk)
+		m.decodeArgs(r)
+		return m
+	case BasicConsumeID:
+		m := new(BasicConsume)
+		m.decodeArgs(r)
+		return m
+	case BasicConsumeOkID:
+		m := new(BasicConsumeOk)
+		m.decodeArgs(r)
+		return m
+	case BasicCancelID:
+		m := new(BasicCancel)
+		m.decodeArgs(r)
+		return m
+	case BasicCancelOkID:
+		m := new(BasicCancelOk)
+		m.decodeArgs(r)
+		return m
+	case BasicPublishID:
+		m := new(BasicPublish)
+		m.decodeArgs(r)
+		return m
+	case BasicReturnID:
+		m := new(BasicReturn)
+		m.decodeArgs(r)
+		return m
+	case BasicDeliverID:
+		m := new(BasicDeliver)
+		m.decodeArgs(r)
+		return m
+	case BasicGetID:
+		m := new(BasicGet)
+		m.decodeArgs(r)
+		return m
+	case BasicGetOkID:
+		m := new(BasicGetOk)
+		m.decodeArgs(r)
+		return m
+	case BasicGetEmptyID:
+		m := new(BasicGetEmpty)
+		m.decodeArgs(r)
+		return m
+	case BasicAckID:
+		m := new(BasicAck)
+		m.decodeArgs(r)
+		return m
+	case BasicRejectID:
+		m := new(BasicReject)
+		m.decodeArgs(r)
+		return m
+	case BasicRecoverAsyncID:
+		m := new(BasicRecoverAsync)
+		m.decodeArgs(r)
+		return m
+	case BasicRecoverID:
+		m := new(BasicRecover)
+		m.decodeArgs(r)
+		return m
+	case BasicRecoverOkID:
+		m := new(BasicRecoverOk)
+		m.decodeArgs(r)
+		return m
+	case BasicNackID:
+		m := new(BasicNack)
+		m.decodeArgs(r)
+		return m
+	case TxSelectID:
+		m := new(TxSelect)
+		m.decodeArgs(r)
+		return m
+	case TxSelectOkID:
+		m := new(TxSelectOk)
+		m.decodeArgs(r)
+		return m
+	case TxCommitID:
+		m := new(TxCommit)
+		m.decodeArgs(r)
+		return m
+	case TxCommitOkID:
+		m := new(TxCommitOk)
+		m.decodeArgs(r)
+		return m
+	case TxRollbackID:
+		m := new(TxRollback)
+		m.decodeArgs(r)
+		return m
+	case TxRollbackOkID:
+		m := new(TxRollbackOk)
+		m.decodeArgs(r)
+		return m
+	case ConfirmSelectID:
+		m := new(ConfirmSelect)
+		m.decodeArgs(r)
+		return m
+	case ConfirmSelectOkID:
+		m := new(ConfirmSelectOk)
+		m.decodeArgs(r)
+		return m
 	}
 	return nil
 }

@@ -231,10 +231,21 @@ func Generate(src []byte) (map[string][]byte, error) {
 	p(")\n\n")
 
 	p("// newMethod returns an empty method for key, or nil for an unknown key.\n")
-	p("func newMethod(key uint32) decodableMethod {\n\tswitch key {\n")
+	p("func newMethod(key uint32) Method {\n\tswitch key {\n")
 	for _, c := range classes {
 		for _, m := range c.Methods {
 			p("\tcase %sID:\n\t\treturn new(%s)\n", m.GoName(), m.GoName())
+		}
+	}
+	p("\t}\n\treturn nil\n}\n\n")
+
+	p("// decodeArgs decodes the arguments of the method with key from r, or\n")
+	p("// returns nil for an unknown key. Calling each decodeArgs method directly\n")
+	p("// rather than through an interface keeps r on the caller's stack.\n")
+	p("func decodeArgs(key uint32, r *wireReader) Method {\n\tswitch key {\n")
+	for _, c := range classes {
+		for _, m := range c.Methods {
+			p("\tcase %sID:\n\t\tm := new(%s)\n\t\tm.decodeArgs(r)\n\t\treturn m\n", m.GoName(), m.GoName())
 		}
 	}
 	p("\t}\n\treturn nil\n}\n\n")
