@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,7 +34,14 @@ func TestMain(m *testing.M) {
 			defer g.Close()
 			broker = g.Nodes[0]
 		}
-		return m.Run()
+		code := m.Run()
+		if code == 0 && broker != nil {
+			if err := checkCleanedUp(broker); err != nil {
+				fmt.Fprintln(os.Stderr, "compat:", err)
+				code = 1
+			}
+		}
+		return code
 	}()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -42,6 +50,29 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// checkCleanedUp fails when a run left a queue or exchange behind: every
+// leg deletes what it declared.
+func checkCleanedUp(node *testenv.Node) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var left []string
+	for _, what := range []string{"queues", "exchanges"} {
+		out, err := node.Ctl(ctx, "list_"+what, "--quiet", "--no-table-headers", "name")
+		if err != nil {
+			return fmt.Errorf("listing %s: %w", what, err)
+		}
+		for _, name := range strings.Fields(out) {
+			if strings.HasPrefix(name, "compat.") || strings.HasPrefix(name, "amq.gen-") {
+				left = append(left, name)
+			}
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("the runs left %d queues or exchanges behind: %s", len(left), strings.Join(left, " "))
+	}
+	return nil
 }
 
 func needBroker(t testing.TB) *testenv.Node {

@@ -144,8 +144,8 @@ func compareTranscripts(t testing.TB, client, wantLeg string, want transcript, g
 	if equalTranscripts(want, got) {
 		return
 	}
-	t.Errorf("%s: the %s transcript differs from the %s one (%d vs %d lines; - %s, + %s):\n%s",
-		client, gotLeg, wantLeg, len(got), len(want), wantLeg, gotLeg, diffLines(want, got))
+	t.Errorf("%s: the %s transcript (%d lines) differs from the %s one (%d lines); - only %s, + only %s:\n%s",
+		client, gotLeg, len(got), wantLeg, len(want), wantLeg, gotLeg, diffLines(want, got))
 }
 
 func equalTranscripts(a, b transcript) bool {
