@@ -129,13 +129,17 @@ func runLegs(t *testing.T, ls []leg, client string, required []string,
 			if t.Failed() || testing.Verbose() {
 				t.Logf("%s transcript (%d lines):\n%s", l.name, len(tr), joinLines(tr))
 			}
-			if t.Failed() && l.proxy != nil {
-				t.Logf("proxy log (last lines):\n%s", l.proxy.logs.tail(60))
-			}
 		})
 	}
 	for i := 1; i < len(ls); i++ {
 		compareTranscripts(t, client, ls[0].name, trs[0], ls[i].name, trs[i])
+	}
+	if t.Failed() {
+		for _, l := range ls {
+			if l.proxy != nil {
+				t.Logf("proxy log of the %s leg (last lines):\n%s", l.name, l.proxy.logs.tail(60))
+			}
+		}
 	}
 }
 
