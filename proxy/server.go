@@ -57,10 +57,8 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.FrameMax < 4096 {
 		return nil, fmt.Errorf("proxy: Options.FrameMax %d is below AMQP's minimum 4096", opts.FrameMax)
 	}
-	switch opts.ProxyProtocol {
-	case ProxyProtocolOff, ProxyProtocolOptional, ProxyProtocolRequired:
-	default:
-		return nil, fmt.Errorf("proxy: Options.ProxyProtocol %q: want off, optional or required", opts.ProxyProtocol)
+	if err := validateProxyProtocol(opts); err != nil {
+		return nil, err
 	}
 	switch opts.SendProxyProtocol {
 	case "", "v1", "v2":

@@ -129,7 +129,9 @@ func (s *session) serve(ctx context.Context) {
 	opts := &s.srv.opts
 	s.client.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
 	s.cr = amqp.NewReader(s.client, opts.ReadBufferSize)
-	s.cout = newOut(s.client, sendTimeout)
+	// Writes go to the TCP socket itself: a PROXY-protocol wrapper would hide
+	// its writev. Nothing is written before the first read consumed the header.
+	s.cout = newOut(rawConn(s.client), sendTimeout)
 
 	if _, err := s.cr.ReadProtocolHeader(); err != nil {
 		if errors.Is(err, amqp.ErrBadProtocolHeader) {
@@ -141,6 +143,10 @@ func (s *session) serve(ctx context.Context) {
 		}
 		if errors.Is(err, ErrProxyHeader) {
 			s.log.Warn().Err(err).Msg("refused a client connection: bad PROXY protocol header")
+			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.log.Warn().Err(err).Msg("handshake timeout: no complete protocol header (or PROXY header) from the client")
 			return
 		}
 		s.log.Info().Err(err).Msg("client left before sending a protocol header")
@@ -231,6 +237,7 @@ func (s *session) clientPump() error {
 		s.clientRead.Store(true)
 		if s.closing.Load() {
 			if isCloseOk(f) {
+				s.client.Close() // the close handshake is complete
 				return nil
 			}
 			continue
@@ -467,6 +474,7 @@ const lingerTimeout = 2 * time.Second
 // end of the stream; reading on goes on until the peer closes, so that unread
 // input does not make the kernel reset the connection and lose the close frame.
 func halfClose(c net.Conn) {
+	c = rawConn(c)
 	type closeWriter interface{ CloseWrite() error }
 	if cw, ok := c.(closeWriter); ok {
 		cw.CloseWrite()
@@ -480,4 +488,12 @@ func lingerClose(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 	c.Close()
+}
+
+// rawConn is the TCP connection under a PROXY-protocol wrapper, or c.
+func rawConn(c net.Conn) net.Conn {
+	if r, ok := c.(interface{ Raw() net.Conn }); ok {
+		return r.Raw()
+	}
+	return c
 }
