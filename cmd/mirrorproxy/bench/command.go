@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -79,7 +78,11 @@ func action(c *cli.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	rep, err := Run(c.Context, cfg)
+	// A Ctrl-C ends the run cleanly: targets stopped, queue deleted, a
+	// broker started for the run stopped.
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -90,17 +93,14 @@ func action(c *cli.Context) error {
 }
 
 // Main runs `bench` with args (the flags after "bench"), printing to stdout
-// and stderr and stopping cleanly on SIGINT or SIGTERM. It is for running
-// the tool before the CLI registers the sub-command.
+// and stderr. It is for running the tool without the mirrorproxy CLI.
 func Main(args []string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	app := &cli.App{
 		Name:     "mirrorproxy",
 		Usage:    "bench only",
 		Commands: []*cli.Command{Command()},
 	}
-	if err := app.RunContext(ctx, append([]string{"mirrorproxy", "bench"}, args...)); err != nil {
+	if err := app.Run(append([]string{"mirrorproxy", "bench"}, args...)); err != nil {
 		return fmt.Errorf("mirrorproxy bench: %w", err)
 	}
 	return nil

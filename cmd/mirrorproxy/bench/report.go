@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,6 +25,11 @@ type Machine struct {
 	GoVersion     string `json:"go_version"`
 	BrokerProduct string `json:"broker_product"`
 	BrokerVersion string `json:"broker_version"`
+	// LoadBefore and LoadAfter are /proc/loadavg's 1, 5 and 15 minute
+	// load averages when the run began and ended (empty where there is
+	// none): other work on a shared box shows up here.
+	LoadBefore string `json:"load_before,omitempty"`
+	LoadAfter  string `json:"load_after,omitempty"`
 }
 
 // Settings echoes the run's settings.
@@ -102,6 +108,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "mirrorproxy bench: %s/%s, %d CPUs, %s, broker %s %s\n",
 		r.Machine.GOOS, r.Machine.GOARCH, r.Machine.NumCPU, r.Machine.GoVersion,
 		r.Machine.BrokerProduct, r.Machine.BrokerVersion)
+	if r.Machine.LoadBefore != "" {
+		fmt.Fprintf(&b, "load average before %s, after %s\n", r.Machine.LoadBefore, r.Machine.LoadAfter)
+	}
 	fmt.Fprintf(&b, "%d measured rounds (median shown), %d warm-up discarded; targets rotate each round\n",
 		s.Runs, s.Warmup)
 	for _, wl := range r.Workloads {
@@ -152,4 +161,17 @@ func fmtSigned(d time.Duration) string {
 		return "-" + fmtDur(-d)
 	}
 	return "+" + fmtDur(d)
+}
+
+// loadAverage returns the first three fields of /proc/loadavg, or "".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }

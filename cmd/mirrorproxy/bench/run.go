@@ -25,6 +25,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	log := cfg.Logger
+	loadBefore := loadAverage()
 	brokerURL := cfg.BrokerURL
 	if brokerURL == "" {
 		url, stop, err := StartBroker(ctx, log)
@@ -97,7 +98,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 		}
 	}
-	return b.report(samples), nil
+	rep = b.report(samples)
+	rep.Machine.LoadBefore, rep.Machine.LoadAfter = loadBefore, loadAverage()
+	return rep, nil
 }
 
 // bencher holds what the runs share: the admin connection (direct to the
