@@ -59,6 +59,20 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+func TestCommands(t *testing.T) {
+	var names []string
+	for _, c := range newApp(nil, nil).Commands {
+		names = append(names, c.Name)
+	}
+	if got := strings.Join(names, " "); got != "run config version bench" {
+		t.Errorf("commands: %s", got)
+	}
+	code, out, _ := runCLI("bench", "--help")
+	if code != 0 || !strings.Contains(out, "mirrorproxy bench") {
+		t.Errorf("bench --help: exit %d, %q", code, out)
+	}
+}
+
 func TestConfigCheck(t *testing.T) {
 	good := writeFile(t, "good.yaml", "listen:\n  address: :5672\n")
 	bad := writeFile(t, "bad.yaml", "listen:\n  address: :5672\nlimits:\n  heartbeat: 5x\n  frame_max: 10\nfoo: 1\n")

@@ -50,11 +50,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 }
 
 // commands lists the sub-commands. Packages that bring their own command
-// (bench, demo) are added by their hooks.
+// are added through a hook (benchCommand).
 func commands() []*cli.Command {
 	return []*cli.Command{
 		runCommand(),
 		configCommand(),
 		versionCommand(),
+		benchCommand(),
 	}
 }
