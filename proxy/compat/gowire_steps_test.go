@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -80,6 +81,29 @@ func (s *goScenario) heartbeat() error {
 	return s.idle.Close()
 }
 
+// refusals: the broker refuses a wrong password (403, announced with
+// authentication_failure_close) and a missing vhost (530).
+func (s *goScenario) refusals() error {
+	for _, c := range []struct{ name, url string }{
+		{"bad-password", strings.Replace(s.url, "guest:guest@", "guest:wrong@", 1)},
+		{"missing-vhost", s.url + s.q("nosuch")},
+	} {
+		conn, err := amqp091.DialConfig(c.url, amqp091.Config{Heartbeat: scenarioHeartbeat})
+		if err == nil {
+			conn.Close()
+			s.expect(false, "the broker refuses the "+c.name+" connection")
+			continue
+		}
+		var ae *amqp091.Error
+		if errors.As(err, &ae) {
+			s.emit("connection-refused", "case", c.name, "code", ae.Code, "text", ae.Reason)
+		} else {
+			s.emit("connection-refused", "case", c.name, "error", err.Error())
+		}
+	}
+	return nil
+}
+
 func (s *goScenario) topology() error {
 	ch, err := s.conn.Channel()
 	if err != nil {
@@ -131,6 +155,17 @@ func (s *goScenario) topology() error {
 	_, err = ch.QueueDeclare(s.q("q"), false, false, false, false, amqp091.Table{"x-max-priority": int32(9)})
 	s.expect(err != nil, "redeclaring a queue with other arguments fails")
 	if err := s.emitChannelError("redeclare-mismatch", err); err != nil {
+		return err
+	}
+	if ch, err = s.conn.Channel(); err != nil {
+		return err
+	}
+	if err := ch.Publish(s.q("noexchange"), "k", false, false, amqp091.Publishing{Body: []byte("lost")}); err != nil {
+		return err
+	}
+	_, err = ch.QueueDeclarePassive(s.q("q"), false, false, false, false, nil)
+	s.expect(err != nil, "a publish to a missing exchange closes the channel")
+	if err := s.emitChannelError("publish-no-exchange", err); err != nil {
 		return err
 	}
 	if ch, err = s.conn.Channel(); err != nil {

@@ -28,7 +28,7 @@ const (
 
 // goSteps are the steps every amqp091-go transcript must have.
 var goSteps = []string{
-	"connect", "exchange-declare", "queue-declare", "bind", "queue-declare-passive",
+	"connect", "connection-refused", "exchange-declare", "queue-declare", "bind", "queue-declare-passive",
 	"channel-error", "server-named", "confirm-select", "confirm", "return",
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
@@ -68,7 +68,7 @@ func (s *goScenario) run(t *testing.T) transcript {
 		name string
 		fn   func() error
 	}{
-		{"connect", s.connect}, {"idle-open", s.openIdle},
+		{"connect", s.connect}, {"idle-open", s.openIdle}, {"refusals", s.refusals},
 		{"topology", s.topology}, {"confirms", s.confirmSteps},
 		{"get", s.get}, {"consume", s.consume}, {"reject", s.reject},
 		{"get-empty", s.getEmpty}, {"qos", s.qos}, {"cancel-notify", s.cancelNotify},

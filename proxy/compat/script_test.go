@@ -109,8 +109,9 @@ func runScript(t *testing.T, prefix string, name string, args ...string) transcr
 
 // pikaSteps are the steps every pika transcript must have.
 var pikaSteps = []string{
-	"connect", "exchange-declare", "queue-declare", "bind", "queue-declare-passive",
-	"channel-error", "server-named", "confirm-select", "publish-confirmed", "return",
+	"connect", "connection-refused", "exchange-declare", "queue-declare", "bind",
+	"queue-declare-passive", "channel-error", "channel-reopen", "server-named",
+	"confirm-select", "publish-confirmed", "return",
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
 	"tx-select-ok", "tx-rollback-ok", "tx-commit-ok", "get-large", "channels",
@@ -129,8 +130,8 @@ func TestPika(t *testing.T) {
 
 // amqpToolsSteps are the steps every amqp-tools transcript must have.
 var amqpToolsSteps = []string{
-	"queue-declare", "server-named", "publish", "get", "deliver", "consume-done",
-	"get-empty", "bind-and-consume", "get-large", "queue-delete",
+	"connection-refused", "queue-declare", "server-named", "publish", "get", "deliver",
+	"consume-done", "get-empty", "bind-and-consume", "get-large", "queue-delete",
 }
 
 func TestAMQPTools(t *testing.T) {

@@ -61,6 +61,19 @@ run() {
 	err=$(cat "$work/err")
 }
 
+# --- refusals: a wrong password (403) and a missing vhost (530) ------------
+# librabbitmq does not announce authentication_failure_close; RabbitMQ
+# still answers the bad password with connection.close 403.
+bad_password=$(printf '%s' "$U" | sed 's|^amqp://guest:guest@|amqp://guest:wrong@|')
+run amqp-get -u "$bad_password" -q "$P.q"
+emit connection-refused case '"bad-password"' rc $rc error "$(str "$err")"
+[ $rc -eq 1 ]
+expect $? "a wrong password is refused"
+run amqp-get -u "$U/$P.nosuch" -q "$P.q"
+emit connection-refused case '"missing-vhost"' rc $rc error "$(str "$err")"
+[ $rc -eq 1 ]
+expect $? "a missing vhost is refused"
+
 # --- declare ---------------------------------------------------------------
 run amqp-declare-queue -u "$U" -q "$P.q" -d
 emit queue-declare rc $rc queue "$(str "$out")" durable true

@@ -145,6 +145,22 @@ class Scenario:
         self.expect(impl.params.heartbeat == HEARTBEAT, "heartbeat negotiated to the client's %d" % HEARTBEAT)
         self.expect(impl.params.frame_max == FRAME_MAX, "frame_max negotiated to %d" % FRAME_MAX)
 
+    def refusals(self):
+        """The broker refuses a wrong password (403, announced with
+        authentication_failure_close) and a missing vhost (530)."""
+        for case in ("bad-password", "missing-vhost"):
+            params = pika.URLParameters(self.url)
+            if case == "bad-password":
+                params.credentials = pika.PlainCredentials("guest", "wrong")
+            else:
+                params.virtual_host = self.q("nosuch")
+            try:
+                pika.BlockingConnection(params).close()
+                self.expect(False, "the broker refuses the %s connection" % case)
+            except pika.exceptions.AMQPConnectionError as e:
+                self.emit("connection-refused", case=case, error=type(e).__name__,
+                          detail=str(e.args[0]) if e.args else "")
+
     def topology(self):
         ch = self.conn.channel()
         ch.exchange_declare(self.q("dlx"), "fanout")
@@ -171,6 +187,18 @@ class Scenario:
             self.expect(False, "redeclaring a queue with other arguments fails")
         except ChannelClosedByBroker as e:
             self.emit("channel-error", op="redeclare-mismatch", code=e.reply_code, text=e.reply_text)
+        # The number of a channel the broker closed is free again: reopen it.
+        number = ch.channel_number
+        ch = self.conn.channel(channel_number=number)
+        r = ch.queue_declare(self.q("q"), passive=True)
+        self.emit("channel-reopen", same_number=ch.channel_number == number,
+                  queue=r.method.queue)
+        ch.basic_publish(self.q("noexchange"), "k", b"lost")
+        try:
+            ch.queue_declare(self.q("q"), passive=True)
+            self.expect(False, "a publish to a missing exchange closes the channel")
+        except ChannelClosedByBroker as e:
+            self.emit("channel-error", op="publish-no-exchange", code=e.reply_code, text=e.reply_text)
         ch = self.conn.channel()
         try:
             ch.queue_declare(self.q("missing"), passive=True)
@@ -448,7 +476,8 @@ class Scenario:
 
     def run(self, steps):
         all_steps = [
-            ("connect", self.connect), ("topology", self.topology),
+            ("connect", self.connect), ("refusals", self.refusals),
+            ("topology", self.topology),
             ("confirms", self.confirms), ("get", self.get), ("consume", self.consume),
             ("reject", self.reject), ("get-empty", self.get_empty), ("qos", self.qos),
             ("cancel-notify", self.cancel_notify), ("tx", self.tx), ("large", self.large),
