@@ -420,13 +420,13 @@ func (s *session) finish(err error, pumping bool) {
 
 	deadline := time.Now().Add(lingerTimeout)
 	if clientCode != 0 {
-		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: clientCode, ReplyText: clientReason})
+		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: clientCode, ReplyText: amqp.TruncateShortstr(clientReason)})
 		if s.cout.write(frame) != nil {
 			hardClient = true
 		}
 	}
 	if s.up != nil && upstreamClose && !s.st.isClosing() {
-		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: amqp.ReplySuccess, ReplyText: "closed by mirrorproxy: " + closeCause(se)})
+		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: amqp.ReplySuccess, ReplyText: amqp.TruncateShortstr("closed by mirrorproxy: " + closeCause(se))})
 		if s.uout.write(frame) != nil {
 			hardUpstream = true
 		}
