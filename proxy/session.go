@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,7 +160,7 @@ func (s *session) serve(ctx context.Context) {
 	}
 	defer s.up.Close()
 
-	if err := s.handshake(); err != nil {
+	if err := s.safely(s.handshake); err != nil {
 		s.finish(err, false)
 		return
 	}
@@ -172,9 +173,9 @@ func (s *session) serve(ctx context.Context) {
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	wg.Add(3)
-	go func() { defer wg.Done(); errc <- s.clientPump() }()
-	go func() { defer wg.Done(); errc <- s.upstreamPump() }()
-	go func() { defer wg.Done(); errc <- s.heartbeats() }()
+	go func() { defer wg.Done(); errc <- s.safely(s.clientPump) }()
+	go func() { defer wg.Done(); errc <- s.safely(s.upstreamPump) }()
+	go func() { defer wg.Done(); errc <- s.safely(s.heartbeats) }()
 	var err error
 	select {
 	case err = <-errc:
@@ -189,6 +190,18 @@ func (s *session) serve(ctx context.Context) {
 		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 		c.Close()
 	}
+}
+
+// safely runs fn and turns a panic into an error that ends this session
+// only: one session's bug must not take the sidecar down.
+func (s *session) safely(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error().Str("panic", fmt.Sprint(r)).Str("stack", string(debug.Stack())).Msg("session goroutine panicked")
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	return fn()
 }
 
 // sendTimeout bounds one write to a peer that does not read, as RabbitMQ's
