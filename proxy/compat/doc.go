@@ -13,18 +13,24 @@
 //
 // # Scenario
 //
-// Exchange, queue and binding declarations with arguments (alternate
+// Connections the broker refuses (wrong password: 403 or a closed socket,
+// as the client's authentication_failure_close asks; missing vhost: 530),
+// exchange, queue and binding declarations with arguments (alternate
 // exchange, dead-letter exchange, priority, TTL), mismatched and passive
-// declarations and the channel errors they bring, server-named queues,
-// publisher confirms with a mandatory return, basic.get and get-empty,
-// consumers with manual acks, nack with requeue (the message comes back
-// redelivered), reject with and without requeue (dead-lettering through the
-// DLX), basic.qos (prefetch 2 holds back the rest until an ack), a
-// broker-side basic.cancel when a consumed queue is deleted, tx
-// select/rollback/commit, 1 MiB and 5 MiB bodies split into many body frames
-// (frame_max 131072), 200 channels on one connection, the negotiated
-// heartbeat, frame_max and channel_max, and connection.blocked /
-// connection.unblocked during a memory alarm.
+// declarations, a publish to a missing exchange and the channel errors they
+// bring, reopening a channel number the broker closed, server-named queues,
+// publisher confirms with a mandatory return and a nack (a full
+// reject-publish queue), basic.get and get-empty, consumers with manual
+// acks, nack with requeue (the message comes back redelivered), reject with
+// and without requeue (dead-lettering through the DLX), basic.recover, a
+// connection error (immediate=true: 540), basic.qos (prefetch 2 holds back
+// the rest until an ack), a broker-side basic.cancel when a consumed queue
+// is deleted, tx select/rollback/commit, 1 MiB and 5 MiB bodies split into
+// many body frames (frame_max 131072), 200 channels on one connection, the
+// negotiated heartbeat, frame_max and channel_max, an idle connection with
+// a 1 s heartbeat that must stay alive, and connection.blocked /
+// connection.unblocked during a memory alarm. Each client runs what it can
+// express; amqp-tools a subset.
 //
 // # Transcripts
 //
@@ -44,5 +50,6 @@
 //
 // The suite needs a broker (testenv starts one; -short skips) and the
 // Debian packages python3-pika and amqp-tools; without them the client's
-// test fails and names the package to install.
+// test fails and names the package to install. After the tests, no queue
+// or exchange of a run may be left on the broker.
 package compat

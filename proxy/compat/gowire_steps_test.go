@@ -250,7 +250,39 @@ func (s *goScenario) confirmSteps() error {
 	if err := ch.Publish(s.q("x"), "other", true, false, amqp091.Publishing{Body: []byte("to-alternate")}); err != nil {
 		return fmt.Errorf("publish to the alternate exchange: %w", err)
 	}
-	return s.recvConfirm()
+	if err := s.recvConfirm(); err != nil {
+		return err
+	}
+
+	// A full queue that rejects publishes: the broker nacks the second.
+	q, err := ch.QueueDeclare(s.q("full"), false, false, false, false,
+		amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+	if err != nil {
+		return err
+	}
+	s.emitQueue("queue-declare", q)
+	for _, body := range []string{"fits", "overflow"} {
+		if err := ch.Publish("", s.q("full"), false, false, amqp091.Publishing{Body: []byte(body)}); err != nil {
+			return err
+		}
+	}
+	c, err := recv(s.confirms, "the confirm of the publish that fits")
+	if err != nil {
+		return err
+	}
+	s.emit("confirm", "delivery_tag", c.DeliveryTag, "ack", c.Ack)
+	c, err = recv(s.confirms, "the nack of the publish that overflows")
+	if err != nil {
+		return err
+	}
+	s.emit("confirm", "delivery_tag", c.DeliveryTag, "ack", c.Ack)
+	s.expect(!c.Ack, "a publish to a full reject-publish queue is nacked")
+	n, err := ch.QueueDelete(s.q("full"), false, false, false)
+	if err != nil {
+		return err
+	}
+	s.emit("queue-delete-ok", "messages", n)
+	return nil
 }
 
 func (s *goScenario) recvConfirm() error {
@@ -376,6 +408,74 @@ func (s *goScenario) reject() error {
 	s.emitDelivery("get", d, true)
 	s.expect(string(d.Body) == "requeue-1" && d.Redelivered, "a message rejected with requeue comes back redelivered")
 	return ch.Ack(d.DeliveryTag, false)
+}
+
+// recover: basic.recover with requeue sends every unacked message back;
+// they come again redelivered.
+func (s *goScenario) recover() error {
+	ch := s.ch
+	for _, body := range []string{"rec-1", "rec-2"} {
+		if err := ch.Publish("", s.q("nodlx"), false, false, amqp091.Publishing{Body: []byte(body)}); err != nil {
+			return err
+		}
+		if err := s.recvConfirm(); err != nil {
+			return err
+		}
+	}
+	for range 2 {
+		d, ok, err := ch.Get(s.q("nodlx"), false)
+		if err != nil || !ok {
+			return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+		}
+		s.emitDelivery("get", d, true)
+	}
+	if err := ch.Recover(true); err != nil {
+		return fmt.Errorf("basic.recover: %w", err)
+	}
+	s.emit("recover-ok", "requeue", true)
+	var last uint64
+	for _, body := range []string{"rec-1", "rec-2"} {
+		d, err := pollGet(ch, s.q("nodlx"))
+		if err != nil {
+			return err
+		}
+		s.emitDelivery("get", d, true)
+		s.expect(string(d.Body) == body && d.Redelivered, "a recovered message comes back redelivered, in order")
+		last = d.DeliveryTag
+	}
+	if err := ch.Ack(last, true); err != nil {
+		return err
+	}
+	s.emit("ack", "delivery_tag", last, "multiple", true)
+	return nil
+}
+
+// connectionError: publishing with immediate=true, which RabbitMQ does not
+// implement, closes the whole connection with 540.
+func (s *goScenario) connectionError() error {
+	conn, err := amqp091.DialConfig(s.url, amqp091.Config{Heartbeat: scenarioHeartbeat})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	if err := ch.Publish("", s.q("q"), false, true, amqp091.Publishing{Body: []byte("immediate")}); err != nil {
+		return err
+	}
+	e, err := recv(closed, "connection.close after an immediate publish")
+	if err != nil {
+		return err
+	}
+	if e == nil {
+		return errors.New("the connection closed without an error")
+	}
+	s.emit("connection-error", "code", e.Code, "text", e.Reason, "server", e.Server)
+	s.expect(e.Code == amqp091.NotImplemented, "immediate=true is refused with 540 NOT_IMPLEMENTED")
+	return nil
 }
 
 func (s *goScenario) getEmpty() error {

@@ -29,7 +29,8 @@ const (
 // goSteps are the steps every amqp091-go transcript must have.
 var goSteps = []string{
 	"connect", "connection-refused", "exchange-declare", "queue-declare", "bind", "queue-declare-passive",
-	"channel-error", "server-named", "confirm-select", "confirm", "return",
+	"channel-error", "server-named", "confirm-select", "confirm", "return", "recover-ok",
+	"connection-error",
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
 	"tx-select-ok", "tx-rollback-ok", "tx-commit-ok", "get-large", "channels",
@@ -70,8 +71,8 @@ func (s *goScenario) run(t *testing.T) transcript {
 	}{
 		{"connect", s.connect}, {"idle-open", s.openIdle}, {"refusals", s.refusals},
 		{"topology", s.topology}, {"confirms", s.confirmSteps},
-		{"get", s.get}, {"consume", s.consume}, {"reject", s.reject},
-		{"get-empty", s.getEmpty}, {"qos", s.qos}, {"cancel-notify", s.cancelNotify},
+		{"get", s.get}, {"consume", s.consume}, {"reject", s.reject}, {"recover", s.recover},
+		{"connection-error", s.connectionError}, {"get-empty", s.getEmpty}, {"qos", s.qos}, {"cancel-notify", s.cancelNotify},
 		{"tx", s.tx}, {"large", s.large}, {"channels", s.channels},
 		{"heartbeat", s.heartbeat}, {"cleanup", s.cleanup},
 	}

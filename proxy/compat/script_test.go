@@ -111,7 +111,7 @@ func runScript(t *testing.T, prefix string, name string, args ...string) transcr
 var pikaSteps = []string{
 	"connect", "connection-refused", "exchange-declare", "queue-declare", "bind",
 	"queue-declare-passive", "channel-error", "channel-reopen", "server-named",
-	"confirm-select", "publish-confirmed", "return",
+	"confirm-select", "publish-confirmed", "return", "publish-nacked", "recover-ok",
 	"get", "consume-ok", "deliver", "nack", "cancel-ok", "reject", "dead-letter",
 	"get-empty", "qos-ok", "prefetch-window", "ack", "server-cancel",
 	"tx-select-ok", "tx-rollback-ok", "tx-commit-ok", "get-large", "channels",

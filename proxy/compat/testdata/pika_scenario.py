@@ -24,7 +24,7 @@ import time
 import traceback
 
 import pika
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
 WAIT_SECONDS = 15.0
 FRAME_MAX = 131072
@@ -236,6 +236,18 @@ class Scenario:
                           body=m.body)
         ch.basic_publish(self.q("x"), "other", b"to-alternate", mandatory=True)
         self.emit("publish-confirmed", body="to-alternate")
+        # A full queue that rejects publishes: the broker nacks the second.
+        self.emit_queue("queue-declare", ch.queue_declare(
+            self.q("full"), arguments={"x-max-length": 1, "x-overflow": "reject-publish"}))
+        ch.basic_publish("", self.q("full"), b"fits")
+        self.emit("publish-confirmed", body="fits")
+        try:
+            ch.basic_publish("", self.q("full"), b"overflow")
+            self.expect(False, "a publish to a full reject-publish queue is nacked")
+        except NackError as e:
+            self.emit("publish-nacked", body="overflow", error=type(e).__name__)
+        r = ch.queue_delete(self.q("full"))
+        self.emit("queue-delete-ok", messages=r.method.message_count)
 
     def get(self):
         ch = self.ch
@@ -294,6 +306,24 @@ class Scenario:
         self.emit_delivery("get", m, p, b)
         self.expect(b == b"requeue-1" and m.redelivered, "a message rejected with requeue comes back redelivered")
         ch.basic_ack(m.delivery_tag)
+
+    def recover(self):
+        """basic.recover with requeue: every unacked message goes back and
+        comes again redelivered."""
+        ch = self.ch
+        for body in (b"rec-1", b"rec-2"):
+            ch.basic_publish("", self.q("nodlx"), body)
+        for _ in range(2):
+            m, p, b = ch.basic_get(self.q("nodlx"))
+            self.emit_delivery("get", m, p, b)
+        ch.basic_recover(requeue=True)
+        self.emit("recover-ok", requeue=True)
+        for body in (b"rec-1", b"rec-2"):
+            m, p, b = self.poll_get(ch, self.q("nodlx"), "a recovered message")
+            self.emit_delivery("get", m, p, b)
+            self.expect(b == body and m.redelivered, "a recovered message comes back redelivered, in order")
+        ch.basic_ack(m.delivery_tag, multiple=True)
+        self.emit("ack", delivery_tag=m.delivery_tag, multiple=True)
 
     def get_empty(self):
         for name in ("q", "nodlx", "dead"):
@@ -479,7 +509,8 @@ class Scenario:
             ("connect", self.connect), ("refusals", self.refusals),
             ("topology", self.topology),
             ("confirms", self.confirms), ("get", self.get), ("consume", self.consume),
-            ("reject", self.reject), ("get-empty", self.get_empty), ("qos", self.qos),
+            ("reject", self.reject), ("recover", self.recover),
+            ("get-empty", self.get_empty), ("qos", self.qos),
             ("cancel-notify", self.cancel_notify), ("tx", self.tx), ("large", self.large),
             ("channels", self.channels), ("heartbeat", self.heartbeat),
             ("cleanup", self.cleanup),
