@@ -81,8 +81,8 @@ func watchSignals(sigc chan os.Signal, stop, done chan struct{}) {
 			registry.stop, registry.done = nil, nil
 		}
 		registry.mu.Unlock()
-		if s, ok := sig.(syscall.Signal); ok {
-			_ = syscall.Kill(os.Getpid(), s)
+		if self, err := os.FindProcess(os.Getpid()); err == nil {
+			_ = self.Signal(sig)
 		}
 	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package testenv
 
 import (
@@ -96,7 +98,7 @@ func signalledBy(err error, sig syscall.Signal) bool {
 // its brokers, removes the directory and still ends the process by that
 // signal.
 func TestSignalKillsBrokers(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM} {
 		cmd, dir := startHelper(t)
 		if err := cmd.Process.Signal(sig); err != nil {
@@ -118,7 +120,7 @@ func TestSignalKillsBrokers(t *testing.T) {
 // TestHardKillThenCleanup: after SIGKILL of the starter the broker dies by
 // Pdeathsig; the directory stays until Cleanup removes it.
 func TestHardKillThenCleanup(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	privateTmp(t)
 	cmd, dir := startHelper(t)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -150,7 +152,7 @@ func TestHardKillThenCleanup(t *testing.T) {
 // are removed by Cleanup, even when the directory went first; live groups
 // are left alone.
 func TestCleanupKillsOrphans(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	privateTmp(t)
 	// Owner "1:1" names no live process (pid 1 started later than tick 1).
 	orphan := Start(t, Options{fakeOwner: "1:1"})

@@ -1,3 +1,5 @@
+//go:build linux
+
 package testenv
 
 import (
@@ -22,10 +24,15 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// noLeaks registers a goroutine leak check that runs after every cleanup
-// registered later (cleanups run last-in first-out), i.e. after the group
-// was closed.
-func noLeaks(t *testing.T) {
+// brokerTest skips a test that starts brokers under -short (make
+// test-short), and registers a goroutine leak check that runs after every
+// cleanup registered later (cleanups run last-in first-out), i.e. after
+// the group was closed.
+func brokerTest(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts RabbitMQ brokers; skipped with -short")
+	}
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 }
 
@@ -101,7 +108,7 @@ func refused(addr string) bool {
 }
 
 func TestOneNodePublishGet(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	began := time.Now()
 	g := Start(t, Options{})
 	t.Logf("TIMING 1 node ready in %.1fs", time.Since(began).Seconds())
@@ -147,7 +154,7 @@ func TestOneNodePublishGet(t *testing.T) {
 }
 
 func TestThreeNodesAreIndependent(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	began := time.Now()
 	g := Start(t, Options{Nodes: 3})
 	t.Logf("TIMING 3 nodes ready in %.1fs", time.Since(began).Seconds())
@@ -180,7 +187,7 @@ func TestThreeNodesAreIndependent(t *testing.T) {
 // restartKeepsDurable stops the node with halt, checks the port refuses,
 // starts it again and checks the persistent message survived.
 func restartKeepsDurable(t *testing.T, halt func(n *Node) error) {
-	noLeaks(t)
+	brokerTest(t)
 	g := Start(t, Options{})
 	n := g.Nodes[0]
 	conn, ch := dial(t, n)
@@ -231,7 +238,7 @@ func TestStopAndRestart(t *testing.T) {
 }
 
 func TestCloseLeavesNothing(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	g, err := StartGroup(context.Background(), Options{Nodes: 2, Logger: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +275,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 }
 
 func TestBadConfigFailsWithLogTail(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	_, err := StartGroup(context.Background(), Options{
 		Config: "no_such_setting_for_testenv = 42",
 		Logger: t.Logf,
@@ -297,7 +304,7 @@ func TestBadConfigFailsWithLogTail(t *testing.T) {
 // second a distribution port that are in use, and expects the start to
 // succeed on fresh ports.
 func TestPortTakenIsRetried(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +332,7 @@ func TestPortTakenIsRetried(t *testing.T) {
 }
 
 func TestManagement(t *testing.T) {
-	noLeaks(t)
+	brokerTest(t)
 	g := Start(t, Options{Management: true})
 	n := g.Nodes[0]
 	if n.MgmtPort == 0 || n.MgmtURL == "" {
