@@ -401,3 +401,30 @@ func runInteractive(tmp, prefix string, react func(step string) (string, error),
 	}
 	return tr, problems
 }
+
+func TestBarrier(t *testing.T) {
+	var mu sync.Mutex
+	runs := 0
+	b := newBarrier(3, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		runs++
+		return fmt.Errorf("action %d", runs)
+	})
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { errs <- b.arrive() })
+	}
+	b.leave() // the third run gave up: the two others must not wait for it
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err == nil || err.Error() != "action 1" {
+			t.Errorf("arrive returned %v, want the action's error", err)
+		}
+	}
+	if runs != 1 {
+		t.Errorf("the action ran %d times, want once", runs)
+	}
+}
