@@ -40,6 +40,7 @@ type session struct {
 
 	// closing is set once the proxy has decided to end the session: the
 	// pumps then drop what they read, but for the client's close-ok.
+	opened    bool // the handshake completed (set before the pumps start)
 	closing   atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{} // closed when the pumps should stop
@@ -164,6 +165,7 @@ func (s *session) serve(ctx context.Context) {
 		s.finish(err, false)
 		return
 	}
+	s.opened = true
 	s.client.SetDeadline(time.Time{})
 	s.up.SetDeadline(time.Time{})
 	s.log = s.log.With().Str("vhost", s.st.vhost).Logger()
@@ -419,6 +421,13 @@ func (s *session) finish(err error, pumping bool) {
 	case se.kind == kindClientFault:
 		s.log.Warn().Uint16("code", se.code).Str("reason", se.reason).Msg("closing client connection: protocol error")
 		clientCode, clientReason, upstreamClose = se.code, se.reason, true
+	case se.kind == kindUpstreamGone && !s.opened:
+		// During the handshake the broker ends a connection it refuses
+		// (bad credentials, for a client without authentication_failure_close)
+		// by dropping it; clients rely on exactly that (amqp091-go reports
+		// ErrCredentials), so do the same to the client.
+		s.log.Warn().Err(se.err).Msg("the broker dropped the connection during the handshake (refused credentials?); dropping the client's")
+		hardClient, hardUpstream = true, true
 	case se.kind == kindUpstreamGone, se.kind == kindUpstreamFault:
 		if s.st.isClosing() && isEOF(se.err) {
 			hardClient, hardUpstream = true, true
