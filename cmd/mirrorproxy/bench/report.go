@@ -73,15 +73,22 @@ type Sample struct {
 }
 
 // PairSummary compares target A with target B (A/B, A−B), as medians of
-// the per-round paired values, with the range over rounds.
+// the per-round paired values, with the range over rounds and a
+// distribution-free confidence interval for the median ratio.
 type PairSummary struct {
 	A        string  `json:"a"`
 	B        string  `json:"b"`
 	Ratio    float64 `json:"throughput_ratio"`
 	RatioMin float64 `json:"throughput_ratio_min"`
 	RatioMax float64 `json:"throughput_ratio_max"`
-	AddedP50 Micros  `json:"added_p50_us"`
-	AddedP99 Micros  `json:"added_p99_us"`
+	// RatioLow and RatioHigh bound the median ratio with confidence
+	// RatioConfidence: 0.95 when there are enough rounds (6 or more),
+	// otherwise the (lower) coverage of min–max.
+	RatioLow        float64 `json:"throughput_ratio_ci_low"`
+	RatioHigh       float64 `json:"throughput_ratio_ci_high"`
+	RatioConfidence float64 `json:"throughput_ratio_ci_confidence"`
+	AddedP50        Micros  `json:"added_p50_us"`
+	AddedP99        Micros  `json:"added_p99_us"`
 }
 
 // Micros is a duration that appears in JSON as microseconds.
@@ -132,9 +139,10 @@ func (r *Report) WriteText(w io.Writer) error {
 		if len(wl.Pairs) > 0 {
 			b.WriteString("\n")
 			tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintf(tw, "pair\tthroughput ratio\t(min–max)\tadded p50\tadded p99\t\n")
+			fmt.Fprintf(tw, "pair\tthroughput ratio\tconfidence interval\tmin–max\tadded p50\tadded p99\t\n")
 			for _, p := range wl.Pairs {
-				fmt.Fprintf(tw, "%s/%s\t%.3f\t(%.3f–%.3f)\t%s\t%s\t\n", p.A, p.B, p.Ratio, p.RatioMin, p.RatioMax,
+				fmt.Fprintf(tw, "%s/%s\t%.3f\t%.3f–%.3f @%.0f%%\t%.3f–%.3f\t%s\t%s\t\n", p.A, p.B, p.Ratio,
+					p.RatioLow, p.RatioHigh, 100*p.RatioConfidence, p.RatioMin, p.RatioMax,
 					fmtSigned(p.AddedP50.Duration()), fmtSigned(p.AddedP99.Duration()))
 			}
 			_ = tw.Flush()

@@ -281,9 +281,11 @@ func pair(a, b string, as, bs []Sample) PairSummary {
 		d99[i] = float64(as[i].P99 - bs[i].P99)
 	}
 	lo, hi := spread(ratios)
+	cilo, cihi, cov := medianCI(ratios, 0.95)
 	return PairSummary{
 		A: a, B: b,
 		Ratio: median(ratios), RatioMin: lo, RatioMax: hi,
+		RatioLow: cilo, RatioHigh: cihi, RatioConfidence: cov,
 		AddedP50: Micros(median(d50)), AddedP99: Micros(median(d99)),
 	}
 }

@@ -185,6 +185,9 @@ func checkReport(t *testing.T, rep *Report, cfg Config) {
 			if p.Ratio <= 0 || p.RatioMin > p.Ratio || p.Ratio > p.RatioMax {
 				t.Errorf("%s %s/%s: ratio %v outside its range %v–%v", w.Name, p.A, p.B, p.Ratio, p.RatioMin, p.RatioMax)
 			}
+			if p.RatioLow > p.Ratio || p.Ratio > p.RatioHigh || p.RatioConfidence <= 0 || p.RatioConfidence >= 1 {
+				t.Errorf("%s %s/%s: ratio %v outside its interval %v–%v @%v", w.Name, p.A, p.B, p.Ratio, p.RatioLow, p.RatioHigh, p.RatioConfidence)
+			}
 		}
 	}
 	if rep.Machine.BrokerProduct != "RabbitMQ" || rep.Machine.NumCPU < 1 {

@@ -54,3 +54,38 @@ func rotated[T any](xs []T, r int) []T {
 	r %= len(xs)
 	return append(slices.Clone(xs[r:]), xs[:r]...)
 }
+
+// medianCI returns a distribution-free confidence interval for the median
+// of xs: the order statistics x(j) and x(n+1-j) (1-based, sorted) for the
+// largest j whose coverage, 1 − 2·P(B ≤ j−1) with B ~ Binomial(n, ½), is at
+// least want. When even min–max covers less than want (n < 6 for 95%),
+// min–max is returned with its own, smaller, coverage.
+func medianCI(xs []float64, want float64) (lo, hi, coverage float64) {
+	n := len(xs)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	j, cov := 1, 1-2*binomTail(n, 0)
+	for k := 2; k <= (n+1)/2; k++ {
+		c := 1 - 2*binomTail(n, k-1)
+		if c < want {
+			break
+		}
+		j, cov = k, c
+	}
+	return s[j-1], s[n-j], cov
+}
+
+// binomTail is P(B ≤ m) for B ~ Binomial(n, ½).
+func binomTail(n, m int) float64 {
+	var p float64
+	lgN, _ := math.Lgamma(float64(n + 1))
+	for i := 0; i <= m; i++ {
+		lgI, _ := math.Lgamma(float64(i + 1))
+		lgR, _ := math.Lgamma(float64(n - i + 1))
+		p += math.Exp(lgN - lgI - lgR - float64(n)*math.Ln2)
+	}
+	return p
+}

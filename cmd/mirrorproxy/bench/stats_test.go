@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -137,16 +138,42 @@ func TestWriteTextShowsRatios(t *testing.T) {
 			Pairs:   []PairSummary{{A: "hop", B: "direct", Ratio: 0.975, RatioMin: 0.9, RatioMax: 1.01, AddedP50: 20, AddedP99: -5}},
 		}},
 	}
+	rep.Workloads[0].Pairs[0].RatioLow, rep.Workloads[0].Pairs[0].RatioHigh, rep.Workloads[0].Pairs[0].RatioConfidence = 0.95, 1.0, 0.75
 	var b strings.Builder
 	if err := rep.WriteText(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"1000", "1.50ms", "3.00ms", "hop/direct", "0.975", "(0.900–1.010)", "+20µs", "-5µs"} {
+	for _, want := range []string{"1000", "1.50ms", "3.00ms", "hop/direct", "0.975", "0.950–1.000 @75%", "0.900–1.010", "+20µs", "-5µs"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, b.String())
 		}
 	}
 	if fmtDur(1500*time.Millisecond) != "1.50s" {
 		t.Errorf("fmtDur(1.5s) = %s", fmtDur(1500*time.Millisecond))
+	}
+}
+
+func TestMedianCI(t *testing.T) {
+	// n = 3: only min–max, covering 1 − 2·(1/8) = 75%.
+	lo, hi, cov := medianCI([]float64{3, 1, 2}, 0.95)
+	if lo != 1 || hi != 3 || math.Abs(cov-0.75) > 1e-12 {
+		t.Errorf("n=3: %v–%v @%v, want 1–3 @0.75", lo, hi, cov)
+	}
+	// n = 6: min–max covers 1 − 2/64 = 96.9%; the next pair 1 − 14/64 < 95%.
+	lo, hi, cov = medianCI([]float64{6, 5, 4, 3, 2, 1}, 0.95)
+	if lo != 1 || hi != 6 || math.Abs(cov-(1-2.0/64)) > 1e-12 {
+		t.Errorf("n=6: %v–%v @%v", lo, hi, cov)
+	}
+	// n = 30: the textbook 95% interval is x(10)…x(21), coverage 95.7%.
+	xs := make([]float64, 30)
+	for i := range xs {
+		xs[i] = float64(30 - i)
+	}
+	lo, hi, cov = medianCI(xs, 0.95)
+	if lo != 10 || hi != 21 || cov < 0.95 || cov > 0.96 {
+		t.Errorf("n=30: %v–%v @%v, want 10–21 @≈0.957", lo, hi, cov)
+	}
+	if lo, hi, cov := medianCI(nil, 0.95); lo != 0 || hi != 0 || cov != 0 {
+		t.Errorf("empty: %v %v %v", lo, hi, cov)
 	}
 }
