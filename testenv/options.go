@@ -34,10 +34,11 @@ const (
 	DefaultNodes        = 1
 	DefaultStartTimeout = 120 * time.Second
 	// DefaultErlArgs are extra Erlang VM flags given to every broker.
-	// "+stbt u" leaves schedulers unbound: several brokers on a small box
-	// then share the cores instead of each pinning its schedulers to the
-	// same CPUs (measured: 3 parallel nodes boot in ~8s instead of ~12s on
-	// 2 cores; "+S 1:1" made boot slower, not faster).
+	// "+stbt u" leaves schedulers unbound (RabbitMQ binds them, "db"):
+	// several brokers on a small box then share the cores instead of each
+	// pinning its schedulers to the same CPUs. BenchmarkStartGroup on 2
+	// busy cores (load ~12): 1 node 6.4s vs 8.2s with RabbitMQ's flags,
+	// 3 nodes 11.9s vs 16.9s; "+S 1:1" was in between (7.5s, 15.5s).
 	DefaultErlArgs = "+stbt u"
 )
 

@@ -94,12 +94,12 @@ func signalledBy(err error, sig syscall.Signal) bool {
 	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
-// TestSignalKillsBrokers: SIGTERM to a process with an open group kills
-// its brokers, removes the directory and still ends the process by that
-// signal.
+// TestSignalKillsBrokers: SIGTERM or SIGINT to a process with an open
+// group kills its brokers, removes the directory and still ends the
+// process by that signal.
 func TestSignalKillsBrokers(t *testing.T) {
 	brokerTest(t)
-	for _, sig := range []syscall.Signal{syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		cmd, dir := startHelper(t)
 		if err := cmd.Process.Signal(sig); err != nil {
 			t.Fatal(err)
