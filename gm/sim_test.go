@@ -534,7 +534,7 @@ func (r *Ring) proposedNext() uint64 {
 func defaultSimConf(rng *rand.Rand) simConf {
 	return simConf{
 		n:         3 + rng.IntN(3),
-		steps:     200,
+		steps:     150,
 		drop:      0.05 * rng.Float64(),
 		dup:       0.05 * rng.Float64(),
 		maxDelay:  1 + rng.IntN(6),
