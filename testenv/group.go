@@ -129,13 +129,28 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 	// From here the signal handler may read g.Nodes; it is not changed again.
 	register(g)
 
+	// The first node that fails stops the others' starts: the group is
+	// lost anyway. Their "canceled" errors are left out of the result.
 	began := time.Now()
+	startCtx, stopStarts := context.WithCancel(ctx)
+	defer stopStarts()
 	errs := make([]error, len(g.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range g.Nodes {
-		wg.Go(func() { errs[i] = n.Start(ctx) })
+		wg.Go(func() {
+			if errs[i] = n.Start(startCtx); errs[i] != nil {
+				stopStarts()
+			}
+		})
 	}
 	wg.Wait()
+	if ctx.Err() == nil {
+		for i, err := range errs {
+			if errors.Is(err, context.Canceled) {
+				errs[i] = nil
+			}
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		g.Keep()
 		if cerr := g.Close(); cerr != nil {

@@ -277,6 +277,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 func TestBadConfigFailsWithLogTail(t *testing.T) {
 	brokerTest(t)
 	_, err := StartGroup(context.Background(), Options{
+		Nodes:  2,
 		Config: "no_such_setting_for_testenv = 42",
 		Logger: t.Logf,
 	})
