@@ -126,7 +126,7 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 func (s *Server) startSession(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc, ok := rawConn(c).(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
 	id := s.nextID.Add(1)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
+
+	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/demo"
 )
 
 func main() {
@@ -50,12 +52,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 }
 
 // commands lists the sub-commands. Packages that bring their own command
-// are added through a hook (benchCommand).
+// are added through a hook (benchCommand) or their own Command.
 func commands() []*cli.Command {
 	return []*cli.Command{
 		runCommand(),
 		configCommand(),
 		versionCommand(),
 		benchCommand(),
+		demo.Command(),
 	}
 }
