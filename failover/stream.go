@@ -26,11 +26,15 @@ type authStream struct {
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // handed to raft; closed on Close so raft's readers end
 }
 
 func newAuthStream(ln net.Listener, auth gm.AuthConfig, self string, log zerolog.Logger) *authStream {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &authStream{ln: ln, auth: auth, self: self, log: log, ready: make(chan net.Conn), ctx: ctx, stop: cancel}
+	s := &authStream{ln: ln, auth: auth, self: self, log: log, ready: make(chan net.Conn), ctx: ctx, stop: cancel,
+		conns: map[net.Conn]struct{}{}}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -58,14 +62,41 @@ func (s *authStream) acceptLoop() {
 				s.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("raft peer refused")
 				return
 			}
+			s.log.Debug().Str("peer", peer).Msg("raft peer authenticated")
+			conn = s.track(conn)
 			select {
 			case s.ready <- conn:
 			case <-s.ctx.Done():
 				conn.Close()
 			}
-			_ = peer
 		}()
 	}
+}
+
+// track registers c until it is closed and returns the conn to hand out.
+func (s *authStream) track(c net.Conn) net.Conn {
+	t := &trackedConn{Conn: c, s: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil { // stream closed
+		c.Close()
+		return t
+	}
+	s.conns[t] = struct{}{}
+	return t
+}
+
+// trackedConn leaves the stream's set when closed, so the set stays bounded.
+type trackedConn struct {
+	net.Conn
+	s *authStream
+}
+
+func (t *trackedConn) Close() error {
+	t.s.mu.Lock()
+	delete(t.s.conns, t)
+	t.s.mu.Unlock()
+	return t.Conn.Close()
 }
 
 // Accept implements net.Listener.
@@ -84,6 +115,15 @@ func (s *authStream) Close() error {
 	s.stop()
 	err := s.ln.Close()
 	s.wg.Wait()
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for c := range conns {
+		c.(*trackedConn).Conn.Close()
+	}
+	s.mu.Lock()
+	s.mu.Unlock()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -100,5 +140,8 @@ func (s *authStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 		return nil, err
 	}
 	conn, _, err := gm.AuthDial(c, s.auth, s.self, "raft")
-	return conn, err
+	if err != nil {
+		return nil, err
+	}
+	return s.track(conn), nil
 }
