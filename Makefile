@@ -32,3 +32,6 @@ bench: build ## direct vs bare TCP hop vs proxy, interleaved (see docs/PERFORMAN
 
 fuzz: ## run the codec fuzzer for a while
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 2m ./proxy/amqp/
+
+clean-testenv: ## kill test brokers left by killed test runs and remove their directories
+	$(GO) run ./testenv/cmd/testenv cleanup

@@ -259,7 +259,15 @@ func (r *localNode) waitReady(ctx context.Context, p *proc) error {
 	exited := func() error {
 		return fmt.Errorf("rabbitmq-server exited after %.1fs (%v)", time.Since(began).Seconds(), p.err)
 	}
-	for !amqpAnswers(ctx, r.n.AMQPAddr) {
+	// A broker configured with proxy_protocol = true wants a PROXY header
+	// first. RabbitMQ 3.10 crashes the connection on "PROXY UNKNOWN" (its
+	// socket_ends expects addresses), so send a loopback TCP4 header.
+	_, port, _ := net.SplitHostPort(r.n.AMQPAddr)
+	proxyHeader := "PROXY TCP4 127.0.0.1 127.0.0.1 1 " + port + "\r\n"
+	answers := func() bool {
+		return amqpAnswers(ctx, r.n.AMQPAddr, "") || amqpAnswers(ctx, r.n.AMQPAddr, proxyHeader)
+	}
+	for !answers() {
 		select {
 		case <-p.done:
 			return exited()
@@ -289,9 +297,9 @@ func (r *localNode) waitReady(ctx context.Context, p *proc) error {
 	}
 }
 
-// amqpAnswers reports whether addr answers an AMQP 0-9-1 protocol header
-// with a method frame on channel 0 (connection.start).
-func amqpAnswers(ctx context.Context, addr string) bool {
+// amqpAnswers reports whether addr answers prefix and an AMQP 0-9-1
+// protocol header with a method frame on channel 0 (connection.start).
+func amqpAnswers(ctx context.Context, addr, prefix string) bool {
 	d := net.Dialer{Timeout: time.Second}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -299,7 +307,7 @@ func amqpAnswers(ctx context.Context, addr string) bool {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("AMQP\x00\x00\x09\x01")); err != nil {
+	if _, err := c.Write([]byte(prefix + "AMQP\x00\x00\x09\x01")); err != nil {
 		return false
 	}
 	var hdr [7]byte
