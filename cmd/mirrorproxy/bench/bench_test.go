@@ -92,8 +92,8 @@ func benchTarget(b *testing.B, name, workload string) {
 	be := &bencher{
 		cfg:   cfg,
 		admin: admin,
-		pub:   newPublisher(cfg.Window, cfg.MessageSize),
-		con:   newConsumer(cfg.Prefetch, cfg.MessageSize),
+		pub:   newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
+		con:   newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
 		lat:   make([]int64, max(cfg.Messages, cfg.LatencySamples)),
 		runID: fmt.Sprintf("gobench-%d", time.Now().UnixNano()),
 	}

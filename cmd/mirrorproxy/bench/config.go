@@ -48,6 +48,10 @@ type Config struct {
 	// MessageSize is the body size in bytes (at least 8: the body starts with
 	// the message's sequence number).
 	MessageSize int
+	// Transient sends delivery_mode 1 instead of 2 (persistent). The broker
+	// then confirms without waiting for its disk, which takes fsync noise
+	// out of the comparison and leaves what the targets cost.
+	Transient bool
 	// Window is the most unconfirmed publishes in flight.
 	Window int
 	// Prefetch is the consumer's basic.qos prefetch count.

@@ -12,12 +12,13 @@ import (
 // consumer drains a queue through a target and then measures delivery
 // latency with a ping-pong against it.
 type consumer struct {
+	mode     uint8 // delivery mode of the ping-pong messages
 	prefetch int
 	body     []byte // the ping-pong producer's body, reused
 }
 
-func newConsumer(prefetch, size int) *consumer {
-	return &consumer{prefetch: prefetch, body: make([]byte, size)}
+func newConsumer(mode uint8, prefetch, size int) *consumer {
+	return &consumer{mode: mode, prefetch: prefetch, body: make([]byte, size)}
 }
 
 // consumeResult is one consume run's raw figures.
@@ -98,7 +99,7 @@ func (c *consumer) run(ctx context.Context, conn, producer *amqp.Connection, que
 		return res, fmt.Errorf("open ping-pong producer channel: %w", err)
 	}
 	defer closeChannel(pch, &err)
-	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: c.body}
+	msg := amqp.Publishing{DeliveryMode: c.mode, Body: c.body}
 	for i := range lat {
 		seq := uint64(n + i)
 		binary.BigEndian.PutUint64(c.body, seq)

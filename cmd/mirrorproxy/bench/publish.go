@@ -14,13 +14,14 @@ import (
 // publisher publishes numbered persistent messages in confirm mode with a
 // bounded number in flight. One publisher is used by one goroutine.
 type publisher struct {
+	mode   uint8 // delivery mode
 	window int
 	body   []byte          // reused for every message; starts with the sequence number
 	sentAt []time.Duration // by sequence number mod window, since start
 }
 
-func newPublisher(window, size int) *publisher {
-	return &publisher{window: window, body: make([]byte, size), sentAt: make([]time.Duration, window)}
+func newPublisher(mode uint8, window, size int) *publisher {
+	return &publisher{mode: mode, window: window, body: make([]byte, size), sentAt: make([]time.Duration, window)}
 }
 
 // run publishes n messages to queue through the default exchange on a fresh
@@ -48,7 +49,7 @@ func (p *publisher) run(ctx context.Context, conn *amqp.Connection, queue string
 	stop := closeOnDone(ctx, conn)
 	defer stop()
 
-	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: p.body}
+	msg := amqp.Publishing{DeliveryMode: p.mode, Body: p.body}
 	published, confirmed := 0, 0
 	start := time.Now()
 

@@ -37,6 +37,7 @@ type Settings struct {
 	Targets        []TargetSpec `json:"targets"`
 	Messages       int          `json:"messages"`
 	MessageSize    int          `json:"message_size"`
+	Transient      bool         `json:"transient"`
 	Window         int          `json:"confirm_window"`
 	Prefetch       int          `json:"prefetch"`
 	LatencySamples int          `json:"latency_samples"`
@@ -124,10 +125,10 @@ func (r *Report) WriteText(w io.Writer) error {
 		b.WriteString("\n")
 		switch wl.Name {
 		case WorkloadPublish:
-			fmt.Fprintf(&b, "publish-with-confirms: %d × %d B persistent, confirm window %d\n", s.Messages, s.MessageSize, s.Window)
+			fmt.Fprintf(&b, "publish-with-confirms: %d × %d B %s, confirm window %d\n", s.Messages, s.MessageSize, persistence(s.Transient), s.Window)
 		case WorkloadConsume:
-			fmt.Fprintf(&b, "consume-with-acks: %d × %d B pre-filled, prefetch %d, one ack per message; latency from %d ping-pongs\n",
-				s.Messages, s.MessageSize, s.Prefetch, s.LatencySamples)
+			fmt.Fprintf(&b, "consume-with-acks: %d × %d B %s pre-filled, prefetch %d, one ack per message; latency from %d ping-pongs\n",
+				s.Messages, s.MessageSize, persistence(s.Transient), s.Prefetch, s.LatencySamples)
 		}
 		fmt.Fprintf(&b, "latency = %s\n", wl.Latency)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -150,6 +151,13 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func persistence(transient bool) string {
+	if transient {
+		return "transient"
+	}
+	return "persistent"
 }
 
 // fmtDur prints a latency with three significant-ish digits.

@@ -70,8 +70,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	b := &bencher{
 		cfg:   cfg,
 		admin: admin,
-		pub:   newPublisher(cfg.Window, cfg.MessageSize),
-		con:   newConsumer(cfg.Prefetch, cfg.MessageSize),
+		pub:   newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
+		con:   newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
 		lat:   make([]int64, max(cfg.Messages, cfg.LatencySamples)),
 		runID: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
 	}
@@ -101,6 +101,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	rep = b.report(samples)
 	rep.Machine.LoadBefore, rep.Machine.LoadAfter = loadBefore, loadAverage()
 	return rep, nil
+}
+
+func deliveryMode(transient bool) uint8 {
+	if transient {
+		return amqp.Transient
+	}
+	return amqp.Persistent
 }
 
 // bencher holds what the runs share: the admin connection (direct to the
@@ -239,7 +246,7 @@ func (b *bencher) report(samples map[string]map[string][]Sample) *Report {
 			BrokerProduct: fmt.Sprint(props["product"]), BrokerVersion: fmt.Sprint(props["version"]),
 		},
 		Settings: Settings{
-			Targets: cfg.Targets, Messages: cfg.Messages, MessageSize: cfg.MessageSize, Window: cfg.Window,
+			Targets: cfg.Targets, Messages: cfg.Messages, MessageSize: cfg.MessageSize, Transient: cfg.Transient, Window: cfg.Window,
 			Prefetch: cfg.Prefetch, LatencySamples: cfg.LatencySamples, Runs: cfg.Runs, Warmup: cfg.Warmup,
 		},
 	}

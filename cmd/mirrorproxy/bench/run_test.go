@@ -82,7 +82,7 @@ func TestRunAgainstRealBroker(t *testing.T) {
 		var out, errOut bytes.Buffer
 		app := &cli.App{Name: "mirrorproxy", Commands: []*cli.Command{Command()}, Writer: &out, ErrWriter: &errOut}
 		err = app.RunContext(ctx, []string{"mirrorproxy", "bench", "--broker", url, "--targets", "direct",
-			"--target", "ext=" + ext.Addr(), "--workloads", "publish", "-n", "300", "--window", "16",
+			"--target", "ext=" + ext.Addr(), "--workloads", "publish", "-n", "300", "--window", "16", "--transient",
 			"--runs", "1", "--warmup", "0", "--json"})
 		if err != nil {
 			t.Fatalf("%v\nstderr:\n%s", err, errOut.String())
@@ -90,6 +90,9 @@ func TestRunAgainstRealBroker(t *testing.T) {
 		var rep Report
 		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 			t.Fatalf("output is not JSON: %v\n%s", err, out.String())
+		}
+		if !rep.Settings.Transient || rep.Settings.Messages != 300 || rep.Settings.Window != 16 {
+			t.Errorf("settings %+v do not echo the flags", rep.Settings)
 		}
 		if len(rep.Workloads) != 1 || rep.Workloads[0].Name != WorkloadPublish {
 			t.Fatalf("workloads %+v, want publish only", rep.Workloads)
