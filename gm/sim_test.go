@@ -12,6 +12,8 @@ import (
 var (
 	long  = flag.Bool("long", false, "run many more simulation seeds")
 	seedF = flag.Uint64("seed", 0, "run only this simulation seed (replay)")
+	seedN = flag.Int("seeds", 0, "number of simulation seeds (default 2000, 50000 with -long)")
+	seed0 = flag.Uint64("firstseed", 1, "first simulation seed")
 )
 
 // The simulation: N members on an in-memory network that drops, delays,
@@ -555,6 +557,9 @@ func TestSimProperties(t *testing.T) {
 	if testing.Short() {
 		seeds = 200
 	}
+	if *seedN > 0 {
+		seeds = *seedN
+	}
 	if *seedF != 0 {
 		runSeeds(t, *seedF, 1)
 		return
@@ -563,8 +568,8 @@ func TestSimProperties(t *testing.T) {
 	for sh := range shards {
 		t.Run(fmt.Sprintf("shard%d", sh), func(t *testing.T) {
 			t.Parallel()
-			per := uint64(seeds / shards)
-			runSeeds(t, 1+uint64(sh)*per, per)
+			per := uint64((seeds + shards - 1) / shards)
+			runSeeds(t, *seed0+uint64(sh)*per, per)
 		})
 	}
 }
