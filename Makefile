@@ -35,3 +35,6 @@ fuzz: ## run the codec fuzzer for a while
 
 clean-testenv: ## kill test brokers left by killed test runs and remove their directories
 	$(GO) run ./testenv/cmd/testenv cleanup
+
+sim-long: ## the gm ring's seeded simulation over 50000 seeds (CI runs 2000)
+	$(GO) test -count=1 -run TestSimProperties ./gm -long -timeout 60m
