@@ -562,7 +562,11 @@ func (p Policy) Matches(vhost, queue string) bool {
 // Row is the policy as a row of rabbitmqctl list_policies: vhost, name,
 // pattern, apply-to, definition (JSON), priority.
 func (p Policy) Row() []string {
-	return []string{p.Vhost, p.Name, p.Pattern.String(), string(p.ApplyTo),
+	pat := ""
+	if p.Pattern != nil {
+		pat = p.Pattern.String()
+	}
+	return []string{p.Vhost, p.Name, pat, string(p.ApplyTo),
 		p.Definition.String(), strconv.Itoa(p.Priority)}
 }
 

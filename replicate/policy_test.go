@@ -1032,3 +1032,31 @@ func TestNaiveModelPlan(t *testing.T) {
 		}
 	}
 }
+
+func ExamplePolicies_Effective() {
+	var ps Policies
+	def, err := ParseDefinitionJSON([]byte(`{"ha-mode":"exactly","ha-params":2,"ha-sync-mode":"automatic"}`))
+	if err != nil {
+		panic(err)
+	}
+	p, err := NewPolicy("/", "ha-two", `^two\.`, ApplyToQueues, 0, def)
+	if err != nil {
+		panic(err)
+	}
+	if err := ps.Set(p); err != nil {
+		panic(err)
+	}
+	e, ok := ps.Effective("/", "two.orders", false, nil)
+	fmt.Println(ok, e.Policy, e.Mode, e.Count, e.SyncMode, e.SyncBatchSize, e.PromoteOnShutdown, e.PromoteOnFailure)
+
+	g := Group{Master: "a", Members: []Member{{"a", 1}, {"c", 3}, {"b", 2}}}
+	c := Plan(e, g, nil, nil)
+	fmt.Println("mirrors", c.Mirrors, "added", c.Added)
+
+	_, ok = ps.Effective("/", "two.orders", true, nil)
+	fmt.Println("exclusive mirrored:", ok)
+	// Output:
+	// true ha-two exactly 2 automatic 4096 when-synced always
+	// mirrors [b] added [b]
+	// exclusive mirrored: false
+}
