@@ -142,9 +142,12 @@ func (r *Report) WriteText(w io.Writer) error {
 			tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintf(tw, "pair\tthroughput ratio\tconfidence interval\tmin–max\tadded p50\tadded p99\t\n")
 			for _, p := range wl.Pairs {
-				fmt.Fprintf(tw, "%s/%s\t%.3f\t%.3f–%.3f @%.0f%%\t%.3f–%.3f\t%s\t%s\t\n", p.A, p.B, p.Ratio,
-					p.RatioLow, p.RatioHigh, 100*p.RatioConfidence, p.RatioMin, p.RatioMax,
-					fmtSigned(p.AddedP50.Duration()), fmtSigned(p.AddedP99.Duration()))
+				ci := "none (1 round)"
+				if p.RatioConfidence > 0 {
+					ci = fmt.Sprintf("%.3f–%.3f @%.0f%%", p.RatioLow, p.RatioHigh, 100*p.RatioConfidence)
+				}
+				fmt.Fprintf(tw, "%s/%s\t%.3f\t%s\t%.3f–%.3f\t%s\t%s\t\n", p.A, p.B, p.Ratio, ci,
+					p.RatioMin, p.RatioMax, fmtSigned(p.AddedP50.Duration()), fmtSigned(p.AddedP99.Duration()))
 			}
 			_ = tw.Flush()
 		}

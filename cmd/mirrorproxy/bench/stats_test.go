@@ -148,6 +148,14 @@ func TestWriteTextShowsRatios(t *testing.T) {
 			t.Errorf("text report lacks %q:\n%s", want, b.String())
 		}
 	}
+	rep.Workloads[0].Pairs[0].RatioConfidence = 0
+	b.Reset()
+	if err := rep.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "none (1 round)") {
+		t.Errorf("a single round shows an interval:\n%s", b.String())
+	}
 	if fmtDur(1500*time.Millisecond) != "1.50s" {
 		t.Errorf("fmtDur(1.5s) = %s", fmtDur(1500*time.Millisecond))
 	}
