@@ -200,6 +200,15 @@ func TestDefinitionResolved(t *testing.T) {
 	if v, _ := mixed.Get("x"); show(v) != `{"y":[1]}` {
 		t.Errorf("Passthrough shares the definition's values: %s", show(v))
 	}
+	keys := HAKeys()
+	if !slices.Equal(keys, []string{"ha-mode", "ha-params", "ha-sync-mode", "ha-sync-batch-size",
+		"ha-promote-on-shutdown", "ha-promote-on-failure"}) || !IsHAKey("ha-params") || IsHAKey("message-ttl") || IsHAKey("HA-mode") {
+		t.Errorf("ha keys %v", keys)
+	}
+	keys[0] = "changed"
+	if IsHAKey("changed") {
+		t.Error("HAKeys shares its slice")
+	}
 	ha, _ := mixed.HA()
 	ha.Nodes = append(ha.Nodes, "n")
 	if again, _ := mixed.HA(); len(again.Nodes) != 0 {
