@@ -1,0 +1,315 @@
+package replicate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// OpKind is what an op does; see docs/REPLICATION.md for who makes each.
+type OpKind uint8
+
+// The op kinds. Their numbers are part of the encoding: never reuse one.
+const (
+	// OpPublish re-publishes a message (id, exchange, routing key,
+	// mandatory, content header payload, body).
+	OpPublish OpKind = 1
+	// OpAck acks the held copies of ids in a queue.
+	OpAck OpKind = 2
+	// OpDrop rejects the held copies of ids in a queue without requeue, so
+	// that the mirror's broker dead-letters them as the master's did.
+	OpDrop OpKind = 3
+	// OpTopology runs a method (its frame payload) on the mirror's broker.
+	OpTopology OpKind = 4
+	// OpQueueGone deletes a queue that disappeared with its owner.
+	OpQueueGone OpKind = 5
+)
+
+func (k OpKind) String() string {
+	switch k {
+	case OpPublish:
+		return "publish"
+	case OpAck:
+		return "ack"
+	case OpDrop:
+		return "drop"
+	case OpTopology:
+		return "topology"
+	case OpQueueGone:
+		return "queue-gone"
+	}
+	return fmt.Sprintf("op-kind(%d)", uint8(k))
+}
+
+// Op is one replicated change. Which fields are used depends on Kind:
+//
+//	Publish    Vhost ID Exchange RoutingKey Mandatory Header Body
+//	Ack, Drop  Vhost Queue IDs
+//	Topology   Vhost Method
+//	QueueGone  Vhost Queue
+//
+// ParseOp sets only the fields of its kind; AppendOp ignores the others.
+type Op struct {
+	Kind  OpKind
+	Vhost string
+	// ID is the message's x-mirror-id (epoch in the top 24 bits).
+	ID         uint64
+	Exchange   string
+	RoutingKey string
+	Mandatory  bool
+	// Header is the content header frame's payload as the master broker
+	// received it (x-mirror-id stamped); Body is the message body.
+	Header []byte
+	Body   []byte
+	Queue  string
+	IDs    []uint64
+	// Method is a method frame's payload (class id, method id, arguments).
+	Method []byte
+}
+
+// OpFormat is the format octet that starts every encoded op. A decoder
+// refuses any other, so a format change is a new number here and a
+// rolling-upgrade plan, never a silent reinterpretation.
+const OpFormat = 1
+
+// ErrMalformedOp is wrapped by every ParseOp error; the message says what
+// was wrong.
+var ErrMalformedOp = errors.New("replicate: malformed op")
+
+// MaxOpIDs bounds the ids of one Ack or Drop op (a client's multiple ack
+// spanning more is split by the core).
+const MaxOpIDs = 1 << 16
+
+// Encoding, after the format octet and the kind octet:
+//
+//	all kinds   vhost        u8 length + octets
+//	Publish     id           u64
+//	            flags        u8 (bit 0: mandatory; other bits zero)
+//	            exchange     u8 length + octets
+//	            routing key  u8 length + octets
+//	            header       u32 length + octets
+//	            body         u32 length + octets
+//	Ack, Drop   queue        u8 length + octets
+//	            count        u32, then count × u64 ids
+//	Topology    method       u32 length + octets
+//	QueueGone   queue        u8 length + octets
+//
+// Numbers are big-endian. Nothing may follow the last field. Short strings
+// are at most 255 octets, as in AMQP.
+
+// AppendOp appends the encoding of op to dst and returns the extended
+// buffer. It does not allocate when dst has room. Strings longer than 255
+// octets (AMQP short strings cannot be) and more than MaxOpIDs ids make it
+// panic: ops are built from frames the master's broker accepted, so that is
+// a bug in the caller; use ValidateOp on anything else.
+func AppendOp(dst []byte, op *Op) []byte {
+	if err := ValidateOp(op); err != nil {
+		panic(err)
+	}
+	dst = append(dst, OpFormat, byte(op.Kind))
+	dst = appendShort(dst, op.Vhost)
+	switch op.Kind {
+	case OpPublish:
+		dst = binary.BigEndian.AppendUint64(dst, op.ID)
+		var flags byte
+		if op.Mandatory {
+			flags = 1
+		}
+		dst = append(dst, flags)
+		dst = appendShort(dst, op.Exchange)
+		dst = appendShort(dst, op.RoutingKey)
+		dst = appendLong(dst, op.Header)
+		dst = appendLong(dst, op.Body)
+	case OpAck, OpDrop:
+		dst = appendShort(dst, op.Queue)
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(op.IDs)))
+		for _, id := range op.IDs {
+			dst = binary.BigEndian.AppendUint64(dst, id)
+		}
+	case OpTopology:
+		dst = appendLong(dst, op.Method)
+	case OpQueueGone:
+		dst = appendShort(dst, op.Queue)
+	}
+	return dst
+}
+
+// ValidateOp reports what AppendOp would panic on.
+func ValidateOp(op *Op) error {
+	switch op.Kind {
+	case OpPublish, OpAck, OpDrop, OpTopology, OpQueueGone:
+	default:
+		return fmt.Errorf("replicate: cannot encode op of unknown kind %d", uint8(op.Kind))
+	}
+	for _, f := range [...]struct{ name, s string }{{"vhost", op.Vhost}, {"exchange", op.Exchange}, {"routing key", op.RoutingKey}, {"queue", op.Queue}} {
+		if len(f.s) > 255 {
+			return fmt.Errorf("replicate: cannot encode %s op: %s of %d octets (at most 255)", op.Kind, f.name, len(f.s))
+		}
+	}
+	if len(op.IDs) > MaxOpIDs {
+		return fmt.Errorf("replicate: cannot encode %s op: %d ids (at most %d)", op.Kind, len(op.IDs), MaxOpIDs)
+	}
+	if uint64(len(op.Header)) > 0xffffffff || uint64(len(op.Body)) > 0xffffffff || uint64(len(op.Method)) > 0xffffffff {
+		return fmt.Errorf("replicate: cannot encode %s op: a field longer than 4 GiB", op.Kind)
+	}
+	return nil
+}
+
+func appendShort(dst []byte, s string) []byte {
+	return append(append(dst, byte(len(s))), s...)
+}
+
+func appendLong(dst, b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(dst, uint32(len(b))), b...)
+}
+
+// OpKindOf returns the kind of an encoded op without parsing the rest.
+func OpKindOf(b []byte) (OpKind, error) {
+	if len(b) < 2 {
+		return 0, fmt.Errorf("%w: %d octets, too short for format and kind", ErrMalformedOp, len(b))
+	}
+	if b[0] != OpFormat {
+		return 0, fmt.Errorf("%w: format %d, this build reads format %d", ErrMalformedOp, b[0], OpFormat)
+	}
+	return OpKind(b[1]), nil
+}
+
+// ParseOp decodes an op. Header, Body and Method alias b; the strings and
+// IDs are copies. Every length is checked against what is left of b before
+// anything is allocated. Errors wrap ErrMalformedOp.
+func ParseOp(b []byte) (Op, error) {
+	var op Op
+	kind, err := OpKindOf(b)
+	if err != nil {
+		return op, err
+	}
+	op.Kind = kind
+	r := opReader{b: b[2:], kind: kind}
+	op.Vhost = r.short("vhost")
+	switch kind {
+	case OpPublish:
+		op.ID = r.u64("id")
+		switch flags := r.u8("flags"); flags {
+		case 0:
+		case 1:
+			op.Mandatory = true
+		default:
+			r.fail("flags 0x%02x: only bit 0 (mandatory) is defined", flags)
+		}
+		op.Exchange = r.short("exchange")
+		op.RoutingKey = r.short("routing key")
+		op.Header = r.long("header")
+		op.Body = r.long("body")
+	case OpAck, OpDrop:
+		op.Queue = r.short("queue")
+		n := r.u32("id count")
+		if r.err == nil {
+			if n > MaxOpIDs {
+				r.fail("%d ids, at most %d", n, MaxOpIDs)
+			} else if uint64(n)*8 > uint64(len(r.b)) {
+				r.fail("%d ids need %d octets, %d left", n, uint64(n)*8, len(r.b))
+			} else if n > 0 {
+				op.IDs = make([]uint64, n)
+				for i := range op.IDs {
+					op.IDs[i] = binary.BigEndian.Uint64(r.b[8*i:])
+				}
+				r.b = r.b[8*n:]
+			}
+		}
+	case OpTopology:
+		op.Method = r.long("method")
+	case OpQueueGone:
+		op.Queue = r.short("queue")
+	default:
+		return Op{}, fmt.Errorf("%w: unknown kind %d", ErrMalformedOp, uint8(kind))
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("%d octets after the last field", len(r.b))
+	}
+	if r.err != nil {
+		return Op{}, r.err
+	}
+	return op, nil
+}
+
+// opReader reads fields in order; the first error sticks and names the field.
+type opReader struct {
+	b    []byte
+	kind OpKind
+	err  error
+}
+
+func (r *opReader) fail(format string, args ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: %s op: %s", ErrMalformedOp, r.kind, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *opReader) need(field string, n uint64) bool { return r.needOf(field, "", n) }
+
+// needOf is need for a field named field+suffix, concatenated only on failure.
+func (r *opReader) needOf(field, suffix string, n uint64) bool {
+	if r.err != nil {
+		return false
+	}
+	if uint64(len(r.b)) < n {
+		r.fail("%s%s needs %d octets, %d left", field, suffix, n, len(r.b))
+		return false
+	}
+	return true
+}
+
+func (r *opReader) u8(field string) byte {
+	if !r.need(field, 1) {
+		return 0
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v
+}
+
+func (r *opReader) u32(field string) uint32 {
+	if !r.need(field, 4) {
+		return 0
+	}
+	v := binary.BigEndian.Uint32(r.b)
+	r.b = r.b[4:]
+	return v
+}
+
+func (r *opReader) u64(field string) uint64 {
+	if !r.need(field, 8) {
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *opReader) short(field string) string {
+	if !r.needOf(field, " length", 1) {
+		return ""
+	}
+	n := r.b[0]
+	r.b = r.b[1:]
+	if !r.need(field, uint64(n)) {
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *opReader) long(field string) []byte {
+	if !r.needOf(field, " length", 4) {
+		return nil
+	}
+	n := binary.BigEndian.Uint32(r.b)
+	r.b = r.b[4:]
+	if !r.need(field, uint64(n)) {
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
