@@ -59,6 +59,10 @@ type Options struct {
 	// closing them with 320 CONNECTION_FORCED.
 	ShutdownGrace time.Duration
 
+	// Replicator, when set, makes this the master's core: publishes are
+	// stamped and replicated, confirms wait for the ring (docs/REPLICATION.md).
+	Replicator Replicator
+
 	// Logger receives the server's logs; each session gets a child logger.
 	Logger zerolog.Logger
 }

@@ -24,7 +24,13 @@ type pubRec struct {
 	seq  uint64
 	off  int
 	n    int
-	done bool
+	done bool // confirmed to the client
+
+	// With replication: the op's ticket and the broker's verdict. The client
+	// gets the confirm when both the broker and the ring are done.
+	ticket   Ticket
+	brokerOK bool
+	nack     bool
 }
 
 const compactMin = 64 << 10
@@ -146,4 +152,74 @@ func (l *pubLog) each(fn func(seq uint64, frames []byte)) bool {
 		}
 	}
 	return true
+}
+
+// setTicket records the replication ticket of the newest publish, seq.
+func (l *pubLog) setTicket(seq uint64, t Ticket) {
+	if n := len(l.recs); n > l.head && l.recs[n-1].seq == seq {
+		l.recs[n-1].ticket = t
+	}
+}
+
+// brokerConfirm records the broker's ack or nack of seq (and, with
+// multiple, every older one) without confirming anything to the client.
+func (l *pubLog) brokerConfirm(seq uint64, multiple, nack bool) {
+	live := l.recs[l.head:]
+	mark := func(r *pubRec) {
+		if !r.brokerOK {
+			r.brokerOK, r.nack = true, nack
+		}
+	}
+	if multiple {
+		for i := range live {
+			if live[i].seq > seq {
+				break
+			}
+			mark(&live[i])
+		}
+	} else if i := sort.Search(len(live), func(i int) bool { return live[i].seq >= seq }); i < len(live) && live[i].seq == seq {
+		mark(&live[i])
+	}
+}
+
+// release appends to dst the confirms the client may have now: the oldest
+// publishes that the broker confirmed and whose ops are stable (or that the
+// broker nacked: a nack waits for nothing), as basic.ack with multiple for
+// each run and basic.nack for each nack. It forgets what it released and
+// returns the bytes freed.
+func (l *pubLog) release(dst []byte, channel uint16, stable Ticket) ([]byte, int) {
+	var runEnd uint64
+	flushRun := func() {
+		if runEnd != 0 {
+			dst = appendConfirm(dst, channel, runEnd, true, false)
+			runEnd = 0
+		}
+	}
+	for i := l.head; i < len(l.recs); i++ {
+		r := l.recs[i]
+		if r.done {
+			continue
+		}
+		if !r.brokerOK || !r.nack && r.ticket > stable {
+			break
+		}
+		if r.nack {
+			flushRun()
+			dst = appendConfirm(dst, channel, r.seq, false, true)
+		} else {
+			runEnd = r.seq
+		}
+		l.recs[i].done = true
+	}
+	flushRun()
+	freed := 0
+	for l.head < len(l.recs) && l.recs[l.head].done {
+		freed += l.recs[l.head].n
+		l.head++
+	}
+	l.live -= freed
+	if l.head == len(l.recs) {
+		l.recs, l.head, l.arena, l.live, l.garbage, l.dropped = l.recs[:0], 0, l.arena[:0], 0, 0, false
+	}
+	return dst, freed
 }

@@ -172,6 +172,18 @@ func (s *session) serve(ctx context.Context) {
 	s.log.Debug().Uint32("frame_max", s.st.client.frameMax).Uint16("heartbeat", s.st.client.heartbeat).
 		Uint32("upstream_frame_max", s.st.upstream.frameMax).Msg("session open")
 
+	if r := s.srv.opts.Replicator; r != nil {
+		s.st.mu.Lock()
+		s.st.repl, s.st.toClient = r, s.cout
+		s.st.mu.Unlock()
+		cancel := r.Watch(func(t Ticket) {
+			if s.st.onStable(t) {
+				s.cout.flush()
+			}
+		})
+		defer cancel()
+	}
+
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	wg.Add(3)
@@ -264,6 +276,11 @@ func (s *session) clientPump() error {
 		if !fwd {
 			continue
 		}
+		if s.st.clientRepl {
+			s.st.clientRepl = false
+			s.uout.build(func(b []byte) []byte { return append(b, s.st.clientOut...) })
+			continue
+		}
 		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.upstream.frameMax {
 			s.uout.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
 			continue
@@ -301,6 +318,12 @@ func (s *session) upstreamPump() error {
 		}
 		if !fwd {
 			continue
+		}
+		if s.st.upRepl {
+			// The delivery's header, stripped in place: still in the
+			// reader's buffer, so it is queued like any frame.
+			s.st.upRepl = false
+			f.Raw = s.st.upOut
 		}
 		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.client.frameMax {
 			s.cout.build(func(b []byte) []byte { return rechunk(b, f, s.st.client.frameMax) })

@@ -31,12 +31,27 @@ type sessionState struct {
 	client           tuneValues // what the client agreed in tune-ok
 	upstream         tuneValues // what the proxy agreed with the broker
 
-	channels    []*channelState // by channel number; nil when closed
-	open        int             // channels open
-	closing     bool            // connection.close seen from either side
-	maxPending  int             // bound on unconfirmed publish bytes per session
-	pendingSize int             // bytes held in unconfirmed publishes
-	unmovable   string          // why the session cannot move to another broker, "" if it can
+	channels []*channelState // by channel number; nil when closed
+	open     int             // channels open
+	closing  bool            // connection.close seen from either side
+	// Replication (nil repl: a plain proxy). stable is the highest ticket
+	// the Replicator reported stable; toClient receives frames the core
+	// makes up (confirms, held commit-oks), queued under mu so they keep
+	// their order. clientOut/upOut, when replace is set, is the frame a
+	// pump sends instead of the one it read (written and read by that
+	// pump's goroutine only).
+	repl       Replicator
+	stable     Ticket
+	toClient   frameSink
+	scratch    []byte
+	clientOut  []byte
+	clientRepl bool
+	upOut      []byte
+	upRepl     bool
+
+	maxPending  int    // bound on unconfirmed publish bytes per session
+	pendingSize int    // bytes held in unconfirmed publishes
+	unmovable   string // why the session cannot move to another broker, "" if it can
 }
 
 type tuneValues struct {
@@ -82,6 +97,13 @@ type channelState struct {
 	in, out content
 
 	unconfirmed pubLog
+
+	r replChannel // the master core's replication state (with a Replicator)
+}
+
+// frameSink takes frames the core makes up; *out is one.
+type frameSink interface {
+	build(fn func([]byte) []byte)
 }
 
 // consumer is one basic.consume, kept to re-attach it elsewhere.

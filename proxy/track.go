@@ -39,8 +39,20 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		return false, err
 	}
 	if f.Type != amqp.FrameMethod {
+		raw := f.Raw
+		if s.repl != nil {
+			if f.Type == amqp.FrameHeader {
+				out, err := s.replPublishHeader(ch, f)
+				if err != nil {
+					return false, err
+				}
+				raw, s.clientOut, s.clientRepl = out, out, true
+			} else if err := s.replPublishBody(ch, f); err != nil {
+				return false, err
+			}
+		}
 		if ch.confirm {
-			s.pendingSize += ch.unconfirmed.add(f.Raw, s.pendingSize+len(f.Raw) <= s.maxPending)
+			s.pendingSize += ch.unconfirmed.add(raw, s.pendingSize+len(raw) <= s.maxPending)
 		}
 		return true, nil
 	}
@@ -59,9 +71,19 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		if ch.tx {
 			ch.txDirty = true
 		}
+		if s.repl != nil {
+			if err := s.replPublish(ch, f.Payload); err != nil {
+				return false, err
+			}
+		}
 	case amqp.BasicAckID, amqp.BasicNackID, amqp.BasicRejectID:
 		if ch.tx {
 			ch.txDirty = true
+		}
+		if s.repl != nil {
+			if err := s.replSettle(ch, key, f.Payload); err != nil {
+				return false, err
+			}
 		}
 	case amqp.ChannelOpenID:
 		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - second 'channel.open' seen")
@@ -70,7 +92,12 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	case amqp.ChannelCloseOkID:
 		s.closeChannel(ch)
 	default:
-		return true, s.clientChannelMethod(ch, key, f.Payload)
+		if err := s.clientChannelMethod(ch, key, f.Payload); err != nil {
+			return false, err
+		}
+		if s.repl != nil {
+			return true, s.replClientMethod(ch, key, f.Payload)
+		}
 	}
 	return true, nil
 }
@@ -164,6 +191,13 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 		return false, err
 	}
 	if f.Type != amqp.FrameMethod {
+		if s.repl != nil && f.Type == amqp.FrameHeader {
+			out, err := s.replDeliveryHeader(ch, f)
+			if err != nil {
+				return false, err
+			}
+			s.upOut, s.upRepl = out, true
+		}
 		return true, nil
 	}
 	key, ok := amqp.MethodKey(f.Payload)
@@ -177,6 +211,11 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 		if err != nil {
 			return false, err
 		}
+		if s.repl != nil {
+			if _, err := s.replUpstreamMethod(ch, key, f); err != nil {
+				return false, err
+			}
+		}
 		tag += ch.tagBase
 		if ch.tagBase != 0 {
 			amqp.SetDeliveryTag(f.Payload, tag)
@@ -184,11 +223,17 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 		ch.lastTag = tag
 	case amqp.BasicReturnID:
 		ch.out.state, ch.out.classID = contentHeader, 60
+		if s.repl != nil {
+			ch.r.dlv = dlvPending{active: true}
+		}
 	case amqp.BasicAckID:
 		if ch.confirm {
 			tag, multiple, err := amqp.PeekBasicAck(f.Payload)
 			if err != nil {
 				return false, err
+			}
+			if s.repl != nil {
+				return false, s.heldConfirm(ch, tag, multiple, false)
 			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}
@@ -198,12 +243,22 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			if err != nil {
 				return false, err
 			}
+			if s.repl != nil {
+				return false, s.heldConfirm(ch, tag, multiple, true)
+			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}
 	case amqp.ChannelCloseID:
 		ch.closing = true
 	case amqp.ChannelCloseOkID:
 		s.closeChannel(ch)
+	case amqp.BasicGetEmptyID, amqp.TxCommitOkID,
+		amqp.ExchangeDeclareOkID, amqp.ExchangeDeleteOkID, amqp.ExchangeBindOkID, amqp.ExchangeUnbindOkID,
+		amqp.QueueDeclareOkID, amqp.QueueBindOkID, amqp.QueuePurgeOkID, amqp.QueueDeleteOkID, amqp.QueueUnbindOkID:
+		if s.repl != nil {
+			held, err := s.replUpstreamMethod(ch, key, f)
+			return !held && err == nil, err
+		}
 	case amqp.BasicConsumeOkID, amqp.BasicCancelID, amqp.BasicCancelOkID:
 		m, err := amqp.DecodeMethod(f.Payload)
 		if err != nil {
@@ -293,4 +348,19 @@ func peekDeliveryTag(key uint32, p []byte) (uint64, error) {
 	}
 	tag, _, _, _, _, err := amqp.PeekBasicGetOk(p)
 	return tag, err
+}
+
+// heldConfirm records the broker's confirm and queues for the client what
+// it releases (under mu, so confirms keep their order).
+func (s *sessionState) heldConfirm(ch *channelState, seq uint64, multiple, nack bool) error {
+	ch.unconfirmed.brokerConfirm(seq, multiple, nack)
+	s.releaseToClient(ch)
+	return nil
+}
+
+func (s *sessionState) releaseToClient(ch *channelState) {
+	if s.toClient == nil {
+		return
+	}
+	s.toClient.build(func(b []byte) []byte { return s.release(b, ch) })
 }

@@ -1,0 +1,464 @@
+package proxy
+
+import (
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// The master core's replication hooks (docs/REPLICATION.md). They run inside
+// sessionState's lock, from the pumps, only when a Replicator is set:
+//
+//   - client → broker: each publish is stamped with x-mirror-id and, once
+//     its content is complete, handed to the Replicator; acks, nacks and
+//     rejects of stamped deliveries become Settle ops; topology methods
+//     become Topology ops when the broker answers -ok.
+//   - broker → client: the stamp is stripped from every delivery, get-ok
+//     and return; the broker's confirms and tx.commit-ok are held until the
+//     Replicator says their ops are stable.
+
+// replChannel is one channel's replication state on the master.
+type replChannel struct {
+	asm     pubAsm
+	dlv     dlvPending
+	unacked dlvRing
+	gets    []getReq // basic.get requests waiting for get-ok / get-empty
+	topo    []byte   // a synchronous topology request waiting for its -ok
+
+	// Transactions: ops wait for the commit; commit-ok waits for them.
+	txOps    []txOp
+	commitOk []byte // held tx.commit-ok frame
+	commitAt Ticket
+
+	lastTicket Ticket // the newest op this channel made
+	ids        []uint64
+}
+
+// pubAsm gathers a publish as it passes, to hand it over whole.
+type pubAsm struct {
+	id         uint64
+	exchange   []byte
+	routingKey []byte
+	mandatory  bool
+	header     []byte
+	body       []byte
+}
+
+type dlvPending struct {
+	active bool
+	queue  string
+	noAck  bool
+	tag    uint64
+	settle bool // a delivery (not a return): its id is tracked
+}
+
+type getReq struct {
+	queue string
+	noAck bool
+}
+
+// txOp is an op held until tx.commit-ok.
+type txOp struct {
+	pub   *Publish
+	queue string
+	ids   []uint64
+	drop  bool
+}
+
+// dlvRing maps a channel's outstanding delivery tags to (queue, id). Tags
+// on a channel are consecutive, so lookup is by index.
+type dlvRing struct {
+	first uint64 // tag of ents[head]
+	ents  []dlvEnt
+	head  int
+}
+
+type dlvEnt struct {
+	queue string
+	id    uint64
+	live  bool
+}
+
+func (r *dlvRing) push(tag uint64, queue string, id uint64) {
+	if r.head == len(r.ents) {
+		r.ents, r.head, r.first = r.ents[:0], 0, tag
+	}
+	// Tags without a tracked entry (unstamped messages) keep the index dense.
+	for r.first+uint64(len(r.ents)-r.head) < tag {
+		r.ents = append(r.ents, dlvEnt{})
+	}
+	r.ents = append(r.ents, dlvEnt{queue: queue, id: id, live: true})
+}
+
+// take removes tag (and with multiple every older one) and calls fn for each
+// live entry removed.
+func (r *dlvRing) take(tag uint64, multiple bool, fn func(queue string, id uint64)) {
+	if r.head == len(r.ents) || tag < r.first {
+		return
+	}
+	last := int(tag-r.first) + r.head
+	if last >= len(r.ents) {
+		last = len(r.ents) - 1
+	}
+	from := last
+	if multiple {
+		from = r.head
+	}
+	for i := from; i <= last; i++ {
+		if e := &r.ents[i]; e.live {
+			fn(e.queue, e.id)
+			e.live = false
+		}
+	}
+	for r.head < len(r.ents) && !r.ents[r.head].live {
+		r.head++
+		r.first++
+	}
+	if r.head > 1024 && r.head > len(r.ents)/2 {
+		n := copy(r.ents, r.ents[r.head:])
+		r.ents, r.head = r.ents[:n], 0
+	}
+}
+
+func (r *dlvRing) reset() { r.ents, r.head = r.ents[:0], 0 }
+
+// clientPublish starts assembling a publish (client → broker).
+func (s *sessionState) replPublish(ch *channelState, p []byte) error {
+	exchange, routingKey, mandatory, err := amqp.PeekBasicPublish(p)
+	if err != nil {
+		return err
+	}
+	a := &ch.r.asm
+	a.id = s.repl.NextID()
+	a.exchange = append(a.exchange[:0], exchange...)
+	a.routingKey = append(a.routingKey[:0], routingKey...)
+	a.mandatory = mandatory
+	a.body = a.body[:0]
+	return nil
+}
+
+// replPublishHeader stamps the publish's content header and returns the
+// frame to send instead of f.
+func (s *sessionState) replPublishHeader(ch *channelState, f amqp.Frame) ([]byte, error) {
+	a := &ch.r.asm
+	var err error
+	a.header, err = amqp.AppendStampedHeader(a.header[:0], f.Payload, a.id)
+	if err != nil {
+		return nil, err
+	}
+	s.scratch = amqp.AppendFrame(s.scratch[:0], amqp.FrameHeader, f.Channel, a.header)
+	if ch.in.state == contentNone {
+		return s.scratch, s.replPublishDone(ch)
+	}
+	return s.scratch, nil
+}
+
+func (s *sessionState) replPublishBody(ch *channelState, f amqp.Frame) error {
+	ch.r.asm.body = append(ch.r.asm.body, f.Payload...)
+	if ch.in.state == contentNone {
+		return s.replPublishDone(ch)
+	}
+	return nil
+}
+
+// replPublishDone hands the complete publish over (or holds it for the
+// transaction's commit).
+func (s *sessionState) replPublishDone(ch *channelState) error {
+	a := &ch.r.asm
+	p := Publish{Vhost: s.vhost, ID: a.id, Exchange: a.exchange, RoutingKey: a.routingKey, Mandatory: a.mandatory, Header: a.header, Body: a.body}
+	if ch.tx {
+		cp := p
+		cp.Exchange, cp.RoutingKey = clone(p.Exchange), clone(p.RoutingKey)
+		cp.Header, cp.Body = clone(p.Header), clone(p.Body)
+		ch.r.txOps = append(ch.r.txOps, txOp{pub: &cp})
+		return nil
+	}
+	t, err := s.repl.Publish(p)
+	if err != nil {
+		return connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+	}
+	ch.r.lastTicket = t
+	if ch.confirm {
+		ch.unconfirmed.setTicket(ch.nextSeq-1, t)
+	}
+	return nil
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// replSettle turns a client's ack, nack or reject into Settle ops.
+func (s *sessionState) replSettle(ch *channelState, key uint32, p []byte) error {
+	var tag uint64
+	var multiple, requeue bool
+	var err error
+	switch key {
+	case amqp.BasicAckID:
+		tag, multiple, err = amqp.PeekBasicAck(p)
+	case amqp.BasicNackID:
+		tag, multiple, requeue, err = amqp.PeekBasicNack(p)
+	case amqp.BasicRejectID:
+		tag, requeue, err = amqp.PeekBasicReject(p)
+	}
+	if err != nil {
+		return err
+	}
+	if tag <= ch.tagBase {
+		return nil // a delivery of the previous broker: nothing to settle here
+	}
+	drop := key != amqp.BasicAckID
+	// Group by queue, in order; most channels consume from one queue.
+	var queue string
+	ch.r.ids = ch.r.ids[:0]
+	var settleErr error
+	flush := func() {
+		if len(ch.r.ids) == 0 || settleErr != nil {
+			return
+		}
+		if requeue {
+			ch.r.ids = ch.r.ids[:0]
+			return // the copies stay held, as the master's message stays queued
+		}
+		settleErr = s.settle(ch, queue, ch.r.ids, drop)
+		ch.r.ids = ch.r.ids[:0]
+	}
+	ch.r.unacked.take(tag, multiple, func(q string, id uint64) {
+		if q != queue {
+			flush()
+			queue = q
+		}
+		ch.r.ids = append(ch.r.ids, id)
+	})
+	flush()
+	return settleErr
+}
+
+func (s *sessionState) settle(ch *channelState, queue string, ids []uint64, drop bool) error {
+	if ch.tx {
+		ch.r.txOps = append(ch.r.txOps, txOp{queue: queue, ids: append([]uint64(nil), ids...), drop: drop})
+		return nil
+	}
+	t, err := s.repl.Settle(s.vhost, queue, ids, drop)
+	if err != nil {
+		return connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+	}
+	ch.r.lastTicket = t
+	return nil
+}
+
+// replClientMethod records what a rare client method means for
+// replication: basic.get's queue, a topology request.
+func (s *sessionState) replClientMethod(ch *channelState, key uint32, p []byte) error {
+	switch key {
+	case amqp.BasicGetID:
+		m, err := amqp.DecodeMethod(p)
+		if err != nil {
+			return err
+		}
+		g := m.(*amqp.BasicGet)
+		ch.r.gets = append(ch.r.gets, getReq{queue: g.Queue, noAck: g.NoAck})
+	case amqp.ExchangeDeclareID, amqp.ExchangeDeleteID, amqp.ExchangeBindID, amqp.ExchangeUnbindID,
+		amqp.QueueDeclareID, amqp.QueueBindID, amqp.QueuePurgeID, amqp.QueueDeleteID, amqp.QueueUnbindID:
+		if nowait(key, p) {
+			return s.topology(ch, p)
+		}
+		ch.r.topo = append(ch.r.topo[:0], p...)
+	case amqp.TxRollbackID:
+		ch.r.txOps = ch.r.txOps[:0]
+	}
+	return nil
+}
+
+// nowait reads the no-wait bit of a topology method.
+func nowait(key uint32, p []byte) bool {
+	m, err := amqp.DecodeMethod(p)
+	if err != nil {
+		return false
+	}
+	switch m := m.(type) {
+	case *amqp.ExchangeDeclare:
+		return m.NoWait
+	case *amqp.ExchangeDelete:
+		return m.NoWait
+	case *amqp.ExchangeBind:
+		return m.NoWait
+	case *amqp.ExchangeUnbind:
+		return m.NoWait
+	case *amqp.QueueDeclare:
+		return m.NoWait
+	case *amqp.QueueBind:
+		return m.NoWait
+	case *amqp.QueuePurge:
+		return m.NoWait
+	case *amqp.QueueDelete:
+		return m.NoWait
+	}
+	return false // queue.unbind has no no-wait
+}
+
+func (s *sessionState) topology(ch *channelState, method []byte) error {
+	t, err := s.repl.Topology(s.vhost, method)
+	if err != nil {
+		return connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+	}
+	ch.r.lastTicket = t
+	return nil
+}
+
+// replUpstreamMethod handles the broker's methods that matter for
+// replication. It reports whether the frame is held back (not forwarded).
+func (s *sessionState) replUpstreamMethod(ch *channelState, key uint32, f amqp.Frame) (held bool, err error) {
+	switch key {
+	case amqp.BasicDeliverID:
+		ctag, tag, _, _, _, err := amqp.PeekBasicDeliver(f.Payload)
+		if err != nil {
+			return false, err
+		}
+		c := ch.consumers[string(ctag)]
+		ch.r.dlv = dlvPending{active: true, tag: tag + ch.tagBase, settle: c != nil}
+		if c != nil {
+			ch.r.dlv.queue, ch.r.dlv.noAck = c.queue, c.noAck
+		}
+	case amqp.BasicGetOkID:
+		tag, _, _, _, _, err := amqp.PeekBasicGetOk(f.Payload)
+		if err != nil {
+			return false, err
+		}
+		ch.r.dlv = dlvPending{active: true, tag: tag + ch.tagBase}
+		if len(ch.r.gets) > 0 {
+			g := ch.r.gets[0]
+			ch.r.gets = ch.r.gets[1:]
+			ch.r.dlv.queue, ch.r.dlv.noAck, ch.r.dlv.settle = g.queue, g.noAck, true
+		}
+	case amqp.BasicGetEmptyID:
+		if len(ch.r.gets) > 0 {
+			ch.r.gets = ch.r.gets[1:]
+		}
+	case amqp.BasicReturnID:
+		ch.r.dlv = dlvPending{active: true}
+	case amqp.ExchangeDeclareOkID, amqp.ExchangeDeleteOkID, amqp.ExchangeBindOkID, amqp.ExchangeUnbindOkID,
+		amqp.QueueBindOkID, amqp.QueuePurgeOkID, amqp.QueueDeleteOkID, amqp.QueueUnbindOkID:
+		if len(ch.r.topo) > 0 {
+			err = s.topology(ch, ch.r.topo)
+			ch.r.topo = ch.r.topo[:0]
+		}
+	case amqp.QueueDeclareOkID:
+		if len(ch.r.topo) > 0 {
+			err = s.topology(ch, namedDeclare(ch.r.topo, f.Payload))
+			ch.r.topo = ch.r.topo[:0]
+		}
+	case amqp.TxCommitOkID:
+		return s.replCommit(ch, f)
+	}
+	return false, err
+}
+
+// namedDeclare fills a server-named queue's name into its queue.declare.
+func namedDeclare(req, ok []byte) []byte {
+	m, err := amqp.DecodeMethod(req)
+	if err != nil {
+		return req
+	}
+	d := m.(*amqp.QueueDeclare)
+	if d.Queue != "" {
+		return req
+	}
+	okm, err := amqp.DecodeMethod(ok)
+	if err != nil {
+		return req
+	}
+	d.Queue = okm.(*amqp.QueueDeclareOk).Queue
+	return amqp.AppendMethod(nil, d)
+}
+
+// replCommit sends the transaction's ops now that the broker committed it,
+// and holds commit-ok until they are stable.
+func (s *sessionState) replCommit(ch *channelState, f amqp.Frame) (bool, error) {
+	for _, op := range ch.r.txOps {
+		var t Ticket
+		var err error
+		if op.pub != nil {
+			t, err = s.repl.Publish(*op.pub)
+		} else {
+			t, err = s.repl.Settle(s.vhost, op.queue, op.ids, op.drop)
+		}
+		if err != nil {
+			return false, connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+		}
+		ch.r.lastTicket = t
+	}
+	ch.r.txOps = ch.r.txOps[:0]
+	if ch.r.lastTicket <= s.stable {
+		return false, nil
+	}
+	ch.r.commitOk = append(ch.r.commitOk[:0], f.Raw...)
+	ch.r.commitAt = ch.r.lastTicket
+	return true, nil
+}
+
+// replDeliveryHeader strips the stamp from a delivery's content header in
+// place and tracks its id; it returns the frame to pass on.
+func (s *sessionState) replDeliveryHeader(ch *channelState, f amqp.Frame) ([]byte, error) {
+	d := ch.r.dlv
+	ch.r.dlv.active = false
+	if !d.active {
+		return f.Raw, nil
+	}
+	raw, id, ok, err := amqp.StripMirrorIDFrame(f.Raw)
+	if err != nil {
+		return nil, err
+	}
+	if !ok || !d.settle {
+		return raw, nil
+	}
+	if d.noAck {
+		s.repl.Settle(s.vhost, d.queue, []uint64{id}, false)
+		return raw, nil
+	}
+	ch.r.unacked.push(d.tag, d.queue, id)
+	return raw, nil
+}
+
+// release appends the client confirms every resolved publish allows.
+func (s *sessionState) release(dst []byte, ch *channelState) []byte {
+	var freed int
+	dst, freed = ch.unconfirmed.release(dst, ch.id, s.stable)
+	s.pendingSize -= freed
+	return dst
+}
+
+// onStable is the Replicator's news: every op up to t is stable. It queues
+// for the client the confirms and commit-oks that were waiting for it and
+// reports whether it queued anything (the caller flushes).
+func (s *sessionState) onStable(t Ticket) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t <= s.stable || s.toClient == nil {
+		return false
+	}
+	s.stable = t
+	queued := false
+	s.toClient.build(func(dst []byte) []byte {
+		n := len(dst)
+		for _, ch := range s.channels {
+			if ch == nil {
+				continue
+			}
+			if ch.confirm {
+				dst = s.release(dst, ch)
+			}
+			if len(ch.r.commitOk) > 0 && ch.r.commitAt <= t {
+				dst = append(dst, ch.r.commitOk...)
+				ch.r.commitOk = ch.r.commitOk[:0]
+			}
+		}
+		queued = len(dst) > n
+		return dst
+	})
+	return queued
+}
+
+// appendConfirm appends a basic.ack (or basic.nack) frame for a publisher.
+func appendConfirm(dst []byte, channel uint16, seq uint64, multiple, nack bool) []byte {
+	if nack {
+		return amqp.AppendMethodFrame(dst, channel, &amqp.BasicNack{DeliveryTag: seq, Multiple: multiple})
+	}
+	return amqp.AppendMethodFrame(dst, channel, &amqp.BasicAck{DeliveryTag: seq, Multiple: multiple})
+}

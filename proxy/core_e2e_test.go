@@ -1,0 +1,131 @@
+package proxy_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// ringStub is a Replicator whose ops become stable when the test says so.
+type ringStub struct {
+	mu      sync.Mutex
+	id      uint64
+	ticket  proxy.Ticket
+	pubs    int
+	watches map[int]func(proxy.Ticket)
+	n       int
+}
+
+func (r *ringStub) NextID() uint64 { r.mu.Lock(); defer r.mu.Unlock(); r.id++; return r.id }
+func (r *ringStub) next() proxy.Ticket {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ticket++
+	return r.ticket
+}
+func (r *ringStub) Publish(p proxy.Publish) (proxy.Ticket, error) {
+	r.mu.Lock()
+	r.pubs++
+	r.mu.Unlock()
+	return r.next(), nil
+}
+func (r *ringStub) Settle(string, string, []uint64, bool) (proxy.Ticket, error) { return r.next(), nil }
+func (r *ringStub) Topology(string, []byte) (proxy.Ticket, error)               { return r.next(), nil }
+func (r *ringStub) Watch(fn func(proxy.Ticket)) func() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.watches == nil {
+		r.watches = map[int]func(proxy.Ticket){}
+	}
+	r.n++
+	k := r.n
+	r.watches[k] = fn
+	return func() { r.mu.Lock(); delete(r.watches, k); r.mu.Unlock() }
+}
+
+// stableAll makes every op so far stable.
+func (r *ringStub) stableAll() {
+	r.mu.Lock()
+	t := r.ticket
+	ws := make([]func(proxy.Ticket), 0, len(r.watches))
+	for _, w := range r.watches {
+		ws = append(ws, w)
+	}
+	r.mu.Unlock()
+	for _, w := range ws {
+		w(t)
+	}
+}
+
+func TestMasterCoreOnARealBroker(t *testing.T) {
+	b := needBroker(t)
+	ring := &ringStub{}
+	p := startProxy(t, proxy.Options{Replicator: ring})
+	conn := p.dial(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("core-e2e", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.QueueDelete(q.Name, false, false, false)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	headers := amqp091.Table{"app": "kept"}
+	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q.Name, false, false,
+		amqp091.Publishing{Headers: headers, Body: []byte("replicated")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The broker has it (stamped) but the ring does not say stable: no confirm.
+	direct, err := amqp091.Dial(b.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	dch, _ := direct.Channel()
+	eventually(t, 5*time.Second, "the broker holds the message", func() bool {
+		qi, err := dch.QueueDeclarePassive(q.Name, false, false, false, false, nil)
+		return err == nil && qi.Messages == 1
+	})
+	select {
+	case <-dc.Done():
+		t.Fatal("confirmed before the ring said stable")
+	default:
+	}
+	ring.stableAll()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+		t.Fatalf("no confirm after the ring said stable: %v %v", ok, err)
+	}
+
+	// Through the broker directly the stamp is there; through the proxy it is not.
+	m, ok, err := dch.Get(q.Name, false)
+	if err != nil || !ok {
+		t.Fatalf("direct get: %v %v", ok, err)
+	}
+	if _, has := m.Headers[amqp.MirrorIDHeader]; !has || m.Headers["app"] != "kept" {
+		t.Fatalf("the broker's copy has headers %v, want x-mirror-id and app", m.Headers)
+	}
+	m.Nack(false, true)
+	got, ok, err := ch.Get(q.Name, true)
+	if err != nil || !ok {
+		t.Fatalf("get through the proxy: %v %v", ok, err)
+	}
+	if _, has := got.Headers[amqp.MirrorIDHeader]; has || got.Headers["app"] != "kept" || len(got.Headers) != 1 {
+		t.Fatalf("the consumer sees headers %v, want exactly the publisher's", got.Headers)
+	}
+	if string(got.Body) != "replicated" {
+		t.Fatalf("body %q", got.Body)
+	}
+}
