@@ -1,0 +1,165 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/mirrorproxy/mirrorproxy/gm"
+	"github.com/mirrorproxy/mirrorproxy/proxy"
+)
+
+// ringMember is one gm node on loopback whose application may hold back
+// "applied" (a mirror whose broker has not confirmed yet).
+type ringMember struct {
+	node *gm.Node
+	mu   sync.Mutex
+	ops  []Op
+	hold bool
+	held []gm.Op
+}
+
+func (r *ringMember) deliver(op gm.Op) {
+	parsed, err := ParseOp(append([]byte(nil), op.Data...))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.ops = append(r.ops, parsed)
+	}
+	if r.hold {
+		r.held = append(r.held, op)
+		return
+	}
+	r.node.Applied(op.Sender, op.Seq)
+}
+
+func (r *ringMember) release() {
+	r.mu.Lock()
+	held := r.held
+	r.held, r.hold = nil, false
+	r.mu.Unlock()
+	for _, op := range held {
+		r.node.Applied(op.Sender, op.Seq)
+	}
+}
+
+func (r *ringMember) received() []Op {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Op(nil), r.ops...)
+}
+
+func startRing(t *testing.T, n int) []*ringMember {
+	var addrs sync.Map
+	members := make([]*ringMember, n)
+	view := gm.View{Epoch: 1}
+	for i := range members {
+		id := fmt.Sprintf("m%d", i)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs.Store(id, ln.Addr().String())
+		m := &ringMember{}
+		node, err := gm.StartNode(gm.NodeConfig{
+			ID: id, Listener: ln, Auth: gm.AuthConfig{Secret: []byte("a test secret of enough length")},
+			Resolve: func(id string) string {
+				a, _ := addrs.Load(id)
+				s, _ := a.(string)
+				return s
+			},
+			Ring:         gm.Config{Window: 64},
+			Deliver:      m.deliver,
+			TickInterval: 5 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond,
+			Logger: zerolog.Nop(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.node = node
+		members[i] = m
+		view.Members = append(view.Members, gm.Member{ID: id, Inc: 1})
+		t.Cleanup(func() { node.Close() })
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range members {
+		m.node.InstallView(view)
+	}
+	for _, m := range members {
+		if err := m.node.WaitEpoch(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return members
+}
+
+// The master's ops reach every member in order, and a ticket is reported
+// stable only once the slowest member applied it.
+func TestMasterOverARealRing(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs after the ring closes
+	ring := startRing(t, 3)
+	slow := ring[2]
+	slow.mu.Lock()
+	slow.hold = true
+	slow.mu.Unlock()
+
+	m := NewMaster(ring[0].node, 7, zerolog.Nop())
+	defer m.Close()
+	var mu sync.Mutex
+	var stable proxy.Ticket
+	cancel := m.Watch(func(t proxy.Ticket) { mu.Lock(); stable = t; mu.Unlock() })
+	defer cancel()
+	stableNow := func() proxy.Ticket { mu.Lock(); defer mu.Unlock(); return stable }
+
+	id := m.NextID()
+	if id>>idBits != 7 {
+		t.Fatalf("id %x does not carry the epoch", id)
+	}
+	t1, err := m.Publish(proxy.Publish{Vhost: "/", ID: id, Exchange: []byte("ex"), RoutingKey: []byte("rk"), Header: []byte{0, 60}, Body: []byte("body")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := m.Settle("/", "q", []uint64{id}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t3, err := m.Topology("/", []byte{0, 50, 0, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(t1 < t2 && t2 < t3) {
+		t.Fatalf("tickets %d %d %d are not in order", t1, t2, t3)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, r := range ring[1:] { // a sender is not delivered its own ops
+		for len(r.received()) < 3 {
+			if time.Now().After(deadline) {
+				t.Fatal("ops did not reach every member")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		got := r.received()
+		if got[0].Kind != OpPublish || got[0].ID != id || string(got[0].Body) != "body" || got[0].Exchange != "ex" ||
+			got[1].Kind != OpAck || got[1].IDs[0] != id || got[2].Kind != OpTopology {
+			t.Fatalf("a member received %+v", got)
+		}
+	}
+	// Two of three applied: nothing is stable.
+	if s := stableNow(); s != 0 {
+		t.Fatalf("ticket %d reported stable while a member has not applied it", s)
+	}
+	slow.release()
+	for stableNow() < t3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stable stayed at %d, want %d", stableNow(), t3)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
