@@ -38,3 +38,11 @@ clean-testenv: ## kill test brokers left by killed test runs and remove their di
 
 sim-long: ## the gm ring's seeded simulation over 50000 seeds (CI runs 2000)
 	$(GO) test -count=1 -run TestSimProperties ./gm -long -timeout 60m
+
+.PHONY: images
+images: ## build the docker backend's images (broker from Debian packages, sidecar from the binary), cached by content
+	@if ! command -v mmdebstrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing mmdebstrap (builds the broker image)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap; \
+	fi
+	$(GO) run ./testenv/cmd/testenv images

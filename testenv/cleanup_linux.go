@@ -67,6 +67,15 @@ func dirOwnerAlive(dir string) bool {
 	return ownerAlive(strings.TrimSpace(string(b)))
 }
 
+// selfOwner is this process's owner mark, "<pid>:<start time>".
+func selfOwner() (string, error) {
+	st, err := procStartTime(os.Getpid())
+	if err != nil {
+		return "", fmt.Errorf("testenv: read own start time: %w", err)
+	}
+	return fmt.Sprintf("%d:%d", os.Getpid(), st), nil
+}
+
 // ownerAlive reports whether owner ("<pid>:<start time>") names a live
 // process. A malformed owner is dead.
 func ownerAlive(owner string) bool {

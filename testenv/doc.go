@@ -20,12 +20,24 @@
 // process of the Debian package (the scripts in /usr/lib/rabbitmq/bin, or
 // the directory named by MIRRORPROXY_RABBITMQ_BIN). When the test runs as
 // root, the brokers and rabbitmqctl run as user rabbitmq and the
-// directories are given to it. A container backend (testcontainers-go)
-// will sit behind the same API; choose it with Options.Backend or
-// MIRRORPROXY_TESTENV=docker (today: ErrBackendNotImplemented). Sidecar
-// processes of mirrorproxy itself will be started beside each broker
-// (Options.Sidecar, not implemented yet); testenv never imports the
-// product's packages.
+// directories are given to it.
+//
+// The docker backend (Options.Backend or MIRRORPROXY_TESTENV=docker) runs
+// each node in containers through testcontainers-go: a "pod" container
+// that owns the node's network namespace, host name and published ports, a
+// broker container and, with Options.Sidecar, a mirrorproxy sidecar
+// container, both joined to the pod's namespace (docker.go). The pods sit
+// on a private internal network made for the group, where nodes reach each
+// other as Node.Host. testenv never imports the product's packages: the
+// sidecar is the mirrorproxy binary in an image. Images are built locally
+// without a registry (images.go, `make images`) or named by options.
+//
+// # Faults
+//
+// Node.Kill, Stop, Start, Restart, Pause and Unpause act on the broker;
+// Node.Sidecar() returns the same handle for the sidecar; Node.Partition
+// and Heal cut the node off the group's network and back (docker only),
+// while it keeps answering on its own addresses. See faults.go.
 //
 // # Readiness
 //
@@ -60,5 +72,13 @@
 // directory whose owner process is gone and kills any broker still
 // running from it.
 //
-// Set MIRRORPROXY_TESTENV_KEEP=1 to keep all directories for inspection.
+// The docker backend labels every container and network with the group
+// and its owner process; Close removes them, the signal watcher removes
+// them on SIGINT/SIGTERM, and the next docker StartGroup (or
+// CleanupDocker, `testenv cleanup`) removes those of dead owners.
+// Testcontainers' reaper is disabled (TESTCONTAINERS_RYUK_DISABLED=true
+// unless set): its image cannot be pulled without a registry.
+//
+// Set MIRRORPROXY_TESTENV_KEEP=1 to keep all directories (local) or
+// containers (docker, killed but not removed) for inspection.
 package testenv

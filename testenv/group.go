@@ -16,8 +16,10 @@ import (
 // two interfaces. Methods are called by Group and Node only.
 type backend interface {
 	// setup prepares group-wide resources (directories, Erlang cookie,
-	// network) and sets g.ID and g.Dir.
-	setup(g *Group) error
+	// images, network) and sets g.ID and g.Dir. On error it leaves
+	// nothing behind. ctx is not bounded by StartTimeout (building images
+	// may take minutes once).
+	setup(ctx context.Context, g *Group) error
 	// newNode prepares node n (its Index is set) and returns its runtime;
 	// it starts nothing. It sets n.Name and the directory fields.
 	newNode(g *Group, n *Node) (nodeRuntime, error)
@@ -26,24 +28,43 @@ type backend interface {
 	teardown(g *Group, keep bool) error
 }
 
-// nodeRuntime runs one broker. start, stop, kill and close are never
-// called concurrently for one node (Node serialises them); running,
-// emergencyKill, ctl and logTail may be called at any time.
+// nodeRuntime runs one node: its broker and, when configured, its
+// sidecar. start, stop, kill, close and the fault methods are never called
+// concurrently for one node (Node serialises them); running,
+// emergencyKill, ctl, exec, logTail and failureLogs may be called at any
+// time.
 type nodeRuntime interface {
 	// start starts the broker and returns once it is ready. The first
-	// start picks the ports (and sets them on the Node); later starts
-	// reuse them.
+	// start picks the ports (and sets them on the Node) and starts the
+	// sidecar too; later starts reuse them.
 	start(ctx context.Context) error
 	// stop stops the broker gracefully and waits until it is gone.
 	stop(ctx context.Context) error
 	// kill kills the broker at once and waits until it is gone.
 	kill() error
-	// emergencyKill kills the broker without waiting for a running
+	// close removes everything of the node (broker, sidecar, containers).
+	close() error
+	// emergencyKill kills the node without waiting for a running
 	// operation; used on SIGINT/SIGTERM of the process.
 	emergencyKill()
 	ctl(ctx context.Context, args ...string) (string, error)
+	// exec runs a command beside the broker (in its container).
+	exec(ctx context.Context, args ...string) (string, error)
 	running() bool
 	logTail(lines int) string
+	// failureLogs is what a failed test gets to read: log paths, or the
+	// logs of every container of the node.
+	failureLogs() string
+
+	// pause freezes (on) or thaws (!on) one part of the node.
+	pause(p part, on bool) error
+	// partition cuts the node off the group's network (cut) or heals it.
+	partition(ctx context.Context, cut bool) error
+	// sidecarStart, sidecarStop and sidecarKill act on the sidecar only.
+	sidecarStart(ctx context.Context) error
+	sidecarStop(ctx context.Context) error
+	sidecarKill() error
+	sidecarRunning() bool
 }
 
 // Group is a set of independent single-node brokers started together.
@@ -68,8 +89,9 @@ type Group struct {
 }
 
 // Start starts a group for a test and registers t.Cleanup to close it. On a
-// failed test (t.Failed) the directories are kept and their log paths are
-// logged. Start calls t.Fatal when the group does not start; the error
+// failed test (t.Failed) the local backend keeps the directories and logs
+// their paths; the docker backend attaches the logs of every container to
+// the test output. Start calls t.Fatal when the group does not start; the error
 // holds the tail of the failing node's log.
 func Start(t testing.TB, opts Options) *Group {
 	t.Helper()
@@ -84,7 +106,7 @@ func Start(t testing.TB, opts Options) *Group {
 		if t.Failed() {
 			g.Keep()
 			for _, n := range g.Nodes {
-				t.Logf("testenv: test failed; kept %s: log %s, console %s", n.Name, n.LogFile, n.ConsoleLog)
+				t.Logf("testenv: test failed; %s", n.rt.failureLogs())
 			}
 		}
 		if err := g.Close(); err != nil {
@@ -104,18 +126,17 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
-	defer cancel()
-
 	be, err := newBackend(opts)
 	if err != nil {
 		return nil, err
 	}
 	g := &Group{opts: opts, be: be}
 	g.keep.Store(opts.KeepDirs)
-	if err := be.setup(g); err != nil {
+	if err := be.setup(ctx, g); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	defer cancel()
 	for i := 0; i < opts.Nodes; i++ {
 		n := &Node{Index: i, group: g}
 		rt, err := be.newNode(g, n)
@@ -156,6 +177,9 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 		if cerr := g.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
+		if g.Dir == "" {
+			return nil, fmt.Errorf("%w\ntestenv: group %s failed to start", err, g.ID)
+		}
 		return nil, fmt.Errorf("%w\ntestenv: group %s failed to start; kept its directories in %s (remove them with testenv.Cleanup or `go run ./testenv/cmd/testenv cleanup` once this process is gone)", err, g.ID, g.Dir)
 	}
 	opts.Logger("testenv: group %s: %d broker(s) ready in %.1fs", g.ID, len(g.Nodes), time.Since(began).Seconds())
@@ -166,6 +190,8 @@ func newBackend(opts Options) (backend, error) {
 	switch opts.Backend {
 	case BackendLocal:
 		return newLocalBackend(opts)
+	case BackendDocker:
+		return newDockerBackend(opts)
 	default:
 		// withDefaults rejects every other value.
 		return nil, fmt.Errorf("%w: %q", ErrBackendNotImplemented, opts.Backend)
@@ -226,21 +252,34 @@ func (g *Group) emergencyKill() {
 type Node struct {
 	// Index is the node's position in Group.Nodes.
 	Index int
-	// Name is the Erlang node name, e.g. "mpt-3f2a9c01-0@localhost".
+	// Name is the Erlang node name, e.g. "mpt-3f2a9c01-0@localhost"
+	// (local) or "rabbit@mpt-3f2a9c01-0" (docker).
 	Name string
-	// AMQPAddr is "127.0.0.1:PORT".
+	// Host is the node's host name on the group's private network
+	// (docker backend; empty for local): peers reach its broker at
+	// Host:5672 and its sidecar at Host:5673.
+	Host string
+	// AMQPAddr is "127.0.0.1:PORT": the broker, from this machine.
 	AMQPAddr string
 	// URL is "amqp://guest:guest@127.0.0.1:PORT/".
 	URL string
+	// SidecarAddr and SidecarURL reach the node's sidecar from this
+	// machine, when Options.Sidecar is set ("" otherwise).
+	SidecarAddr, SidecarURL string
+	// SidecarPort is the host port of SidecarAddr.
+	SidecarPort int
 	// MgmtURL is "http://127.0.0.1:PORT" when Options.Management is set.
 	MgmtURL string
 	// AMQPPort, DistPort and MgmtPort are the node's ports (MgmtPort is 0
 	// without management).
 	AMQPPort, DistPort, MgmtPort int
-	// DataDir is RABBITMQ_MNESIA_BASE; LogDir is RABBITMQ_LOG_BASE.
+	// DataDir is RABBITMQ_MNESIA_BASE; LogDir is RABBITMQ_LOG_BASE (local
+	// backend; the docker backend keeps them inside the containers).
 	DataDir, LogDir string
 	// LogFile is the broker's own log; ConsoleLog holds its stdout and
-	// stderr (early boot errors such as a bad config land there).
+	// stderr (early boot errors such as a bad config land there). Local
+	// backend only: in containers the broker logs to the console, read
+	// with LogTail.
 	LogFile, ConsoleLog string
 
 	group *Group
@@ -303,7 +342,7 @@ func (n *Node) close() error {
 	n.opMu.Lock()
 	defer n.opMu.Unlock()
 	n.gone = true
-	return n.rt.kill()
+	return n.rt.close()
 }
 
 // StartError is returned when a broker does not become ready. Its message

@@ -1,8 +1,7 @@
 package testenv
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -111,13 +110,7 @@ func isExecutable(p string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand documents it)
-	return hex.EncodeToString(b)
-}
-
-func (be *localBackend) setup(g *Group) error {
+func (be *localBackend) setup(_ context.Context, g *Group) error {
 	tmp := os.TempDir()
 	if strings.ContainsAny(tmp, " \t\n'\"\\") {
 		// The RabbitMQ scripts split some variables on spaces.
@@ -138,11 +131,11 @@ func (be *localBackend) setup(g *Group) error {
 		_ = os.RemoveAll(g.Dir)
 		return err
 	}
-	st, err := procStartTime(os.Getpid())
+	owner, err := selfOwner()
 	if err != nil {
-		return fail(fmt.Errorf("testenv: read own start time: %w", err))
+		return fail(err)
 	}
-	be.owner = fmt.Sprintf("%d:%d", os.Getpid(), st)
+	be.owner = owner
 	if be.opts.fakeOwner != "" {
 		be.owner = be.opts.fakeOwner
 	}

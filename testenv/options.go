@@ -15,14 +15,26 @@ const (
 	// BackendLocal runs each broker as a local rabbitmq-server process
 	// (Linux only). It is the default.
 	BackendLocal Backend = "local"
-	// BackendDocker runs each broker in a container. Not implemented yet:
-	// StartGroup returns ErrBackendNotImplemented.
+	// BackendDocker runs each node in containers through
+	// testcontainers-go: a broker container, and a sidecar container when
+	// Options.Sidecar is set, sharing one network namespace (docker.go).
 	BackendDocker Backend = "docker"
 )
 
 // EnvBackend is the environment variable that picks the backend when
 // Options.Backend is empty: "local" (default) or "docker".
 const EnvBackend = "MIRRORPROXY_TESTENV"
+
+// EnvBrokerImage and EnvSidecarImage name images for the docker backend
+// when Options.BrokerImage and SidecarOptions.Image are empty.
+const (
+	EnvBrokerImage  = "MIRRORPROXY_TESTENV_BROKER_IMAGE"
+	EnvSidecarImage = "MIRRORPROXY_TESTENV_SIDECAR_IMAGE"
+	// EnvSidecarBinary names a static mirrorproxy binary for the sidecar
+	// image when SidecarOptions.Binary is empty (e.g. bin/mirrorproxy of
+	// `make build`).
+	EnvSidecarBinary = "MIRRORPROXY_TESTENV_SIDECAR_BINARY"
+)
 
 // EnvKeep is the environment variable that, when set to a non-empty value
 // other than "0", keeps every group's directories after Close (as if the
@@ -43,8 +55,17 @@ const (
 )
 
 // ErrBackendNotImplemented is returned for a backend that is named but not
-// built yet (the docker backend).
+// built. Every backend named here is built today; the value stays for
+// callers that test for it.
 var ErrBackendNotImplemented = errors.New("testenv: backend not implemented yet")
+
+// ErrNotSupported is returned by a fault handle the node's backend cannot
+// do (for example Partition on the local backend).
+var ErrNotSupported = errors.New("testenv: not supported by this backend")
+
+// ErrNoSidecar is returned by the sidecar handle of a node started
+// without Options.Sidecar.
+var ErrNoSidecar = errors.New("testenv: the node has no sidecar (set Options.Sidecar)")
 
 // ErrNotInstalled is returned when rabbitmq-server cannot be found.
 var ErrNotInstalled = errors.New("rabbitmq-server not found: install it with `apt-get install -y rabbitmq-server`")
@@ -73,11 +94,19 @@ type Options struct {
 	// Backend picks how brokers run. Empty means the EnvBackend
 	// environment variable, then BackendLocal.
 	Backend Backend
+	// BrokerImage is the broker image of the docker backend. Empty means
+	// the EnvBrokerImage environment variable, then DefaultBrokerImage,
+	// which is built from Debian's packages when missing (see
+	// EnsureBrokerImage). Any RabbitMQ image with rabbitmq-server and
+	// rabbitmqctl on its PATH (or in /usr/lib/rabbitmq/bin) and a user
+	// rabbitmq works, e.g. the official "rabbitmq:3.13".
+	BrokerImage string
 	// KeepDirs keeps the group's directories after Close. Start also keeps
 	// them when the test failed. See EnvKeep.
 	KeepDirs bool
-	// Sidecar, when set, will start a mirrorproxy sidecar process beside
-	// each broker. Not implemented yet: StartGroup returns an error.
+	// Sidecar, when set, starts a mirrorproxy sidecar beside each broker:
+	// a container sharing the broker's network namespace (docker
+	// backend). The local backend does not run sidecars yet.
 	Sidecar *SidecarOptions
 
 	// portPicker replaces the free-port search (tests only).
@@ -87,13 +116,21 @@ type Options struct {
 	fakeOwner string
 }
 
-// SidecarOptions will describe the mirrorproxy sidecar started beside each
-// broker (the binary built from cmd/mirrorproxy). It is a placeholder: the
-// group does not start sidecars yet. testenv never imports the product's
-// packages; it will run the binary as a process (or container) and talk
-// to it over its ports only.
+// SidecarOptions describe the mirrorproxy sidecar started beside each
+// broker. testenv never imports the product's packages; it runs the binary
+// (in a container) and talks to it over its ports only. The sidecar runs
+//
+//	mirrorproxy run --listen 0.0.0.0:5673 --upstream 127.0.0.1:5672 ARGS...
+//
+// so clients reach the broker through it on Node.SidecarAddr.
 type SidecarOptions struct {
-	// Binary is the path of the mirrorproxy binary.
+	// Image is the sidecar image (docker backend). Empty means the
+	// EnvSidecarImage environment variable, then an image built from
+	// Binary (see EnsureSidecarImage).
+	Image string
+	// Binary is a static (CGO_ENABLED=0) mirrorproxy binary for the image.
+	// Empty means the EnvSidecarBinary environment variable, then building github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy
+	// with the go command, from the current directory's module.
 	Binary string
 	// Args are extra arguments for `mirrorproxy run`.
 	Args []string
@@ -131,14 +168,26 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	switch o.Backend {
 	case BackendLocal:
+		if o.Sidecar != nil {
+			return o, fmt.Errorf("testenv: Options.Sidecar: the local backend does not run sidecars yet (use %s=docker)", EnvBackend)
+		}
 	case BackendDocker:
-		return o, fmt.Errorf("%w: %q (set %s=local or leave it empty)", ErrBackendNotImplemented, o.Backend, EnvBackend)
+		if o.BrokerImage == "" {
+			o.BrokerImage = strings.TrimSpace(os.Getenv(EnvBrokerImage))
+		}
+		if o.Sidecar != nil {
+			sc := *o.Sidecar
+			if sc.Image == "" {
+				sc.Image = strings.TrimSpace(os.Getenv(EnvSidecarImage))
+			}
+			if sc.Binary == "" {
+				sc.Binary = strings.TrimSpace(os.Getenv(EnvSidecarBinary))
+			}
+			o.Sidecar = &sc
+		}
 	default:
 		return o, fmt.Errorf("testenv: unknown backend %q (want %q or %q; from Options.Backend or %s)",
 			o.Backend, BackendLocal, BackendDocker, EnvBackend)
-	}
-	if o.Sidecar != nil {
-		return o, errors.New("testenv: Options.Sidecar: starting mirrorproxy sidecars is not implemented yet")
 	}
 	if v := os.Getenv(EnvKeep); v != "" && v != "0" {
 		o.KeepDirs = true

@@ -364,22 +364,23 @@ func TestManagement(t *testing.T) {
 }
 
 func TestBackendSelection(t *testing.T) {
-	_, err := StartGroup(context.Background(), Options{Backend: BackendDocker})
-	if !errors.Is(err, ErrBackendNotImplemented) {
-		t.Fatalf("docker backend: got %v, want ErrBackendNotImplemented", err)
-	}
 	t.Setenv(EnvBackend, "docker")
-	_, err = StartGroup(context.Background(), Options{})
-	if !errors.Is(err, ErrBackendNotImplemented) {
-		t.Fatalf("%s=docker: got %v, want ErrBackendNotImplemented", EnvBackend, err)
+	if o, err := (Options{}).withDefaults(); err != nil || o.Backend != BackendDocker {
+		t.Fatalf("%s=docker: got backend %q, %v", EnvBackend, o.Backend, err)
+	}
+	t.Setenv(EnvBrokerImage, "rabbitmq:3.13")
+	t.Setenv(EnvSidecarImage, "my/sidecar:1")
+	o, err := (Options{Sidecar: &SidecarOptions{}}).withDefaults()
+	if err != nil || o.BrokerImage != "rabbitmq:3.13" || o.Sidecar.Image != "my/sidecar:1" {
+		t.Fatalf("image variables: got %q, %+v, %v", o.BrokerImage, o.Sidecar, err)
 	}
 	t.Setenv(EnvBackend, "podman")
 	if _, err := StartGroup(context.Background(), Options{}); err == nil || !strings.Contains(err.Error(), "podman") {
 		t.Fatalf("unknown backend: got %v", err)
 	}
 	t.Setenv(EnvBackend, "")
-	if _, err := StartGroup(context.Background(), Options{Sidecar: &SidecarOptions{}}); err == nil {
-		t.Fatal("sidecar option did not fail")
+	if _, err := StartGroup(context.Background(), Options{Sidecar: &SidecarOptions{}}); err == nil || !strings.Contains(err.Error(), "local backend") {
+		t.Fatalf("sidecar option on the local backend: got %v", err)
 	}
 	if _, err := StartGroup(context.Background(), Options{Nodes: -1}); err == nil {
 		t.Fatal("Nodes: -1 did not fail")

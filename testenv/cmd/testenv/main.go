@@ -1,13 +1,18 @@
 // Command testenv starts RabbitMQ brokers for demos and benchmarks, and
 // removes what crashed test runs left behind.
 //
-//	go run ./testenv/cmd/testenv up -nodes 3 [-management] [-config extra.conf] [-keep]
+//	go run ./testenv/cmd/testenv up -nodes 3 [-docker] [-sidecar] [-management] [-config extra.conf] [-keep]
+//	go run ./testenv/cmd/testenv images [-sidecar-binary bin/mirrorproxy]
 //	go run ./testenv/cmd/testenv cleanup
 //
-// `up` prints one line per broker and a line "BROKERS=url,url,..." and
-// keeps them running until SIGINT or SIGTERM. `cleanup` kills brokers
-// whose test process is gone and removes their directories (see
-// testenv.Cleanup); it leaves groups of running processes alone.
+// `up` prints one line per broker and a line "BROKERS=url,url,..." (and
+// "SIDECARS=..." with -sidecar) and keeps them running until SIGINT or
+// SIGTERM. `images` builds the docker backend's broker and sidecar images
+// unless images of the same inputs exist, and prints what it did and how
+// long it took (`make images`). `cleanup` kills brokers whose test process
+// is gone and removes their directories (see testenv.Cleanup), and removes
+// such groups' containers and networks when a Docker engine answers
+// (testenv.CleanupDocker); it leaves groups of running processes alone.
 package main
 
 import (
@@ -32,7 +37,7 @@ func main() {
 }
 
 func usage() error {
-	return errors.New("usage: testenv up [-nodes N] [-management] [-config FILE] [-keep] | testenv cleanup")
+	return errors.New("usage: testenv up [-nodes N] [-docker] [-sidecar] [-management] [-config FILE] [-keep] | testenv images [-sidecar-binary FILE] | testenv cleanup")
 }
 
 func run(args []string) error {
@@ -42,8 +47,15 @@ func run(args []string) error {
 	switch args[0] {
 	case "up":
 		return up(args[1:])
+	case "images":
+		return images(args[1:])
 	case "cleanup":
 		removed, err := testenv.Cleanup()
+		if derr := testenv.DockerAvailable(context.Background()); derr == nil {
+			more, cerr := testenv.CleanupDocker(context.Background())
+			removed = append(removed, more...)
+			err = errors.Join(err, cerr)
+		}
 		for _, d := range removed {
 			fmt.Println("removed", d)
 		}
@@ -59,6 +71,8 @@ func run(args []string) error {
 func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of brokers")
+	docker := fs.Bool("docker", false, "run the nodes in containers (the docker backend)")
+	sidecar := fs.Bool("sidecar", false, "start a mirrorproxy sidecar beside each broker (docker backend)")
 	mgmt := fs.Bool("management", false, "enable the management plugin")
 	config := fs.String("config", "", "file with extra rabbitmq.conf lines")
 	keep := fs.Bool("keep", false, "keep data and log directories on exit")
@@ -71,7 +85,11 @@ func up(args []string) error {
 		Management:   *mgmt,
 		KeepDirs:     *keep,
 		StartTimeout: *timeout,
+		Backend:      testenv.Backend(map[bool]string{true: "docker", false: ""}[*docker]),
 		Logger:       func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+	}
+	if *sidecar {
+		opts.Sidecar = &testenv.SidecarOptions{}
 	}
 	if *config != "" {
 		b, err := os.ReadFile(*config)
@@ -90,9 +108,49 @@ func up(args []string) error {
 	defer g.Close()
 	fmt.Fprintf(os.Stderr, "%d broker(s) up in %.1fs; Ctrl-C stops them\n", len(g.Nodes), time.Since(began).Seconds())
 	for _, n := range g.Nodes {
-		fmt.Printf("%s amqp=%s mgmt=%s data=%s log=%s\n", n.Name, n.URL, n.MgmtURL, n.DataDir, n.LogFile)
+		fmt.Printf("%s amqp=%s sidecar=%s mgmt=%s data=%s log=%s\n", n.Name, n.URL, n.SidecarURL, n.MgmtURL, n.DataDir, n.LogFile)
 	}
 	fmt.Printf("BROKERS=%s\n", strings.Join(g.URLs(), ","))
+	if *sidecar {
+		var urls []string
+		for _, n := range g.Nodes {
+			urls = append(urls, n.SidecarURL)
+		}
+		fmt.Printf("SIDECARS=%s\n", strings.Join(urls, ","))
+	}
 	<-ctx.Done()
 	return g.Close()
+}
+
+// images builds (or finds) the docker backend's images and reports each
+// with the time it took.
+func images(args []string) error {
+	fs := flag.NewFlagSet("images", flag.ContinueOnError)
+	binary := fs.String("sidecar-binary", "", "static mirrorproxy binary for the sidecar image (default: go build ./cmd/mirrorproxy)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	began := time.Now()
+	report := func(kind string, b testenv.ImageBuild) {
+		what := "cached"
+		if b.Built {
+			what = "built"
+		}
+		fmt.Printf("%s image %s: %s in %.1fs (inputs %s)\n", kind, b.Image, what, b.Took.Seconds(), b.Inputs[:12])
+	}
+	b, err := testenv.EnsureBrokerImage(ctx, logf)
+	if err != nil {
+		return err
+	}
+	report("broker", b)
+	s, err := testenv.EnsureSidecarImage(ctx, *binary, logf)
+	if err != nil {
+		return err
+	}
+	report("sidecar", s)
+	fmt.Printf("images ready in %.1fs\n", time.Since(began).Seconds())
+	return nil
 }

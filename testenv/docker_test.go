@@ -1,0 +1,387 @@
+//go:build linux
+
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/goleak"
+)
+
+// dockerTest skips a container test under -short or when no Docker
+// engine answers, saying which; it registers the goroutine leak check to
+// run after the group's cleanup.
+func dockerTest(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts containers; skipped with -short")
+	}
+	if err := DockerAvailable(context.Background()); err != nil {
+		t.Skipf("SKIP container test: %v (start a Docker engine, or set DOCKER_HOST, to run it)", err)
+	}
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+// startDocker starts a docker group with sidecars for a test.
+func startDocker(t *testing.T, nodes int) *Group {
+	t.Helper()
+	began := time.Now()
+	g := Start(t, Options{Backend: BackendDocker, Nodes: nodes, Sidecar: &SidecarOptions{}})
+	t.Logf("TIMING docker group of %d ready in %.1fs (images included)", nodes, time.Since(began).Seconds())
+	return g
+}
+
+// answers reports whether addr answers the AMQP protocol header. Behind
+// docker's port forwarding a dead broker shows as a connection that is
+// accepted and then reset, never as "connection refused", so this is the
+// observable "refuses connections".
+func answers(addr string) bool { return amqpAnswers(context.Background(), addr, "") }
+
+// reachable reports whether from can open a TCP connection to to's broker
+// port over the group's network, tried from inside from's broker container.
+func reachable(t *testing.T, from, to *Node) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := from.Exec(ctx, "timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/"+to.Host+"/"+brokerPort)
+	return err == nil
+}
+
+func dialURL(t *testing.T, url string) (*amqp.Connection, *amqp.Channel) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		t.Fatalf("channel on %s: %v", url, err)
+	}
+	return conn, ch
+}
+
+// groupObjects lists the containers and networks labelled with group id.
+func groupObjects(t *testing.T, id string) []string {
+	t.Helper()
+	ctx := context.Background()
+	cli, err := newDockerClient(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	f := make(client.Filters).Add("label", labelGroup+"="+id)
+	cs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range cs.Items {
+		out = append(out, "container "+firstOr(c.Names, c.ID))
+	}
+	for _, n := range ns.Items {
+		out = append(out, "network "+n.Name)
+	}
+	return out
+}
+
+func TestDockerThreeNodesThroughSidecar(t *testing.T) {
+	dockerTest(t)
+	g := startDocker(t, 3)
+	if len(g.Nodes) != 3 || g.Dir != "" {
+		t.Fatalf("got %d nodes, dir %q", len(g.Nodes), g.Dir)
+	}
+	seen := map[string]bool{}
+	for _, n := range g.Nodes {
+		if n.Host == "" || n.Name != "rabbit@"+n.Host || n.SidecarAddr == "" || n.SidecarURL == "" || seen[n.AMQPAddr] || seen[n.SidecarAddr] {
+			t.Fatalf("unexpected node fields: %+v", n)
+		}
+		seen[n.AMQPAddr], seen[n.SidecarAddr] = true, true
+		if !strings.HasPrefix(n.AMQPAddr, "127.0.0.1:") || !strings.HasPrefix(n.SidecarAddr, "127.0.0.1:") {
+			t.Fatalf("%s: addresses %s, %s not on loopback", n.Name, n.AMQPAddr, n.SidecarAddr)
+		}
+		if !n.Running() || !n.Sidecar().Running() {
+			t.Fatalf("%s: broker running %v, sidecar running %v", n.Name, n.Running(), n.Sidecar().Running())
+		}
+	}
+
+	// Publish and consume through node 0's sidecar.
+	conn, ch := dialURL(t, g.Nodes[0].SidecarURL)
+	defer conn.Close()
+	if _, err := ch.QueueDeclare("through-sidecar", true, false, false, false, nil); err != nil {
+		t.Fatalf("declare: %v", err)
+	}
+	const n = 20
+	for i := range n {
+		publishConfirmed(t, ch, "through-sidecar", fmt.Sprintf("m%d", i), true)
+	}
+	deliveries, err := ch.Consume("through-sidecar", "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	timeout := time.After(30 * time.Second)
+	for i := range n {
+		select {
+		case d := <-deliveries:
+			if want := fmt.Sprintf("m%d", i); string(d.Body) != want {
+				t.Fatalf("delivery %d: got %q, want %q", i, d.Body, want)
+			}
+			if err := d.Ack(false); err != nil {
+				t.Fatalf("ack: %v", err)
+			}
+		case <-timeout:
+			t.Fatalf("got %d of %d deliveries", i, n)
+		}
+	}
+
+	// The message went to node 0's broker, and only there.
+	out, err := g.Nodes[0].Ctl(context.Background(), "list_queues", "name", "--quiet")
+	if err != nil || !strings.Contains(out, "through-sidecar") {
+		t.Fatalf("list_queues on node 0: %q, %v", out, err)
+	}
+	conn1, ch1 := dialURL(t, g.Nodes[1].URL)
+	defer conn1.Close()
+	_, err = ch1.QueueDeclarePassive("through-sidecar", true, false, false, false, nil)
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+		t.Fatalf("passive declare on node 1: got %v, want 404 NOT_FOUND", err)
+	}
+
+	// The nodes reach each other by host name on the group network.
+	for _, from := range g.Nodes {
+		for _, to := range g.Nodes {
+			if from != to && !reachable(t, from, to) {
+				t.Fatalf("%s cannot reach %s", from.Host, to.Host)
+			}
+		}
+	}
+}
+
+func TestDockerFaults(t *testing.T) {
+	dockerTest(t)
+	g := startDocker(t, 2)
+	n0, n1 := g.Nodes[0], g.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	conn, ch := dialURL(t, n0.URL)
+	if _, err := ch.QueueDeclare("durable-q", true, false, false, false, nil); err != nil {
+		t.Fatalf("declare: %v", err)
+	}
+	publishConfirmed(t, ch, "durable-q", "survivor", true)
+	conn.Close()
+
+	t.Run("KillBroker", func(t *testing.T) {
+		if err := n0.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if n0.Running() {
+			t.Fatal("broker still running after Kill")
+		}
+		if answers(n0.AMQPAddr) || answers(n0.SidecarAddr) {
+			t.Fatal("a killed broker still answers, directly or through its sidecar")
+		}
+		if !n0.Sidecar().Running() {
+			t.Fatal("killing the broker took the sidecar down")
+		}
+		if err := n0.Kill(); err != nil {
+			t.Fatalf("killing a killed broker: %v", err)
+		}
+		if err := n0.Start(ctx); err != nil {
+			t.Fatalf("start after kill: %v", err)
+		}
+		if !answers(n0.AMQPAddr) || !answers(n0.SidecarAddr) {
+			t.Fatal("restarted broker does not answer on its addresses")
+		}
+		conn, ch := dialURL(t, n0.SidecarURL)
+		defer conn.Close()
+		if got := getOne(t, ch, "durable-q"); got != "survivor" {
+			t.Fatalf("got %q after kill and start, want survivor", got)
+		}
+		publishConfirmed(t, ch, "durable-q", "survivor", true)
+	})
+
+	t.Run("StopBroker", func(t *testing.T) {
+		stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		if err := n0.Stop(stopCtx); err != nil {
+			t.Fatal(err)
+		}
+		_, broker, _ := n0.rt.(*dockerNode).ids()
+		if st := n0.rt.(*dockerNode).exitStatus(broker); !strings.Contains(st, "exit code 0") {
+			t.Fatalf("graceful stop: %s, want exit code 0", st)
+		}
+		if answers(n0.AMQPAddr) {
+			t.Fatal("a stopped broker still answers")
+		}
+		if err := n0.Restart(ctx); err != nil {
+			t.Fatalf("restart of a stopped broker: %v", err)
+		}
+		if !answers(n0.AMQPAddr) {
+			t.Fatal("restarted broker does not answer")
+		}
+	})
+
+	t.Run("PauseBroker", func(t *testing.T) {
+		if err := n0.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		if !n0.Running() {
+			t.Fatal("a paused broker is not running")
+		}
+		if answers(n0.AMQPAddr) {
+			t.Fatal("a paused broker answers")
+		}
+		if err := n0.Unpause(); err != nil {
+			t.Fatal(err)
+		}
+		if !answers(n0.AMQPAddr) {
+			t.Fatal("an unpaused broker does not answer")
+		}
+	})
+
+	t.Run("Partition", func(t *testing.T) {
+		if !reachable(t, n0, n1) || !reachable(t, n1, n0) {
+			t.Fatal("nodes do not reach each other before the partition")
+		}
+		if err := n0.Partition(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := n0.Partition(ctx); err != nil {
+			t.Fatalf("partitioning a partitioned node: %v", err)
+		}
+		if reachable(t, n0, n1) {
+			t.Fatal("a partitioned node reaches the others")
+		}
+		if reachable(t, n1, n0) {
+			t.Fatal("the others reach a partitioned node")
+		}
+		if !answers(n0.AMQPAddr) || !answers(n0.SidecarAddr) {
+			t.Fatal("a partitioned node does not answer on its own addresses")
+		}
+		conn, _ := dialURL(t, n0.SidecarURL)
+		conn.Close()
+		if err := n0.Heal(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := n0.Heal(ctx); err != nil {
+			t.Fatalf("healing a healed node: %v", err)
+		}
+		if !reachable(t, n0, n1) || !reachable(t, n1, n0) {
+			t.Fatal("healing did not restore the node's connectivity")
+		}
+	})
+
+	t.Run("Sidecar", func(t *testing.T) {
+		sc := n0.Sidecar()
+		if err := sc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if sc.Running() || answers(n0.SidecarAddr) {
+			t.Fatal("a killed sidecar is running or answers")
+		}
+		if !answers(n0.AMQPAddr) {
+			t.Fatal("killing the sidecar took the broker down")
+		}
+		if err := sc.Start(ctx); err != nil {
+			t.Fatalf("start the sidecar: %v", err)
+		}
+		if err := sc.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		if answers(n0.SidecarAddr) {
+			t.Fatal("a paused sidecar answers")
+		}
+		if err := sc.Unpause(); err != nil {
+			t.Fatal(err)
+		}
+		if err := sc.Restart(ctx); err != nil {
+			t.Fatalf("restart the sidecar: %v", err)
+		}
+		if !answers(n0.SidecarAddr) {
+			t.Fatal("a restarted sidecar does not answer")
+		}
+	})
+
+	t.Run("Logs", func(t *testing.T) {
+		logs := n0.rt.failureLogs()
+		if !strings.Contains(logs, "Server startup complete") || !strings.Contains(logs, "--- sidecar container") {
+			t.Fatalf("failure logs lack the broker's startup line or the sidecar's section:\n%s", logs)
+		}
+		if tail := n0.LogTail(5); !strings.Contains(tail, "last lines of the broker container") {
+			t.Fatalf("log tail: %q", tail)
+		}
+	})
+}
+
+func TestDockerNoSidecarAndErrors(t *testing.T) {
+	dockerTest(t)
+	g := Start(t, Options{Backend: BackendDocker})
+	n := g.Nodes[0]
+	if n.SidecarAddr != "" {
+		t.Fatalf("sidecar address %q without Options.Sidecar", n.SidecarAddr)
+	}
+	if err := n.Sidecar().Kill(); !errors.Is(err, ErrNoSidecar) {
+		t.Fatalf("sidecar Kill without a sidecar: got %v, want ErrNoSidecar", err)
+	}
+	conn, _ := dialURL(t, n.URL)
+	conn.Close()
+	if _, err := n.Ctl(context.Background(), "no_such_command"); err == nil {
+		t.Fatal("Ctl with an unknown command did not fail")
+	}
+	if err := n.Start(context.Background()); err == nil {
+		t.Fatal("starting a running node did not fail")
+	}
+}
+
+// TestDockerCleanup checks that Close leaves nothing of the group, and
+// that a group whose owner is dead is removed by CleanupDocker.
+func TestDockerCleanup(t *testing.T) {
+	dockerTest(t)
+	ctx := context.Background()
+	g, err := StartGroup(ctx, Options{Backend: BackendDocker, Nodes: 2, Sidecar: &SidecarOptions{}, Logger: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := groupObjects(t, g.ID); len(got) != 7 { // 2 × (pod, broker, sidecar) + network
+		t.Fatalf("group %s has %v, want 6 containers and a network", g.ID, got)
+	}
+	if err := g.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if got := groupObjects(t, g.ID); len(got) != 0 {
+		t.Fatalf("after Close, group %s still has %v", g.ID, got)
+	}
+	if err := g.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+
+	// A group of a dead owner (a crashed test process).
+	dead, err := StartGroup(ctx, Options{Backend: BackendDocker, Logger: t.Logf, fakeOwner: "999999999:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	removed, err := CleanupDocker(ctx)
+	if err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	t.Logf("cleanup removed %v", removed)
+	if got := groupObjects(t, dead.ID); len(got) != 0 {
+		t.Fatalf("after CleanupDocker, the dead owner's group %s still has %v", dead.ID, got)
+	}
+	if err := dead.Close(); err != nil {
+		t.Fatalf("close of a group cleaned up under it: %v", err)
+	}
+}
