@@ -3,10 +3,14 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -383,5 +387,73 @@ func TestDockerCleanup(t *testing.T) {
 	}
 	if err := dead.Close(); err != nil {
 		t.Fatalf("close of a group cleaned up under it: %v", err)
+	}
+}
+
+// startDockerHelper runs the test binary as a process that starts a
+// one-node docker group and waits; it returns the process and the group ID.
+func startDockerHelper(t *testing.T) (*exec.Cmd, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=docker")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	id, ok := strings.CutPrefix(strings.TrimSpace(line), "READY ")
+	if err != nil || !ok || id == "" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("helper did not report ready: %q, %v", line, err)
+	}
+	if got := groupObjects(t, id); len(got) != 3 { // pod, broker, network
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("helper's group %s has %v, want 2 containers and a network", id, got)
+	}
+	return cmd, id
+}
+
+// TestDockerInterruptAndHardKill: SIGINT to a process with an open docker
+// group removes its containers and network and still ends the process by
+// SIGINT; after a SIGKILL they stay until the cleanup of a later start
+// removes them.
+func TestDockerInterruptAndHardKill(t *testing.T) {
+	dockerTest(t)
+	cmd, id := startDockerHelper(t)
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); !signalledBy(err, syscall.SIGINT) {
+		t.Fatalf("helper ended with %v, want death by SIGINT", err)
+	}
+	if got := groupObjects(t, id); len(got) != 0 {
+		t.Fatalf("after SIGINT of its owner, group %s still has %v", id, got)
+	}
+
+	cmd, id = startDockerHelper(t)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); !signalledBy(err, syscall.SIGKILL) {
+		t.Fatalf("helper ended with %v, want SIGKILL", err)
+	}
+	if got := groupObjects(t, id); len(got) != 3 {
+		t.Fatalf("after SIGKILL of its owner, group %s has %v, want everything still there", id, got)
+	}
+	// The next group's start removes what the dead owner left.
+	Start(t, Options{Backend: BackendDocker})
+	if got := groupObjects(t, id); len(got) != 0 {
+		t.Fatalf("a later start did not remove the dead owner's group %s: %v", id, got)
+	}
+	if _, err := CleanupDocker(context.Background()); err != nil {
+		t.Fatalf("cleanup with nothing of dead owners left: %v", err)
 	}
 }

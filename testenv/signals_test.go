@@ -26,12 +26,20 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // helperMain starts one broker, prints "READY <group dir>" and waits
 // forever; the parent test then signals or kills it.
 func helperMain() int {
-	g, err := StartGroup(context.Background(), Options{})
+	var opts Options
+	if os.Getenv(helperEnv) == "docker" {
+		opts.Backend = BackendDocker
+	}
+	g, err := StartGroup(context.Background(), opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 3
 	}
-	fmt.Printf("READY %s\n", g.Dir)
+	if opts.Backend == BackendDocker {
+		fmt.Printf("READY %s\n", g.ID)
+	} else {
+		fmt.Printf("READY %s\n", g.Dir)
+	}
 	select {}
 }
 
