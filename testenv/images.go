@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -240,11 +241,39 @@ func EnsureSidecarImage(ctx context.Context, binary string, logf func(string, ..
 	if err != nil {
 		return b, err
 	}
+	if b.Built {
+		pruneSidecarImages(ctx, cli, b.Image, logf)
+	}
 	if sidecarImages.done == nil {
 		sidecarImages.done = map[string]ImageBuild{}
 	}
 	sidecarImages.done[binary] = b
 	return b, nil
+}
+
+// sidecarImageKeep is how long an older sidecar image is kept after a
+// newer one was built: test processes of the last hour may still use it.
+const sidecarImageKeep = time.Hour
+
+// pruneSidecarImages removes sidecar images older than sidecarImageKeep
+// other than current: every change of the code makes a new one. An image
+// a container still uses is left (the engine refuses without force).
+func pruneSidecarImages(ctx context.Context, cli *client.Client, current string, logf func(string, ...any)) {
+	imgs, err := cli.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("label", labelImage+"=sidecar")})
+	if err != nil {
+		logf("testenv: list old sidecar images: %v", err)
+		return
+	}
+	for _, img := range imgs.Items {
+		if slices.Contains(img.RepoTags, current) || time.Since(time.Unix(img.Created, 0)) < sidecarImageKeep {
+			continue
+		}
+		for _, tag := range img.RepoTags {
+			if _, err := cli.ImageRemove(ctx, tag, client.ImageRemoveOptions{PruneChildren: true}); err == nil {
+				logf("testenv: removed old sidecar image %s", tag)
+			}
+		}
+	}
 }
 
 // buildSidecarBinary runs `go build` of cmd/mirrorproxy into out, from the
