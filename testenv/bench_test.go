@@ -21,7 +21,7 @@ func BenchmarkStartGroup(b *testing.B) {
 		} {
 			b.Run(fmt.Sprintf("nodes=%d/erl=%s", nodes, erl.name), func(b *testing.B) {
 				for b.Loop() {
-					g, err := StartGroup(context.Background(), Options{Nodes: nodes, ErlArgs: erl.args})
+					g, err := StartGroup(context.Background(), Options{Backend: BackendLocal, Nodes: nodes, ErlArgs: erl.args})
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -329,10 +330,27 @@ func TestDockerFaults(t *testing.T) {
 	})
 }
 
-func TestDockerNoSidecarAndErrors(t *testing.T) {
+func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	dockerTest(t)
-	g := Start(t, Options{Backend: BackendDocker})
+	g := Start(t, Options{Backend: BackendDocker, Management: true})
 	n := g.Nodes[0]
+	if n.MgmtURL == "" {
+		t.Fatal("no management URL")
+	}
+	req, err := http.NewRequest("GET", n.MgmtURL+"/api/overview", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth("guest", "guest")
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("GET /api/overview: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/overview: %s", resp.Status)
+	}
 	if n.SidecarAddr != "" {
 		t.Fatalf("sidecar address %q without Options.Sidecar", n.SidecarAddr)
 	}

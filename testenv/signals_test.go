@@ -26,7 +26,7 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // helperMain starts one broker, prints "READY <group dir>" and waits
 // forever; the parent test then signals or kills it.
 func helperMain() int {
-	var opts Options
+	opts := Options{Backend: BackendLocal}
 	if os.Getenv(helperEnv) == "docker" {
 		opts.Backend = BackendDocker
 	}
@@ -163,8 +163,8 @@ func TestCleanupKillsOrphans(t *testing.T) {
 	brokerTest(t)
 	privateTmp(t)
 	// Owner "1:1" names no live process (pid 1 started later than tick 1).
-	orphan := Start(t, Options{fakeOwner: "1:1"})
-	live := Start(t, Options{})
+	orphan := Start(t, Options{Backend: BackendLocal, fakeOwner: "1:1"})
+	live := Start(t, Options{Backend: BackendLocal})
 	if ownerAlive("1:1") || !dirOwnerAlive(live.Dir) || dirOwnerAlive(orphan.Dir) {
 		t.Fatal("ownerAlive does not tell the fake dead owner from the live one")
 	}
@@ -187,7 +187,7 @@ func TestCleanupKillsOrphans(t *testing.T) {
 	waitFor(t, 10*time.Second, "Running() to see the orphan's death", func() bool { return !orphan.Nodes[0].Running() })
 
 	// A broker whose directory is already gone is still found.
-	orphan2 := Start(t, Options{fakeOwner: "1:1"})
+	orphan2 := Start(t, Options{Backend: BackendLocal, fakeOwner: "1:1"})
 	if err := os.RemoveAll(orphan2.Dir); err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func refused(addr string) bool {
 func TestOneNodePublishGet(t *testing.T) {
 	brokerTest(t)
 	began := time.Now()
-	g := Start(t, Options{})
+	g := Start(t, Options{Backend: BackendLocal})
 	t.Logf("TIMING 1 node ready in %.1fs", time.Since(began).Seconds())
 
 	if len(g.Nodes) != 1 {
@@ -156,7 +156,7 @@ func TestOneNodePublishGet(t *testing.T) {
 func TestThreeNodesAreIndependent(t *testing.T) {
 	brokerTest(t)
 	began := time.Now()
-	g := Start(t, Options{Nodes: 3})
+	g := Start(t, Options{Backend: BackendLocal, Nodes: 3})
 	t.Logf("TIMING 3 nodes ready in %.1fs", time.Since(began).Seconds())
 
 	seen := map[int]bool{}
@@ -188,7 +188,7 @@ func TestThreeNodesAreIndependent(t *testing.T) {
 // starts it again and checks the persistent message survived.
 func restartKeepsDurable(t *testing.T, halt func(n *Node) error) {
 	brokerTest(t)
-	g := Start(t, Options{})
+	g := Start(t, Options{Backend: BackendLocal})
 	n := g.Nodes[0]
 	conn, ch := dial(t, n)
 	if _, err := ch.QueueDeclare("durable-q", true, false, false, false, nil); err != nil {
@@ -247,7 +247,7 @@ func TestStopAndRestart(t *testing.T) {
 
 func TestCloseLeavesNothing(t *testing.T) {
 	brokerTest(t)
-	g, err := StartGroup(context.Background(), Options{Nodes: 2, Logger: t.Logf})
+	g, err := StartGroup(context.Background(), Options{Backend: BackendLocal, Nodes: 2, Logger: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,9 +285,10 @@ func TestCloseLeavesNothing(t *testing.T) {
 func TestBadConfigFailsWithLogTail(t *testing.T) {
 	brokerTest(t)
 	_, err := StartGroup(context.Background(), Options{
-		Nodes:  2,
-		Config: "no_such_setting_for_testenv = 42",
-		Logger: t.Logf,
+		Backend: BackendLocal,
+		Nodes:   2,
+		Config:  "no_such_setting_for_testenv = 42",
+		Logger:  t.Logf,
 	})
 	var se *StartError
 	if !errors.As(err, &se) {
@@ -321,7 +322,7 @@ func TestPortTakenIsRetried(t *testing.T) {
 	defer busy.Close()
 	busyPort := busy.Addr().(*net.TCPAddr).Port
 	calls := 0
-	opts := Options{portPicker: func(n int) ([]int, error) {
+	opts := Options{Backend: BackendLocal, portPicker: func(n int) ([]int, error) {
 		calls++
 		ports, err := freePorts(n)
 		if err == nil && calls <= 2 {
@@ -342,7 +343,7 @@ func TestPortTakenIsRetried(t *testing.T) {
 
 func TestManagement(t *testing.T) {
 	brokerTest(t)
-	g := Start(t, Options{Management: true})
+	g := Start(t, Options{Backend: BackendLocal, Management: true})
 	n := g.Nodes[0]
 	if n.MgmtPort == 0 || n.MgmtURL == "" {
 		t.Fatalf("no management port: %+v", n)
@@ -389,7 +390,7 @@ func TestBackendSelection(t *testing.T) {
 
 func TestNotInstalled(t *testing.T) {
 	t.Setenv(EnvRabbitMQBin, t.TempDir())
-	_, err := StartGroup(context.Background(), Options{})
+	_, err := StartGroup(context.Background(), Options{Backend: BackendLocal})
 	if !errors.Is(err, ErrNotInstalled) || !strings.Contains(err.Error(), "apt-get install -y rabbitmq-server") {
 		t.Fatalf("got %v, want ErrNotInstalled with the install hint", err)
 	}
