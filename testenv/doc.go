@@ -20,7 +20,9 @@
 // process of the Debian package (the scripts in /usr/lib/rabbitmq/bin, or
 // the directory named by MIRRORPROXY_RABBITMQ_BIN). When the test runs as
 // root, the brokers and rabbitmqctl run as user rabbitmq and the
-// directories are given to it.
+// directories are given to it. With Options.Sidecar each node also gets
+// a `mirrorproxy run` process on a free loopback port (Node.SidecarAddr),
+// built from this module with the go command unless a binary is named.
 //
 // The docker backend (Options.Backend or MIRRORPROXY_TESTENV=docker) runs
 // each node in containers through testcontainers-go: a "pod" container

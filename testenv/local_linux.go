@@ -50,6 +50,8 @@ type localBackend struct {
 	uid, gid int
 	home     string
 	owner    string // "<pid>:<start time>" of this process
+	// sidecarBin is the mirrorproxy binary for sidecars (Options.Sidecar).
+	sidecarBin string
 	// pickPorts returns n distinct free loopback ports.
 	pickPorts func(n int) ([]int, error)
 }
@@ -110,7 +112,7 @@ func isExecutable(p string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
-func (be *localBackend) setup(_ context.Context, g *Group) error {
+func (be *localBackend) setup(ctx context.Context, g *Group) error {
 	tmp := os.TempDir()
 	if strings.ContainsAny(tmp, " \t\n'\"\\") {
 		// The RabbitMQ scripts split some variables on spaces.
@@ -153,6 +155,21 @@ func (be *localBackend) setup(_ context.Context, g *Group) error {
 	}
 	if err := be.chown(g.Dir); err != nil {
 		return fail(err)
+	}
+	if sc := be.opts.Sidecar; sc != nil {
+		be.sidecarBin = sc.Binary
+		if be.sidecarBin != "" {
+			if _, err := os.Stat(be.sidecarBin); err != nil {
+				return fail(fmt.Errorf("testenv: SidecarOptions.Binary: %w", err))
+			}
+		} else {
+			// Built per group into its directory (removed with it); the go
+			// command's cache makes this a link step.
+			be.sidecarBin = filepath.Join(g.Dir, "bin", "mirrorproxy")
+			if err := buildSidecarBinary(ctx, be.sidecarBin); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	return nil
 }

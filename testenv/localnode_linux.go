@@ -29,8 +29,9 @@ type localNode struct {
 	n   *Node
 	dir string
 
-	mu sync.Mutex // guards p
+	mu sync.Mutex // guards p and sc
 	p  *proc      // the current or last broker process; nil before the first start
+	sc *proc      // the current or last sidecar process (Options.Sidecar); nil before its first start
 }
 
 // proc is one broker process. Its waiter goroutine (owned by the proc) is
@@ -74,7 +75,7 @@ func (r *localNode) start(ctx context.Context) error {
 		}
 		err := r.startOnce(ctx)
 		if err == nil {
-			return nil
+			return r.firstSidecarStart(ctx)
 		}
 		var se *StartError
 		if !errors.As(err, &se) || !se.retryable || attempt == startAttempts || ctx.Err() != nil {
@@ -99,7 +100,10 @@ func (r *localNode) start(ctx context.Context) error {
 func (r *localNode) assignPorts() error {
 	want := 2
 	if r.be.opts.Management {
-		want = 3
+		want++
+	}
+	if r.be.opts.Sidecar != nil {
+		want++
 	}
 	ports, err := r.be.pickPorts(want)
 	if err != nil {
@@ -112,6 +116,11 @@ func (r *localNode) assignPorts() error {
 	if r.be.opts.Management {
 		n.MgmtPort = ports[2]
 		n.MgmtURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.MgmtPort))
+	}
+	if r.be.opts.Sidecar != nil {
+		n.SidecarPort = ports[want-1]
+		n.SidecarAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.SidecarPort))
+		n.SidecarURL = "amqp://guest:guest@" + n.SidecarAddr + "/"
 	}
 	return nil
 }
@@ -371,6 +380,7 @@ func signalTree(p *proc, sig syscall.Signal) []int {
 }
 
 func (r *localNode) emergencyKill() {
+	r.emergencyKillSidecar()
 	p := r.current()
 	if p == nil {
 		return
@@ -433,7 +443,11 @@ func (r *localNode) failureLog(off int64) string {
 
 func (r *localNode) logTail(lines int) string {
 	var b strings.Builder
-	for _, f := range []string{r.n.ConsoleLog, r.n.LogFile} {
+	files := []string{r.n.ConsoleLog, r.n.LogFile}
+	if r.be.opts.Sidecar != nil {
+		files = append(files, r.sidecarLog())
+	}
+	for _, f := range files {
 		t, err := tailFile(f, lines)
 		if err != nil || t == "" {
 			continue

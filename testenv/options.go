@@ -105,8 +105,8 @@ type Options struct {
 	// them when the test failed. See EnvKeep.
 	KeepDirs bool
 	// Sidecar, when set, starts a mirrorproxy sidecar beside each broker:
-	// a container sharing the broker's network namespace (docker
-	// backend). The local backend does not run sidecars yet.
+	// a process on a free loopback port (local backend), or a container
+	// sharing the broker's network namespace (docker backend).
 	Sidecar *SidecarOptions
 
 	// portPicker replaces the free-port search (tests only).
@@ -122,9 +122,11 @@ type Options struct {
 //
 //	mirrorproxy run --listen 0.0.0.0:5673 --upstream 127.0.0.1:5672 ARGS...
 //
-// so clients reach the broker through it on Node.SidecarAddr.
+// in its container (docker backend; locally --listen is
+// 127.0.0.1:<free port> and --upstream the broker's AMQPAddr), so clients
+// reach the broker through it on Node.SidecarAddr.
 type SidecarOptions struct {
-	// Image is the sidecar image (docker backend). Empty means the
+	// Image is the sidecar image (docker backend only). Empty means the
 	// EnvSidecarImage environment variable, then an image built from
 	// Binary (see EnsureSidecarImage).
 	Image string
@@ -168,26 +170,23 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	switch o.Backend {
 	case BackendLocal:
-		if o.Sidecar != nil {
-			return o, fmt.Errorf("testenv: Options.Sidecar: the local backend does not run sidecars yet (use %s=docker)", EnvBackend)
-		}
 	case BackendDocker:
 		if o.BrokerImage == "" {
 			o.BrokerImage = strings.TrimSpace(os.Getenv(EnvBrokerImage))
 		}
-		if o.Sidecar != nil {
-			sc := *o.Sidecar
-			if sc.Image == "" {
-				sc.Image = strings.TrimSpace(os.Getenv(EnvSidecarImage))
-			}
-			if sc.Binary == "" {
-				sc.Binary = strings.TrimSpace(os.Getenv(EnvSidecarBinary))
-			}
-			o.Sidecar = &sc
-		}
 	default:
 		return o, fmt.Errorf("testenv: unknown backend %q (want %q or %q; from Options.Backend or %s)",
 			o.Backend, BackendLocal, BackendDocker, EnvBackend)
+	}
+	if o.Sidecar != nil {
+		sc := *o.Sidecar
+		if sc.Image == "" && o.Backend == BackendDocker {
+			sc.Image = strings.TrimSpace(os.Getenv(EnvSidecarImage))
+		}
+		if sc.Binary == "" {
+			sc.Binary = strings.TrimSpace(os.Getenv(EnvSidecarBinary))
+		}
+		o.Sidecar = &sc
 	}
 	if v := os.Getenv(EnvKeep); v != "" && v != "0" {
 		o.KeepDirs = true

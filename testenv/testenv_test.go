@@ -380,8 +380,8 @@ func TestBackendSelection(t *testing.T) {
 		t.Fatalf("unknown backend: got %v", err)
 	}
 	t.Setenv(EnvBackend, "")
-	if _, err := StartGroup(context.Background(), Options{Sidecar: &SidecarOptions{}}); err == nil || !strings.Contains(err.Error(), "local backend") {
-		t.Fatalf("sidecar option on the local backend: got %v", err)
+	if _, err := StartGroup(context.Background(), Options{Sidecar: &SidecarOptions{Binary: "/nonexistent/mirrorproxy"}}); err == nil || !strings.Contains(err.Error(), "/nonexistent/mirrorproxy") {
+		t.Fatalf("a missing sidecar binary: got %v", err)
 	}
 	if _, err := StartGroup(context.Background(), Options{Nodes: -1}); err == nil {
 		t.Fatal("Nodes: -1 did not fail")
@@ -393,5 +393,75 @@ func TestNotInstalled(t *testing.T) {
 	_, err := StartGroup(context.Background(), Options{Backend: BackendLocal})
 	if !errors.Is(err, ErrNotInstalled) || !strings.Contains(err.Error(), "apt-get install -y rabbitmq-server") {
 		t.Fatalf("got %v, want ErrNotInstalled with the install hint", err)
+	}
+}
+
+func TestLocalSidecar(t *testing.T) {
+	brokerTest(t)
+	g := Start(t, Options{Backend: BackendLocal, Nodes: 2, Sidecar: &SidecarOptions{}})
+	n := g.Nodes[0]
+	if n.SidecarAddr == "" || n.SidecarPort == n.AMQPPort || !n.Sidecar().Running() {
+		t.Fatalf("sidecar fields %q %d, running %v", n.SidecarAddr, n.SidecarPort, n.Sidecar().Running())
+	}
+	conn, err := amqp.Dial(n.SidecarURL)
+	if err != nil {
+		t.Fatalf("dial the sidecar: %v", err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("via-sidecar", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "via-sidecar", "hello", true)
+	if got := getOne(t, ch, "via-sidecar"); got != "hello" {
+		t.Fatalf("got %q through the sidecar", got)
+	}
+	conn.Close()
+
+	// A killed broker leaves the sidecar running, answering TCP but not AMQP.
+	if err := n.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if !n.Sidecar().Running() || amqpAnswers(context.Background(), n.SidecarAddr, "") {
+		t.Fatal("after the broker's kill the sidecar is gone or still answers AMQP")
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !amqpAnswers(context.Background(), n.SidecarAddr, "") {
+		t.Fatal("the sidecar does not answer once its broker is back")
+	}
+
+	sc := n.Sidecar()
+	if err := sc.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if amqpAnswers(context.Background(), n.SidecarAddr, "") {
+		t.Fatal("a paused sidecar answers")
+	}
+	if err := sc.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if sc.Running() || !refused(n.SidecarAddr) {
+		t.Fatal("a killed sidecar still runs or accepts connections")
+	}
+	if err := sc.Restart(context.Background()); err != nil {
+		t.Fatalf("restart of a killed sidecar: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := sc.Stop(ctx); err != nil || sc.Running() {
+		t.Fatalf("graceful stop: %v, running %v", err, sc.Running())
+	}
+	if err := n.Partition(ctx); !errors.Is(err, ErrNotSupported) {
+		t.Fatalf("Partition on the local backend: got %v, want ErrNotSupported", err)
+	}
+	if err := g.Nodes[1].Sidecar().Start(ctx); err == nil {
+		t.Fatal("starting a running sidecar did not fail")
 	}
 }
