@@ -300,6 +300,7 @@ func (r *localNode) stop(ctx context.Context) error {
 		return nil
 	}
 	helpers := descendants(p.pid)
+	signalTree(p, syscall.SIGCONT) // a paused broker cannot handle SIGTERM
 	// RabbitMQ handles SIGTERM as `rabbitmqctl stop`: a clean shutdown.
 	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("testenv: stop %s: %w", r.n.Name, err)

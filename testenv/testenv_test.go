@@ -458,6 +458,16 @@ func TestLocalSidecar(t *testing.T) {
 	if err := sc.Stop(ctx); err != nil || sc.Running() {
 		t.Fatalf("graceful stop: %v, running %v", err, sc.Running())
 	}
+	// A paused broker answers nothing, and can still be stopped gracefully.
+	if err := n.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if !n.Running() || amqpAnswers(context.Background(), n.AMQPAddr, "") {
+		t.Fatal("a paused broker is not running or answers")
+	}
+	if err := n.Stop(ctx); err != nil || n.Running() {
+		t.Fatalf("graceful stop of a paused broker: %v, running %v", err, n.Running())
+	}
 	if err := n.Partition(ctx); !errors.Is(err, ErrNotSupported) {
 		t.Fatalf("Partition on the local backend: got %v, want ErrNotSupported", err)
 	}
