@@ -1,0 +1,519 @@
+package replicate
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// MirrorIDHeader is the header that carries a message's id.
+const MirrorIDHeader = "x-mirror-id"
+
+// shadowQueue is a mirrored queue and its shadow consumer. Guarded by Mirror.mu.
+type shadowQueue struct {
+	name string
+	ch   *brokerChan
+	ttl  int64 // x-message-ttl in ms, -1 when none
+
+	held map[uint64]heldCopy // id → the copy the shadow consumer holds
+
+	// pending are acks (true) and drops (false) waiting, in op order, for
+	// their copies: a disposition waits while its copy has not been
+	// delivered or an earlier one waits, so that the broker sees rejects
+	// (and dead-letters) in the master's order. Bounded by MaxPending.
+	pending map[uint64]bool
+	order   []uint64
+	expired map[uint64]int // ids requeued for expiry, and how often
+	gone    bool
+}
+
+type heldCopy struct {
+	tag      uint64
+	deadline time.Time // zero: no TTL
+}
+
+// applyTopology runs a topology method on the apply channel.
+func (m *Mirror) applyTopology(v *vhostMirror, op *Op, done func(error)) {
+	meth, err := amqp.DecodeMethod(op.Method)
+	if err != nil {
+		err = fmt.Errorf("replicate: topology op: %w", err)
+		m.log.Error().Err(err).Msg("mirror: bad topology op")
+		m.completeNow(v, done, err)
+		return
+	}
+	// Publishes before this op are confirmed first: a failing method closes
+	// the channel, and their confirms would be lost with it.
+	if err := m.drain(v); err != nil {
+		m.completeNow(v, done, err)
+		return
+	}
+	err = m.runTopology(v, meth)
+	if err != nil {
+		m.log.Warn().Err(err).Str("vhost", v.name).Str("method", meth.Name()).Msg("mirror: topology op failed; replication continues")
+	}
+	m.completeNow(v, done, err)
+}
+
+func (m *Mirror) runTopology(v *vhostMirror, meth amqp.Method) error {
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
+	defer cancel()
+	var queue string // the shadow queue the method concerns
+	switch t := meth.(type) {
+	case *amqp.ExchangeDeclare:
+		if t.Passive {
+			return nil
+		}
+		t.NoWait = false
+	case *amqp.ExchangeDelete:
+		t.NoWait = false
+	case *amqp.ExchangeBind:
+		t.NoWait = false
+	case *amqp.ExchangeUnbind:
+		t.NoWait = false
+	case *amqp.QueueDeclare:
+		if t.Passive || t.Exclusive || !m.cfg.Mirrored(v.name, t.Queue, t.Arguments) {
+			return nil
+		}
+		t.NoWait = false
+		queue = t.Queue
+	case *amqp.QueueBind:
+		if !m.known(v, t.Queue) {
+			return nil
+		}
+		t.NoWait = false
+	case *amqp.QueueUnbind:
+		if !m.known(v, t.Queue) {
+			return nil
+		}
+	case *amqp.QueuePurge:
+		if !m.known(v, t.Queue) {
+			return nil
+		}
+		t.NoWait = false
+		queue = t.Queue
+	case *amqp.QueueDelete:
+		if !m.known(v, t.Queue) {
+			return nil
+		}
+		t.NoWait = false
+		queue = t.Queue
+	default:
+		return fmt.Errorf("replicate: topology op carries %s, not a topology method", meth.Name())
+	}
+	m.mu.Lock()
+	ch := v.ch
+	m.mu.Unlock()
+	if _, err := ch.rpc(ctx, meth); err != nil {
+		var be *BrokerError
+		if errors.As(err, &be) && !be.Connection {
+			// The broker closed the apply channel: open a new one.
+			if rerr := m.openApplyChannel(ctx, v); rerr != nil {
+				m.vhostFailed(v, rerr)
+			}
+		} else {
+			m.vhostFailed(v, err)
+		}
+		return fmt.Errorf("replicate: %s on the mirror broker: %w", meth.Name(), err)
+	}
+	switch t := meth.(type) {
+	case *amqp.QueueDeclare:
+		return m.startShadow(ctx, v, queue, t.Arguments)
+	case *amqp.QueuePurge:
+		return m.purgeShadow(ctx, v, queue)
+	case *amqp.QueueDelete:
+		m.dropShadow(ctx, v, queue)
+	}
+	return nil
+}
+
+func (m *Mirror) known(v *vhostMirror, queue string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return v.queues[queue] != nil
+}
+
+// startShadow starts the shadow consumer of a queue just declared (once).
+func (m *Mirror) startShadow(ctx context.Context, v *vhostMirror, queue string, args amqp.Table) error {
+	if m.known(v, queue) {
+		return nil
+	}
+	q := &shadowQueue{name: queue, ttl: -1, held: map[uint64]heldCopy{}, pending: map[uint64]bool{}, expired: map[uint64]int{}}
+	if t, ok := args.Get("x-message-ttl"); ok {
+		if n, ok := amqp.Int64(t); ok && n >= 0 {
+			q.ttl = n
+		}
+	}
+	ch, err := v.cons.openChannel(ctx, chanHandlers{
+		deliver: func(d *amqp.BasicDeliver, header, _ []byte) { m.delivered(v, q, d, header) },
+		async: func(meth amqp.Method) {
+			if _, ok := meth.(*amqp.BasicCancel); ok {
+				m.log.Info().Str("vhost", v.name).Str("queue", queue).Msg("mirror: broker cancelled a shadow consumer (queue deleted)")
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+	}
+	q.ch = ch
+	m.mu.Lock()
+	v.queues[queue] = q
+	m.mu.Unlock()
+	if _, err := ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)}); err != nil {
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+	}
+	if _, err := ch.rpc(ctx, &amqp.BasicConsume{Queue: queue, ConsumerTag: "mirrorproxy-shadow", Exclusive: true}); err != nil {
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+	}
+	return nil
+}
+
+// mirrorID reads x-mirror-id from a content header payload.
+func mirrorID(header []byte) (id uint64, expiration int64, err error) {
+	_, _, props, err := amqp.DecodeContentHeader(header)
+	if err != nil {
+		return 0, -1, err
+	}
+	expiration = -1
+	if props.Expiration != "" {
+		if n, perr := strconv.ParseInt(props.Expiration, 10, 64); perr == nil && n >= 0 {
+			expiration = n
+		}
+	}
+	v, ok := props.Headers.Get(MirrorIDHeader)
+	if !ok {
+		return 0, expiration, fmt.Errorf("replicate: message without %s", MirrorIDHeader)
+	}
+	switch n := v.(type) {
+	case uint64:
+		return n, expiration, nil
+	case int64:
+		return uint64(n), expiration, nil
+	}
+	return 0, expiration, fmt.Errorf("replicate: %s of type %T", MirrorIDHeader, v)
+}
+
+// delivered handles a copy delivered to a shadow consumer (reader goroutine).
+func (m *Mirror) delivered(v *vhostMirror, q *shadowQueue, d *amqp.BasicDeliver, header []byte) {
+	id, expiration, err := mirrorID(header)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		// Not ours to judge: hold it, it is in the master's queue too.
+		m.log.Warn().Err(err).Str("vhost", v.name).Str("queue", q.name).Msg("mirror: copy without a usable id is held until promotion")
+		return
+	}
+	if q.gone {
+		return
+	}
+	defer m.flush(q)
+	h := heldCopy{tag: d.DeliveryTag}
+	ttl := q.ttl
+	if expiration >= 0 && (ttl < 0 || expiration < ttl) {
+		ttl = expiration
+	}
+	if ttl >= 0 {
+		now := time.Now()
+		h.deadline = now.Add(time.Duration(ttl) * time.Millisecond)
+		if n := q.expired[id]; n > 0 && d.Redelivered {
+			// Requeued for expiry and not expired by the broker yet (its
+			// clock starts at enqueue, ours later): try again soon.
+			h.deadline = now.Add(min(10*time.Millisecond<<min(n, 10), time.Second))
+		}
+		heap.Push(&m.expiry, expiryItem{at: h.deadline, v: v, q: q, id: id, tag: d.DeliveryTag})
+		if m.expiry[0].tag == d.DeliveryTag && m.expiry[0].q == q {
+			select {
+			case m.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+	q.held[id] = h
+}
+
+// dispose acks (ack) or rejects without requeue a delivered copy. Called
+// with m.mu held.
+func (m *Mirror) dispose(q *shadowQueue, id, tag uint64, ack bool) {
+	delete(q.expired, id)
+	var err error
+	if ack {
+		err = q.ch.send(&amqp.BasicAck{DeliveryTag: tag})
+	} else {
+		err = q.ch.send(&amqp.BasicReject{DeliveryTag: tag, Requeue: false})
+	}
+	if err != nil {
+		m.log.Warn().Err(err).Str("queue", q.name).Msg("mirror: cannot settle a held copy")
+	}
+}
+
+// applyDisposition applies an Ack or Drop op.
+func (m *Mirror) applyDisposition(v *vhostMirror, op *Op, done func(error)) {
+	ack := op.Kind == OpAck
+	m.mu.Lock()
+	q := v.queues[op.Queue]
+	if q != nil && !q.gone {
+		for _, id := range op.IDs {
+			if !m.mayArrive(id) {
+				continue
+			}
+			if _, dup := q.pending[id]; !dup {
+				q.order = append(q.order, id)
+			}
+			q.pending[id] = ack
+			m.trimPending(v, q)
+		}
+		m.flush(q)
+	}
+	m.mu.Unlock()
+	m.completeNow(v, done, nil)
+}
+
+// flush settles the waiting dispositions from the head of the queue's
+// order while their copies are held. Called with m.mu held.
+func (m *Mirror) flush(q *shadowQueue) {
+	n := 0
+	for ; n < len(q.order); n++ {
+		id := q.order[n]
+		ack, ok := q.pending[id]
+		if !ok {
+			continue // forgotten by trimPending
+		}
+		h, held := q.held[id]
+		if !held {
+			break
+		}
+		delete(q.pending, id)
+		delete(q.held, id)
+		m.dispose(q, id, h.tag, ack)
+	}
+	q.order = q.order[n:]
+	if len(q.order) == 0 {
+		q.order = nil
+	}
+}
+
+// mayArrive reports whether a copy of id can still reach this mirror: it
+// was published through it, or after the first publish it applied (ids
+// grow within an epoch, the epoch is the top 24 bits). Dispositions of
+// older messages (before this mirror joined; sync is separate) are
+// ignored rather than left waiting. Called with m.mu held.
+func (m *Mirror) mayArrive(id uint64) bool {
+	return m.firstID != 0 && id>>40 == m.firstID>>40 && id >= m.firstID
+}
+
+// trimPending forgets the oldest remembered dispositions past MaxPending.
+func (m *Mirror) trimPending(v *vhostMirror, q *shadowQueue) {
+	for len(q.pending) > m.cfg.MaxPending && len(q.order) > 0 {
+		id := q.order[0]
+		q.order = q.order[1:]
+		if _, ok := q.pending[id]; ok {
+			delete(q.pending, id)
+			m.log.Warn().Str("vhost", v.name).Str("queue", q.name).Uint64("id", id).Int("max_pending", m.cfg.MaxPending).
+				Msg("mirror: too many acks for copies not delivered yet; forgot the oldest (its copy stays)")
+		}
+	}
+	// Compact order once it is mostly ids already settled.
+	if len(q.order) > 2*m.cfg.MaxPending+64 {
+		kept := q.order[:0]
+		for _, id := range q.order {
+			if _, ok := q.pending[id]; ok {
+				kept = append(kept, id)
+			}
+		}
+		q.order = kept
+	}
+}
+
+// purgeShadow settles what the broker's purge could not: the copies the
+// shadow consumer holds (unacked copies survive queue.purge). A basic.qos
+// round trip on the shadow channel after purge-ok makes sure every copy
+// delivered before the purge has arrived; no later publish is in flight,
+// as Apply runs topology ops synchronously.
+func (m *Mirror) purgeShadow(ctx context.Context, v *vhostMirror, queue string) error {
+	m.mu.Lock()
+	q := v.queues[queue]
+	m.mu.Unlock()
+	if q == nil {
+		return nil
+	}
+	if _, err := q.ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)}); err != nil {
+		return fmt.Errorf("replicate: purge of shadow queue %q: %w", queue, err)
+	}
+	m.mu.Lock()
+	for id, h := range q.held {
+		delete(q.held, id)
+		m.dispose(q, id, h.tag, true)
+	}
+	clear(q.pending)
+	q.order = nil
+	m.mu.Unlock()
+	return nil
+}
+
+// dropShadow forgets a deleted queue and closes its shadow channel.
+func (m *Mirror) dropShadow(ctx context.Context, v *vhostMirror, queue string) {
+	m.mu.Lock()
+	q := v.queues[queue]
+	delete(v.queues, queue)
+	if q != nil {
+		q.gone = true
+		clear(q.held)
+		clear(q.pending)
+		q.order = nil
+	}
+	m.mu.Unlock()
+	if q != nil {
+		_ = q.ch.close(ctx)
+	}
+}
+
+// Held returns how many copies the shadow consumer of a queue holds.
+func (m *Mirror) Held(vhost, queue string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vhosts[vhost]; v != nil {
+		if q := v.queues[queue]; q != nil {
+			return len(q.held)
+		}
+	}
+	return 0
+}
+
+// pendingCount returns the remembered dispositions of a queue (tests).
+func (m *Mirror) pendingCount(vhost, queue string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vhosts[vhost]; v != nil {
+		if q := v.queues[queue]; q != nil {
+			return len(q.pending)
+		}
+	}
+	return 0
+}
+
+// Release prepares promotion: it waits for the publishes in flight to be
+// confirmed, makes sure every copy delivered so far has arrived and every
+// remembered ack that can be applied is, then closes the shadow channels
+// so that the broker requeues the held copies in their original order.
+// The mirror applies no more ops afterwards (ErrMirrorClosed); Close it.
+// Remembered acks whose copies never arrived are logged: those copies stay
+// in the queue (duplicates, never losses).
+func (m *Mirror) Release(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrMirrorClosed
+	}
+	vs := make([]*vhostMirror, 0, len(m.vhosts))
+	for _, v := range m.vhosts {
+		vs = append(vs, v)
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, v := range vs {
+		if err := m.drain(v); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.mu.Lock()
+		qs := make([]*shadowQueue, 0, len(v.queues))
+		for _, q := range v.queues {
+			qs = append(qs, q)
+		}
+		m.mu.Unlock()
+		for _, q := range qs {
+			// After the barrier, every copy the broker sent has arrived.
+			if _, err := q.ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)}); err != nil {
+				errs = append(errs, fmt.Errorf("replicate: release of queue %q: %w", q.name, err))
+			}
+			m.mu.Lock()
+			if n := len(q.pending); n > 0 {
+				m.log.Warn().Str("vhost", v.name).Str("queue", q.name).Int("acks", n).
+					Msg("mirror: release with acks for copies never delivered here; those copies stay")
+			}
+			q.gone = true
+			m.mu.Unlock()
+			if err := q.ch.close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("replicate: release of queue %q: %w", q.name, err))
+			}
+		}
+	}
+	m.mu.Lock()
+	m.closed = true
+	m.cond.Broadcast()
+	m.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// expiryItem is a held copy with a TTL.
+type expiryItem struct {
+	at  time.Time
+	v   *vhostMirror
+	q   *shadowQueue
+	id  uint64
+	tag uint64
+}
+
+type expiryHeap []expiryItem
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryItem)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = expiryItem{}
+	*h = old[:len(old)-1]
+	return it
+}
+
+// expireLoop requeues held copies whose TTL has passed, so that the broker
+// itself expires them — and dead-letters them with reason "expired", as the
+// master's broker did — instead of them piling up held. It is the Mirror's
+// one goroutine; Close stops it.
+func (m *Mirror) expireLoop() {
+	defer m.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		m.mu.Lock()
+		now := time.Now()
+		next := time.Duration(math.MaxInt64)
+		for len(m.expiry) > 0 {
+			it := m.expiry[0]
+			if it.at.After(now) {
+				next = it.at.Sub(now)
+				break
+			}
+			heap.Pop(&m.expiry)
+			h, ok := it.q.held[it.id]
+			if !ok || h.tag != it.tag || it.q.gone {
+				continue // settled or redelivered since
+			}
+			delete(it.q.held, it.id)
+			if len(it.q.expired) < m.cfg.MaxHeld {
+				it.q.expired[it.id]++
+			}
+			if err := it.q.ch.send(&amqp.BasicNack{DeliveryTag: it.tag, Requeue: true}); err != nil {
+				m.log.Warn().Err(err).Str("queue", it.q.name).Msg("mirror: cannot requeue an expired copy")
+			}
+		}
+		m.mu.Unlock()
+		if next > time.Hour {
+			next = time.Hour
+		}
+		timer.Reset(next)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-m.wake:
+		case <-timer.C:
+		}
+	}
+}
