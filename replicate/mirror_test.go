@@ -59,9 +59,6 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			if what == "held copies settle" {
-				t.Logf("held %v", heldDebug())
-			}
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -505,7 +502,5 @@ func TestMirrorScriptMatchesReference(t *testing.T) {
 		mc.rpc(&amqp.QueueDelete{Queue: q})
 	}
 }
-
-func heldDebug() string { return "" }
 
 func trunc(b []byte) string { return string(b[:min(len(b), 40)]) }
