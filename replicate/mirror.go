@@ -62,8 +62,10 @@ type Mirror struct {
 	shut    bool   // Close has run
 	firstID uint64 // the first id published through this mirror (in the latest epoch)
 	expiry  expiryHeap
-	wake    chan struct{} // cap 1: the earliest expiry changed
-	calling sync.Mutex    // held while done callbacks run, to keep their order
+	// expiryLimit is the heap size that triggers compactExpiry.
+	expiryLimit int
+	wake        chan struct{} // cap 1: the earliest expiry changed
+	calling     sync.Mutex    // held while done callbacks run, to keep their order
 
 	wg sync.WaitGroup // the expiry goroutine
 }

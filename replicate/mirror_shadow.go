@@ -225,6 +225,7 @@ func (m *Mirror) delivered(v *vhostMirror, q *shadowQueue, d *amqp.BasicDeliver,
 			// clock starts at enqueue, ours later): try again soon.
 			h.deadline = now.Add(min(10*time.Millisecond<<min(n, 10), time.Second))
 		}
+		m.compactExpiry()
 		heap.Push(&m.expiry, expiryItem{at: h.deadline, v: v, q: q, id: id, tag: d.DeliveryTag})
 		if m.expiry[0].tag == d.DeliveryTag && m.expiry[0].q == q {
 			select {
@@ -449,6 +450,28 @@ func (m *Mirror) Release(ctx context.Context) error {
 	m.mu.Unlock()
 	return errors.Join(errs...)
 }
+
+// compactExpiry drops the entries of copies settled before their deadline
+// once they could make the heap outgrow the held copies it tracks: the heap
+// stays within twice the live entries (and at least minExpiryLimit).
+// Called with m.mu held.
+func (m *Mirror) compactExpiry() {
+	if len(m.expiry) < max(m.expiryLimit, minExpiryLimit) {
+		return
+	}
+	live := m.expiry[:0]
+	for _, it := range m.expiry {
+		if h, ok := it.q.held[it.id]; ok && h.tag == it.tag && !it.q.gone {
+			live = append(live, it)
+		}
+	}
+	clear(m.expiry[len(live):])
+	m.expiry = live
+	heap.Init(&m.expiry)
+	m.expiryLimit = 2 * len(live)
+}
+
+const minExpiryLimit = 1024
 
 // expiryItem is a held copy with a TTL.
 type expiryItem struct {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -17,40 +16,27 @@ import (
 	"go.uber.org/goleak"
 )
 
-// The broker tests share one group: node 0 is the reference broker that
-// receives the traffic directly, node 1 the mirror's broker.
-var (
-	groupOnce sync.Once
-	group     *testenv.Group
-	groupErr  error
-)
-
-func brokers(t *testing.T) (ref, mir *testenv.Node) {
-	t.Helper()
+// TestMirrorBroker runs the broker tests on one group, closed when it
+// ends: node 0 is the reference broker that receives the traffic directly,
+// node 1 the mirror's broker.
+func TestMirrorBroker(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts RabbitMQ brokers")
 	}
-	groupOnce.Do(func() {
-		group, groupErr = testenv.StartGroup(context.Background(), testenv.Options{Nodes: 2, Logger: t.Logf})
-	})
-	if groupErr != nil {
-		t.Fatal(groupErr)
+	g := testenv.Start(t, testenv.Options{Nodes: 2})
+	ref, mir := g.Nodes[0], g.Nodes[1]
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, ref, mir *testenv.Node)
+	}{
+		{"ScriptMatchesReference", testMirrorScriptMatchesReference},
+		{"TTL", testMirrorTTL},
+		{"DoneWaitsForConfirm", testMirrorDoneWaitsForConfirm},
+		{"Bounds", testMirrorBounds},
+		{"TopologyFailure", testMirrorTopologyFailure},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, ref, mir) })
 	}
-	return group.Nodes[0], group.Nodes[1]
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if group != nil {
-		_ = group.Close()
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Println("goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -370,8 +356,7 @@ func richProps(i int) amqp.Properties {
 	}
 }
 
-func TestMirrorScriptMatchesReference(t *testing.T) {
-	refNode, mirNode := brokers(t)
+func testMirrorScriptMatchesReference(t *testing.T, refNode, mirNode *testenv.Node) {
 	checkLeaks(t)
 	s := &script{t: t}
 	// Topology.

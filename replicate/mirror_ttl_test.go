@@ -8,14 +8,14 @@ import (
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
-// TestMirrorTTL: held copies past x-message-ttl or their expiration are
+// testMirrorTTL: held copies past x-message-ttl or their expiration are
 // requeued by the mirror, and the mirror's broker expires them itself, so
 // the dead-letter queue holds them with x-death reason "expired", as on the
 // reference broker where they expired unconsumed.
-func TestMirrorTTL(t *testing.T) {
-	refNode, mirNode := brokers(t)
+func testMirrorTTL(t *testing.T, refNode, mirNode *testenv.Node) {
 	checkLeaks(t)
 	s := &script{t: t}
 	s.topology(&amqp.ExchangeDeclare{Exchange: "t.dlx", Type: "fanout"})
@@ -84,11 +84,10 @@ func bySource(t *testing.T, msgs []message) []message {
 	return append(a, b...)
 }
 
-// TestMirrorDoneWaitsForConfirm: with the mirror's broker blocking
+// testMirrorDoneWaitsForConfirm: with the mirror's broker blocking
 // publishers (memory alarm), a publish op is not reported; it is once the
 // alarm clears. done callbacks come once each, in op order.
-func TestMirrorDoneWaitsForConfirm(t *testing.T) {
-	_, mirNode := brokers(t)
+func testMirrorDoneWaitsForConfirm(t *testing.T, _, mirNode *testenv.Node) {
 	checkLeaks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -138,11 +137,10 @@ func TestMirrorDoneWaitsForConfirm(t *testing.T) {
 	mc.rpc(&amqp.QueueDelete{Queue: "b.q"})
 }
 
-// TestMirrorBounds: a shadow consumer holds at most MaxHeld copies (the
+// testMirrorBounds: a shadow consumer holds at most MaxHeld copies (the
 // rest stay ready in the broker), and at most MaxPending dispositions wait
 // for copies; Release brings every copy back in publish order.
-func TestMirrorBounds(t *testing.T) {
-	_, mirNode := brokers(t)
+func testMirrorBounds(t *testing.T, _, mirNode *testenv.Node) {
 	checkLeaks(t)
 	s := &script{t: t}
 	s.topology(&amqp.QueueDeclare{Queue: "n.q"})
@@ -179,4 +177,37 @@ func TestMirrorBounds(t *testing.T) {
 		}
 	}
 	mc.rpc(&amqp.QueueDelete{Queue: "n.q"})
+}
+
+// testMirrorTopologyFailure: a topology op the mirror's broker refuses
+// (406 on a redeclare with other arguments) is reported through done(err)
+// and replication continues on a new apply channel.
+func testMirrorTopologyFailure(t *testing.T, _, mirNode *testenv.Node) {
+	checkLeaks(t)
+	s := &script{t: t}
+	s.topology(&amqp.QueueDeclare{Queue: "f.q", Durable: true})
+	s.publish("", "f.q", amqp.Properties{}, []byte("before"))
+	s.topology(&amqp.QueueDeclare{Queue: "f.q", Durable: false}) // 406 PRECONDITION_FAILED
+	s.publish("", "f.q", amqp.Properties{}, []byte("after"))
+	mir := newMirror(t, mirNode.URL, MirrorConfig{})
+	rec := &recorder{}
+	s.apply(mir, rec, 0, len(s.ops))
+	rec.check(t, len(s.ops))
+	for i, err := range rec.errs {
+		if (i == 2) != (err != nil) {
+			t.Fatalf("op %d: done(%v)", i, err)
+		}
+	}
+	if !strings.Contains(rec.errs[2].Error(), "406") {
+		t.Fatalf("refused redeclare: %v, want a 406", rec.errs[2])
+	}
+	waitFor(t, "both copies held", 30*time.Second, func() bool { return mir.Held("/", "f.q") == 2 })
+	if err := mir.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mc := dialClient(t, mirNode.URL)
+	if got := mc.drain("f.q", 2); string(got[0].body) != "before" || string(got[1].body) != "after" {
+		t.Fatalf("queue holds %q, %q", got[0].body, got[1].body)
+	}
+	mc.rpc(&amqp.QueueDelete{Queue: "f.q"})
 }
