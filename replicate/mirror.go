@@ -73,10 +73,10 @@ type Mirror struct {
 // ErrMirrorClosed is returned for ops applied after Close or Release.
 var ErrMirrorClosed = errors.New("replicate: mirror closed")
 
-// NewMirror returns a Mirror for the broker at cfg.BrokerURL. It checks the
-// broker answers (a connection to vhost "/" is opened and closed) only
-// lazily: connections are made per vhost on the first op naming it; ctx
-// bounds those first connections of ops applied before it ends.
+// NewMirror returns a Mirror for the broker at cfg.BrokerURL. It does not
+// connect: the connections of a vhost are made on the first op naming it
+// (bounded by cfg.Timeout), and a failure is reported through that op's
+// done. ctx is only checked here; Close stops the Mirror.
 func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	if cfg.BrokerURL == "" {
 		return nil, errors.New("replicate: MirrorConfig.BrokerURL is empty")
