@@ -93,7 +93,18 @@ func (m *Master) Settle(vhost, queue string, ids []uint64, drop bool) (proxy.Tic
 	if drop {
 		kind = OpDrop
 	}
-	return m.propose(&Op{Kind: kind, Vhost: vhost, Queue: queue, IDs: ids})
+	// An op carries at most MaxOpIDs ids: a larger multiple-ack goes as
+	// several ops, in order; the last one's ticket covers them all.
+	var t proxy.Ticket
+	for len(ids) > 0 {
+		n := min(len(ids), MaxOpIDs)
+		var err error
+		if t, err = m.propose(&Op{Kind: kind, Vhost: vhost, Queue: queue, IDs: ids[:n]}); err != nil {
+			return 0, err
+		}
+		ids = ids[n:]
+	}
+	return t, nil
 }
 
 // Topology implements proxy.Replicator.

@@ -163,3 +163,29 @@ func TestMasterOverARealRing(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A multiple-ack of more ids than one op holds goes as several ops.
+func TestMasterSplitsLargeSettles(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ring := startRing(t, 2)
+	m := NewMaster(ring[0].node, 1, zerolog.Nop())
+	defer m.Close()
+	ids := make([]uint64, MaxOpIDs+10)
+	for i := range ids {
+		ids[i] = uint64(i + 1)
+	}
+	if _, err := m.Settle("/", "q", ids, false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ring[1].received()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the settle ops did not arrive")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := ring[1].received()
+	if len(got[0].IDs) != MaxOpIDs || len(got[1].IDs) != 10 || got[1].IDs[9] != uint64(MaxOpIDs+10) {
+		t.Fatalf("split into %d and %d ids", len(got[0].IDs), len(got[1].IDs))
+	}
+}

@@ -13,7 +13,7 @@ import (
 )
 
 // MirrorIDHeader is the header that carries a message's id.
-const MirrorIDHeader = "x-mirror-id"
+const MirrorIDHeader = amqp.MirrorIDHeader
 
 // shadowQueue is a mirrored queue and its shadow consumer. Guarded by Mirror.mu.
 type shadowQueue struct {
@@ -185,17 +185,14 @@ func mirrorID(header []byte) (id uint64, expiration int64, err error) {
 			expiration = n
 		}
 	}
-	v, ok := props.Headers.Get(MirrorIDHeader)
+	id, ok, err := amqp.PeekMirrorID(header)
+	if err != nil {
+		return 0, expiration, err
+	}
 	if !ok {
 		return 0, expiration, fmt.Errorf("replicate: message without %s", MirrorIDHeader)
 	}
-	switch n := v.(type) {
-	case uint64:
-		return n, expiration, nil
-	case int64:
-		return uint64(n), expiration, nil
-	}
-	return 0, expiration, fmt.Errorf("replicate: %s of type %T", MirrorIDHeader, v)
+	return id, expiration, nil
 }
 
 // delivered handles a copy delivered to a shadow consumer (reader goroutine).

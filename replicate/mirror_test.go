@@ -175,14 +175,13 @@ func (s *script) topology(m amqp.Method) {
 }
 
 // stamp returns the content header payload with x-mirror-id stamped as
-// the core does: 'l' in an existing table, 'L' in a table of its own.
+// the core does: 'l' in an existing table, 'T' in a table of its own.
 func stamp(id uint64, props amqp.Properties, bodySize int) []byte {
-	if props.Headers == nil {
-		props.Headers = amqp.Table{{Key: MirrorIDHeader, Value: id}}
-	} else {
-		props.Headers = append(slices.Clone(props.Headers), amqp.Field{Key: MirrorIDHeader, Value: int64(id)})
+	h, err := amqp.AppendStampedHeader(nil, amqp.AppendContentHeader(nil, 60, uint64(bodySize), &props), id)
+	if err != nil {
+		panic(err)
 	}
-	return amqp.AppendContentHeader(nil, 60, uint64(bodySize), &props)
+	return h
 }
 
 func (s *script) publish(exchange, key string, props amqp.Properties, body []byte) uint64 {
@@ -337,7 +336,7 @@ func compare(t *testing.T, what string, ref, mir []message) {
 func richProps(i int) amqp.Properties {
 	switch i % 4 {
 	case 0:
-		return amqp.Properties{} // no headers: x-mirror-id goes in as 'L'
+		return amqp.Properties{} // no headers: x-mirror-id goes in as 'T'
 	case 1:
 		return amqp.Properties{ContentType: "application/json", DeliveryMode: amqp.Persistent, Priority: 3,
 			CorrelationID: "c1", ReplyTo: "r", MessageID: fmt.Sprint("m", i), Timestamp: 1700000000, Type: "t", AppID: "a",

@@ -8,9 +8,15 @@ import "encoding/binary"
 //
 // The stamp is always the first field of the headers table. Its type tag
 // says whether the publisher's message had a headers table: 'l' (int64) if
-// it had, 'L' (uint64) if the stamp brought the table, so stripping can give
-// back the publisher's exact bytes.
+// it had, 'T' (timestamp, also 64 bits) if the stamp brought the table, so
+// stripping can give back the publisher's exact bytes. Both are types every
+// client library reads ('L', unsigned 64, would be the natural choice but
+// amqp091-go drops the connection on it), so a tool reading the broker
+// directly sees an odd header, never a broken connection.
 const MirrorIDHeader = "x-mirror-id"
+
+// addedTableTag marks a stamp that brought its own headers table.
+const addedTableTag = 'T'
 
 // stampLen is the encoded field: key shortstr, tag, 8 octets.
 const stampLen = 1 + 11 + 1 + 8 // len(MirrorIDHeader) == 11
@@ -70,7 +76,7 @@ func AppendStampedHeader(dst, p []byte, id uint64) ([]byte, error) {
 		dst = binary.BigEndian.AppendUint32(dst, n+stampLen)
 		at += 4
 	} else {
-		tag = 'L'
+		tag = addedTableTag
 		flags := binary.BigEndian.Uint16(p[flagsOff:])
 		binary.BigEndian.PutUint16(dst[start+flagsOff:], flags|FlagHeaders)
 		dst = binary.BigEndian.AppendUint32(dst, stampLen)
@@ -102,7 +108,7 @@ func findStamp(p []byte) (flagsOff, tableAt, a, b int, ok bool, err error) {
 		if !ok {
 			return 0, 0, 0, 0, false, framef("content header: headers table: field %q: bad or truncated value", key)
 		}
-		if string(key) == MirrorIDHeader && next-v == 9 && (p[v] == 'l' || p[v] == 'L') {
+		if string(key) == MirrorIDHeader && next-v == 9 && (p[v] == 'l' || p[v] == addedTableTag) {
 			return flagsOff, tableAt, i, next, true, nil
 		}
 		i = next
@@ -150,7 +156,7 @@ func StripMirrorID(p []byte) (out []byte, id uint64, ok bool, err error) {
 		return p, 0, false, err
 	}
 	id = binary.BigEndian.Uint64(p[b-8:])
-	addedTable := p[b-9] == 'L'
+	addedTable := p[b-9] == addedTableTag
 	n := binary.BigEndian.Uint32(p[tableAt:]) - uint32(b-a)
 	if addedTable && n == 0 {
 		// The stamp brought the table: take the whole property out.
