@@ -4,7 +4,17 @@
 // on mirrors (shadow consumers on each mirror's broker); sync of new
 // mirrors; queue status (slave_pids, synchronised_slave_pids).
 //
-// Only policies are built so far, in policy.go, as pure Go with no I/O:
+// Built so far (docs/REPLICATION.md has the contract and the status):
+//
+//   - op.go: the op format carried by the gm ring (publish, ack, drop,
+//     topology, queue-gone), versioned and length-checked.
+//   - master.go: Master, the proxy.Replicator of the master's sidecar: the
+//     core's publishes, settles and topology changes become ops on the ring,
+//     and the ring's stable point releases the clients' confirms.
+//   - mirror*.go: Mirror, which applies ops in order to a mirror's broker
+//     and holds the copies there with shadow consumers.
+//
+// Policies, in policy.go, are pure Go with no I/O:
 //
 //   - Definition: a policy definition parsed from JSON (as set_policy takes
 //     it) or from a YAML-decoded map, with RabbitMQ 3.10's validation of the
