@@ -134,11 +134,17 @@ func newDockerBackend(opts Options) (backend, error) {
 	return &dockerBackend{opts: opts, provider: p, cli: p.Client(), owner: owner, host: host}, nil
 }
 
-// tcLogger sends testcontainers' lines to Options.Logger.
+// tcLogger sends testcontainers' lines about failures to Options.Logger;
+// its routine lines (five per container: creating, created, starting,
+// started, ready) would drown testenv's own.
 type tcLogger func(string, ...any)
 
 func (l tcLogger) Printf(format string, args ...any) {
-	l("testcontainers: "+strings.TrimRight(format, "\n"), args...)
+	line := fmt.Sprintf(strings.TrimRight(format, "\n"), args...)
+	lower := strings.ToLower(line)
+	if strings.Contains(lower, "fail") || strings.Contains(lower, "error") {
+		l("testcontainers: %s", line)
+	}
 }
 
 func (be *dockerBackend) setup(ctx context.Context, g *Group) error {

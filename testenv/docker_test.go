@@ -186,6 +186,12 @@ func TestDockerFaults(t *testing.T) {
 	}
 	publishConfirmed(t, ch, "durable-q", "survivor", true)
 	conn.Close()
+	// As in restartKeepsDurable: have mnesia write the queue's record out
+	// of its log cache, or a SIGKILL right after the declare may lose it
+	// (seen once here).
+	if _, err := n0.Ctl(ctx, "eval", "mnesia:dump_log()."); err != nil {
+		t.Fatalf("mnesia:dump_log: %v", err)
+	}
 
 	t.Run("KillBroker", func(t *testing.T) {
 		if err := n0.Kill(); err != nil {
