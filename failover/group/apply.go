@@ -1,0 +1,145 @@
+package group
+
+import (
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mirrorproxy/mirrorproxy/gm"
+)
+
+// opApplier is what the applier needs of a replicate.Mirror.
+type opApplier interface {
+	Apply(b []byte, done func(error))
+}
+
+// appliedReporter is what the applier needs of a gm.Node.
+type appliedReporter interface {
+	Applied(sender gm.Member, seq uint64)
+}
+
+// applier takes the ops gm delivers (on gm's goroutine, which must not
+// block) and applies them on its own goroutine, in order, to the mirror.
+// Mirror.Apply reports each op through done, in order per vhost but not
+// across vhosts, so the applier reports gm.Node.Applied only up to the
+// longest prefix of ops whose done has been called.
+//
+// Bound: an op delivered here is not stable until this member applied it,
+// and a sender has at most its ring Window of unstable ops, so the queue
+// holds at most Window ops per sender (gm.Config.Window, default 4096).
+type applier struct {
+	mirror opApplier
+	gm     appliedReporter
+	log    zerolog.Logger
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	queue  []delivered // delivered, not given to the mirror yet
+	open   []*entry    // given to the mirror, in op order; head not done yet
+	closed bool
+	failed int // ops the mirror reported with an error
+
+	done chan struct{}
+}
+
+type delivered struct {
+	sender gm.Member
+	seq    uint64
+	data   []byte
+}
+
+type entry struct {
+	sender gm.Member
+	seq    uint64
+	done   bool
+}
+
+func newApplier(mirror opApplier, rep appliedReporter, log zerolog.Logger) *applier {
+	a := &applier{mirror: mirror, gm: rep, log: log, done: make(chan struct{})}
+	a.cond = sync.NewCond(&a.mu)
+	go a.run()
+	return a
+}
+
+// deliver queues one op; it copies the op's bytes and never blocks.
+func (a *applier) deliver(op gm.Op) {
+	d := delivered{sender: op.Sender, seq: op.Seq, data: append([]byte(nil), op.Data...)}
+	a.mu.Lock()
+	if !a.closed {
+		a.queue = append(a.queue, d)
+		a.cond.Signal()
+	}
+	a.mu.Unlock()
+}
+
+// stop makes the applier give no more ops to the mirror; ops not given
+// yet are dropped (they stay unstable). wait waits for its goroutine, which
+// may be inside Mirror.Apply until the mirror is closed.
+func (a *applier) stop() {
+	a.mu.Lock()
+	a.closed = true
+	a.cond.Broadcast()
+	a.mu.Unlock()
+}
+
+func (a *applier) wait() { <-a.done }
+
+// failures returns how many ops the mirror could not apply.
+func (a *applier) failures() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.failed
+}
+
+func (a *applier) run() {
+	defer close(a.done)
+	for {
+		a.mu.Lock()
+		for len(a.queue) == 0 && !a.closed {
+			a.cond.Wait()
+		}
+		if a.closed {
+			a.mu.Unlock()
+			return
+		}
+		d := a.queue[0]
+		a.queue[0] = delivered{}
+		a.queue = a.queue[1:]
+		e := &entry{sender: d.sender, seq: d.seq}
+		a.open = append(a.open, e)
+		a.mu.Unlock()
+		// Apply may block (the mirror broker's in-flight bound, topology
+		// round trips); that is this goroutine's back-pressure, never gm's.
+		a.mirror.Apply(d.data, func(err error) { a.finished(e, err) })
+	}
+}
+
+// finished records one op's done and reports the applied prefix to gm.
+func (a *applier) finished(e *entry, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		// The op is counted as applied so the group goes on (the master's
+		// broker accepted it); this mirror now differs from the master
+		// for that op. Taking the mirror out of the synced sets needs
+		// sync, which is not built yet.
+		a.failed++
+		a.log.Error().Err(err).Str("sender", e.sender.ID).Uint64("seq", e.seq).
+			Msg("mirror could not apply an op; this mirror now differs from the master")
+	}
+	e.done = true
+	var last *entry
+	for len(a.open) > 0 && a.open[0].done {
+		last = a.open[0]
+		a.open[0] = nil
+		a.open = a.open[1:]
+		// Report each sender's highest contiguous op. Applied never blocks.
+		if len(a.open) == 0 || a.open[0].sender != last.sender {
+			a.gm.Applied(last.sender, last.seq)
+			last = nil
+		}
+	}
+	if last != nil {
+		a.gm.Applied(last.sender, last.seq)
+	}
+}

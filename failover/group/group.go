@@ -1,0 +1,483 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mirrorproxy/mirrorproxy/failover"
+	"github.com/mirrorproxy/mirrorproxy/gm"
+	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
+)
+
+// Peer is one node of the group as configured.
+type Peer struct {
+	// ID is the node's name: its gm member and raft voter ID, and the name
+	// ha-mode "nodes" policies list.
+	ID string
+	// ClientAddr is where the node's sidecar accepts AMQP clients (mirrors
+	// forward their clients there when this node is master).
+	ClientAddr string
+	// GMAddr and RaftAddr are the node's ring and raft addresses.
+	GMAddr, RaftAddr string
+}
+
+// Config configures one node of a group.
+type Config struct {
+	// Self is this node's ID; it must be one of Peers.
+	Self string
+	// Peers is every node of the group, this one included, in bootstrap
+	// order: the first bootstraps raft and admits the others in this order,
+	// so it is the first master.
+	Peers []Peer
+	// GMListener and RaftListener accept peers on this node's ring and raft
+	// addresses; the group closes them.
+	GMListener, RaftListener net.Listener
+	// Auth authenticates peers on both (the same secret or TLS).
+	Auth gm.AuthConfig
+	// BrokerURL is the local broker with the sidecar's own credentials,
+	// amqp://user:pass@host:port/ (mirror apply; the vhost comes from ops).
+	BrokerURL string
+	// Policies decide which queues are mirrored; nil means none but those
+	// with legacy x-ha-policy arguments.
+	Policies *replicate.Policies
+	// Proxy is the proxy server's settings on the master; the group sets
+	// Replicator.
+	Proxy proxy.Options
+	// Ring tunes the gm ring; HeartbeatInterval is gm's (default 100ms).
+	Ring              gm.Config
+	HeartbeatInterval time.Duration
+	// FailureTimeout and LeaseDuration tune the views (failover.Config).
+	FailureTimeout, LeaseDuration time.Duration
+	Logger                        zerolog.Logger
+}
+
+// Group is one running node of a mirrored group. It implements the
+// server that cmd's serve drives: Serve, Shutdown, Close.
+type Group struct {
+	cfg   Config
+	log   zerolog.Logger
+	node  *gm.Node
+	svc   atomic.Pointer[failover.Service]
+	apply *applier
+	mir   *replicate.Mirror
+
+	viewMu  sync.Mutex
+	view    failover.View
+	viewCh  chan struct{} // closed and replaced on every committed view
+	stopped chan struct{} // closed by Close
+
+	roleMu sync.Mutex
+	master *replicate.Master
+	srv    *proxy.Server
+	fwd    *forwarder
+	closed bool
+
+	wg        sync.WaitGroup // the bootstrap joiner
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Errors.
+var (
+	// ErrClosed is returned by Serve and WaitMaster after Close.
+	ErrClosed = errors.New("group: closed")
+)
+
+// Start validates cfg and starts the node's ring member, raft voter and
+// mirror (which connects to the local broker on the first op).
+func Start(cfg Config) (*Group, error) {
+	if err := validate(&cfg); err != nil {
+		closeListeners(cfg)
+		return nil, err
+	}
+	if cfg.Policies == nil {
+		cfg.Policies = &replicate.Policies{}
+	}
+	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
+	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), stopped: make(chan struct{})}
+	g.fwd = newForwarder(g.masterClientAddr, cfg.Proxy.DialTimeout, log)
+
+	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
+		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Logger: log.With().Str("part", "mirror").Logger(),
+	})
+	if err != nil {
+		closeListeners(cfg)
+		return nil, fmt.Errorf("group: %w", err)
+	}
+	g.mir = mir
+	addrs := map[string]string{}
+	for _, p := range cfg.Peers {
+		addrs[p.ID] = p.GMAddr
+	}
+	node, err := gm.StartNode(gm.NodeConfig{
+		ID: cfg.Self, Ring: cfg.Ring, Listener: cfg.GMListener, Auth: cfg.Auth,
+		Resolve:     func(id string) string { return addrs[id] },
+		Deliver:     g.deliver,
+		OnHeartbeat: g.heard,
+		OnReset: func(self gm.Member) {
+			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: earlier mirror contents are stale (sync is not built yet)")
+		},
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Logger:            log,
+	})
+	if err != nil {
+		mir.Close()
+		cfg.RaftListener.Close()
+		return nil, fmt.Errorf("group: %w", err)
+	}
+	g.node = node
+	g.apply = newApplier(mir, node, log)
+
+	var voters []failover.Voter
+	for _, p := range cfg.Peers {
+		voters = append(voters, failover.Voter{ID: p.ID, RaftAddr: p.RaftAddr})
+	}
+	svc, err := failover.Start(failover.Config{
+		ID: cfg.Self, RaftListener: cfg.RaftListener, Auth: cfg.Auth,
+		Bootstrap: cfg.Peers[0].ID == cfg.Self, Voters: voters,
+		FailureTimeout: cfg.FailureTimeout, LeaseDuration: cfg.LeaseDuration,
+		OnView: g.onView, Logger: log,
+	})
+	if err != nil {
+		g.apply.stop()
+		g.apply.wait()
+		node.Close()
+		mir.Close()
+		return nil, fmt.Errorf("group: %w", err)
+	}
+	g.svc.Store(svc)
+	if cfg.Peers[0].ID == cfg.Self {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.bootstrapJoins()
+		}()
+	}
+	return g, nil
+}
+
+func validate(cfg *Config) error {
+	if cfg.GMListener == nil || cfg.RaftListener == nil {
+		return errors.New("group: config needs GMListener and RaftListener")
+	}
+	if cfg.BrokerURL == "" {
+		return errors.New("group: config needs BrokerURL (the local broker, with the sidecar's credentials)")
+	}
+	if len(cfg.Peers) == 0 {
+		return errors.New("group: config has no peers")
+	}
+	seen := map[string]bool{}
+	self := false
+	for i, p := range cfg.Peers {
+		if p.ID == "" || p.ClientAddr == "" || p.GMAddr == "" || p.RaftAddr == "" {
+			return fmt.Errorf("group: peer %d (%q) needs an ID and client, gm and raft addresses", i, p.ID)
+		}
+		if seen[p.ID] {
+			return fmt.Errorf("group: peer %q is listed twice", p.ID)
+		}
+		seen[p.ID] = true
+		self = self || p.ID == cfg.Self
+	}
+	if !self {
+		return fmt.Errorf("group: this node %q is not among the peers", cfg.Self)
+	}
+	return nil
+}
+
+func closeListeners(cfg Config) {
+	if cfg.GMListener != nil {
+		cfg.GMListener.Close()
+	}
+	if cfg.RaftListener != nil {
+		cfg.RaftListener.Close()
+	}
+}
+
+// bootstrapJoins, on the bootstrapping node, admits the configured peers
+// in order while the group is new: the view at epoch k holds exactly the
+// first k peers. Each join carries IfEpoch, so a join decided on a stale
+// view is void; once the view is anything else (all joined, or failures
+// changed it), bootstrap is over.
+func (g *Group) bootstrapJoins() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopped:
+			return
+		case <-t.C:
+		}
+		svc := g.svc.Load()
+		v := svc.View()
+		k := int(v.Epoch)
+		if k >= len(g.cfg.Peers) || len(v.Members) != k {
+			return
+		}
+		for i, m := range v.Members {
+			if m.ID != g.cfg.Peers[i].ID {
+				return
+			}
+		}
+		if !svc.IsLeader() {
+			continue
+		}
+		p := g.cfg.Peers[k]
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := svc.Apply(ctx, failover.Command{Kind: failover.CmdJoin, IfEpoch: v.Epoch,
+			Member: failover.Member{ID: p.ID, GMAddr: p.GMAddr, RaftAddr: p.RaftAddr}})
+		cancel()
+		if err != nil && !errors.Is(err, failover.ErrStaleEpoch) {
+			g.log.Warn().Err(err).Str("peer", p.ID).Msg("could not admit a peer; retrying")
+		}
+	}
+}
+
+// IfEpoch 0 means "unconditional" to failover.Next, so the first join
+// (at epoch 0) is unconditional; only the bootstrapping node sends it, and
+// only while the view is still empty.
+
+func (g *Group) heard(peer string) {
+	if svc := g.svc.Load(); svc != nil {
+		svc.Heard(peer)
+	}
+}
+
+// onView runs on raft's FSM goroutine for every committed view.
+func (g *Group) onView(v failover.View) {
+	g.node.InstallView(v.GM())
+	g.viewMu.Lock()
+	old := g.view
+	g.view = v
+	close(g.viewCh)
+	g.viewCh = make(chan struct{})
+	g.viewMu.Unlock()
+	if old.Master != "" && v.Master != old.Master {
+		g.log.Error().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).
+			Msg("the view changed master; failover is not built yet, roles stay as they were")
+	}
+}
+
+// View returns the latest committed view this node applied.
+func (g *Group) View() failover.View {
+	g.viewMu.Lock()
+	defer g.viewMu.Unlock()
+	return g.view
+}
+
+// WaitMaster blocks until a committed view names a master and gm has
+// installed it, and returns that view.
+func (g *Group) WaitMaster(ctx context.Context) (failover.View, error) {
+	for {
+		g.viewMu.Lock()
+		v, ch := g.view, g.viewCh
+		g.viewMu.Unlock()
+		if v.Master != "" {
+			if err := g.node.WaitEpoch(ctx, v.Epoch); err != nil {
+				return failover.View{}, err
+			}
+			return v, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return failover.View{}, ctx.Err()
+		case <-g.stopped:
+			return failover.View{}, ErrClosed
+		}
+	}
+}
+
+// WaitMembers blocks until the view holds every configured peer and gm has
+// installed it.
+func (g *Group) WaitMembers(ctx context.Context) (failover.View, error) {
+	for {
+		g.viewMu.Lock()
+		v, ch := g.view, g.viewCh
+		g.viewMu.Unlock()
+		if len(v.Members) == len(g.cfg.Peers) {
+			if err := g.node.WaitEpoch(ctx, v.Epoch); err != nil {
+				return failover.View{}, err
+			}
+			return v, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return failover.View{}, ctx.Err()
+		case <-g.stopped:
+			return failover.View{}, ErrClosed
+		}
+	}
+}
+
+// Mirror is this node's mirror apply (for status and tests).
+func (g *Group) Mirror() *replicate.Mirror { return g.mir }
+
+// ApplyFailures is how many ops this node's mirror could not apply.
+func (g *Group) ApplyFailures() int { return g.apply.failures() }
+
+// IsMaster reports whether this node serves clients itself.
+func (g *Group) IsMaster() bool {
+	g.roleMu.Lock()
+	defer g.roleMu.Unlock()
+	return g.master != nil
+}
+
+// deliver runs on gm's goroutine for every op from another member.
+func (g *Group) deliver(op gm.Op) {
+	g.roleMu.Lock()
+	master := g.master != nil
+	g.roleMu.Unlock()
+	if master {
+		// The master's broker is the queue; ops from another sender would
+		// come from a former master (failover, not built): not applied.
+		g.log.Warn().Str("sender", op.Sender.ID).Uint64("seq", op.Seq).Msg("master received another member's op; ignored")
+		g.node.Applied(op.Sender, op.Seq)
+		return
+	}
+	g.apply.deliver(op)
+}
+
+// mirrored is the mirror's policy decision for a declared queue: its
+// effective policy (or legacy x-ha-policy) places a copy on this node.
+func (g *Group) mirrored(vhost, queue string, args amqp.Table) bool {
+	e, ok := g.cfg.Policies.Effective(vhost, queue, false, args)
+	if !ok {
+		return false
+	}
+	v := g.View()
+	pg := replicate.Group{Master: v.Master}
+	for _, m := range v.Members {
+		pg.Members = append(pg.Members, replicate.Member{Node: m.ID, JoinEpoch: m.JoinEpoch})
+	}
+	return slices.Contains(replicate.Plan(e, pg, nil, nil).Mirrors, g.cfg.Self)
+}
+
+func (g *Group) masterClientAddr() string {
+	master := g.View().Master
+	for _, p := range g.cfg.Peers {
+		if p.ID == master {
+			return p.ClientAddr
+		}
+	}
+	return ""
+}
+
+// Serve waits for a master in the view, then serves clients on ln until
+// Shutdown or Close: on the master with a proxy server whose Replicator is
+// the ring; on a mirror by forwarding each client to the master's sidecar.
+// It returns proxy.ErrServerClosed after Shutdown or Close.
+func (g *Group) Serve(ln net.Listener) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-g.stopped:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	v, err := g.WaitMaster(ctx)
+	cancel()
+	if err != nil {
+		ln.Close()
+		if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, gm.ErrClosed) {
+			return proxy.ErrServerClosed
+		}
+		return err
+	}
+	if v.Master != g.cfg.Self {
+		g.log.Info().Str("master", v.Master).Str("forward_to", g.masterClientAddr()).Uint64("epoch", v.Epoch).
+			Msg("serving as a mirror: clients are forwarded to the master's sidecar")
+		if err := g.fwd.serve(ln); errors.Is(err, errForwarderClosed) {
+			return proxy.ErrServerClosed
+		} else {
+			return err
+		}
+	}
+	g.roleMu.Lock()
+	if g.closed {
+		g.roleMu.Unlock()
+		ln.Close()
+		return proxy.ErrServerClosed
+	}
+	if g.srv == nil {
+		m := replicate.NewMaster(g.node, v.Epoch, g.log.With().Str("part", "master").Logger())
+		opts := g.cfg.Proxy
+		opts.Replicator = m
+		srv, err := proxy.NewServer(opts)
+		if err != nil {
+			g.roleMu.Unlock()
+			m.Close()
+			ln.Close()
+			return fmt.Errorf("group: %w", err)
+		}
+		g.master, g.srv = m, srv
+	}
+	srv := g.srv
+	g.roleMu.Unlock()
+	g.log.Info().Uint64("epoch", v.Epoch).Msg("serving as the master")
+	return srv.Serve(ln)
+}
+
+// Shutdown stops accepting clients and lets sessions finish until ctx ends
+// (then closes them), like proxy.Server.Shutdown. The ring, views and mirror
+// keep running until Close.
+func (g *Group) Shutdown(ctx context.Context) error {
+	g.roleMu.Lock()
+	srv := g.srv
+	g.roleMu.Unlock()
+	fwdErr := g.fwd.shutdown(ctx)
+	if srv != nil {
+		return srv.Shutdown(ctx)
+	}
+	return fwdErr
+}
+
+// Close stops everything the group started and waits for it: client
+// sessions, the master's replicator, the ring, the raft voter and the
+// mirror (which closes its broker connections without releasing its held
+// copies).
+func (g *Group) Close() error {
+	g.closeOnce.Do(func() {
+		close(g.stopped)
+		g.roleMu.Lock()
+		g.closed = true
+		srv, m := g.srv, g.master
+		g.roleMu.Unlock()
+		var errs []error
+		g.fwd.close()
+		if srv != nil {
+			if err := srv.Close(); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+				errs = append(errs, err)
+			}
+		}
+		if m != nil {
+			m.Close()
+		}
+		g.wg.Wait()
+		if err := g.svc.Load().Close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: %w", err))
+		}
+		g.apply.stop()
+		if err := g.node.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("gm: %w", err))
+		}
+		// Closing the mirror ends an Apply blocked on its broker.
+		if err := g.mir.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("mirror: %w", err))
+		}
+		g.apply.wait()
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}
