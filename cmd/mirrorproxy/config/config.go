@@ -14,8 +14,9 @@ import (
 
 // Config is the whole configuration, as data. The yaml tags are the file's
 // keys; the decoder in this package reads them (not yaml's reflection), so
-// the only field types are the ones it knows: string, time.Duration, uint16,
-// uint32, ByteSize, []netip.Prefix and nested sections.
+// the only field types are the ones it knows: string, int, time.Duration,
+// uint16, uint32, ByteSize, []netip.Prefix, map[string]any (a policy
+// definition), nested sections and lists of sections.
 type Config struct {
 	Listen        Listen        `yaml:"listen"`
 	Upstream      Upstream      `yaml:"upstream"`
@@ -25,6 +26,15 @@ type Config struct {
 	// they are closed with 320 CONNECTION_FORCED.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	Log           Log           `yaml:"log"`
+
+	// The group: this node, its peers, the ring, the views, the sidecar's
+	// broker credentials and the mirroring policies (group.go).
+	Node     Node         `yaml:"node"`
+	Peers    []Peer       `yaml:"peers"`
+	GM       GM           `yaml:"gm"`
+	Raft     Raft         `yaml:"raft"`
+	Broker   Broker       `yaml:"broker"`
+	Policies []PolicySpec `yaml:"policies"`
 
 	// File is the file the config was read from; "" when none was.
 	File string `yaml:"-"`
@@ -123,6 +133,8 @@ func Default() *Config {
 		},
 		ShutdownGrace: d.ShutdownGrace,
 		Log:           Log{Level: "info", Format: "auto"},
+		GM:            GM{Window: 4096, HeartbeatInterval: 100 * time.Millisecond},
+		Raft:          Raft{FailureTimeout: 2 * time.Second, LeaseDuration: time.Second},
 		where:         map[string]origin{},
 	}
 }

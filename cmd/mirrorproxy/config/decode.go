@@ -31,7 +31,7 @@ func (o origin) errorAt(key, format string, args ...any) *Error {
 
 // planned are top-level sections that later parts of the product will read.
 var planned = map[string]bool{
-	"node": true, "peers": true, "gm": true, "raft": true, "admin": true, "policies": true,
+	"admin": true,
 }
 
 // Load reads the YAML file at path over Default. On a decoding problem it
@@ -159,6 +159,23 @@ func (d *decoder) leaf(n *yaml.Node, fv reflect.Value, key string) {
 	if isNull(n) {
 		return // "key:" with no value keeps the default
 	}
+	if fv.Kind() == reflect.Slice && fv.Type() != prefixesType && isSection(fv.Type().Elem()) {
+		d.sectionList(n, fv, key)
+		return
+	}
+	if fv.Type() == anyMapType {
+		if n.Kind != yaml.MappingNode {
+			d.fail(n, key, "must be a section (indented key: value lines), not %s", describe(n))
+			return
+		}
+		var m map[string]any
+		if err := n.Decode(&m); err != nil {
+			d.fail(n, key, "%v", strings.TrimPrefix(err.Error(), "yaml: "))
+			return
+		}
+		fv.Set(reflect.ValueOf(m))
+		return
+	}
 	if fv.Type() == prefixesType {
 		var items []*yaml.Node
 		switch n.Kind {
@@ -204,7 +221,34 @@ func (d *decoder) leaf(n *yaml.Node, fv reflect.Value, key string) {
 	}
 }
 
+// sectionList decodes a list of sections (peers, policies); item i's keys
+// are "key[i].field".
+func (d *decoder) sectionList(n *yaml.Node, fv reflect.Value, key string) {
+	if n.Kind != yaml.SequenceNode {
+		d.fail(n, key, "must be a list of sections (- key: value items), not %s", describe(n))
+		return
+	}
+	out := reflect.MakeSlice(fv.Type(), 0, len(n.Content))
+	for i, item := range n.Content {
+		item = resolve(item)
+		ikey := fmt.Sprintf("%s[%d]", key, i)
+		d.cfg.where[ikey] = d.at(item)
+		elem := reflect.New(fv.Type().Elem()).Elem()
+		if item.Kind != yaml.MappingNode {
+			d.fail(item, ikey, "must be a section (key: value lines), not %s", describe(item))
+			d.cfg.failed[key] = true
+			continue
+		}
+		d.mapping(item, elem, ikey+".")
+		out = reflect.Append(out, elem)
+	}
+	if out.Len() > 0 {
+		fv.Set(out) // an empty list keeps the default (nil)
+	}
+}
+
 var (
+	anyMapType   = reflect.TypeFor[map[string]any]()
 	durationType = reflect.TypeFor[time.Duration]()
 	byteSizeType = reflect.TypeFor[ByteSize]()
 	prefixesType = reflect.TypeFor[[]netip.Prefix]()
@@ -245,6 +289,12 @@ func setScalar(fv reflect.Value, text string) error {
 		switch fv.Kind() {
 		case reflect.String:
 			fv.SetString(text)
+		case reflect.Int:
+			i, err := strconv.Atoi(text)
+			if err != nil {
+				return fmt.Errorf("%q is not a whole number", text)
+			}
+			fv.SetInt(int64(i))
 		case reflect.Uint16, reflect.Uint32:
 			bits := fv.Type().Bits()
 			u, err := strconv.ParseUint(text, 10, bits)

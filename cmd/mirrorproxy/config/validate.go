@@ -59,6 +59,8 @@ func (c *Config) Validate() error {
 	v.oneOf("log.level", c.Log.Level, "trace", "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "console", "auto")
 
+	v.validateGroup()
+
 	return v.errs.orNil()
 }
 
