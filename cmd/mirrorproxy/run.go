@@ -14,6 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/config"
+	"github.com/mirrorproxy/mirrorproxy/failover/group"
+	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 )
 
@@ -84,15 +86,28 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	srv, err := proxy.NewServer(cfg.Options(log))
-	if err != nil {
-		log.Error().Err(err).Msg("cannot start")
-		return cli.Exit("", 1)
-	}
 	ln, err := net.Listen("tcp", cfg.Listen.Address)
 	if err != nil {
 		log.Error().Err(err).Str("listen", cfg.Listen.Address).Msg("cannot listen")
 		return cli.Exit("", 1)
+	}
+	var srv server
+	if cfg.Grouped() {
+		grp, err := startGroup(cfg, log)
+		if err != nil {
+			ln.Close()
+			log.Error().Err(err).Msg("cannot start the group node")
+			return cli.Exit("", 1)
+		}
+		srv = grp
+	} else {
+		s, err := proxy.NewServer(cfg.Options(log))
+		if err != nil {
+			ln.Close()
+			log.Error().Err(err).Msg("cannot start")
+			return cli.Exit("", 1)
+		}
+		srv = s
 	}
 	bi := readBuildInfo()
 	ev := log.Info().Str("version", bi.Version)
@@ -102,12 +117,58 @@ func runAction(c *cli.Context) error {
 	if cfg.File != "" {
 		ev = ev.Str("config", cfg.File)
 	}
+	if cfg.Grouped() {
+		ev = ev.Str("node", cfg.Node.Name).Int("peers", len(cfg.Peers))
+	}
 	ev.Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).
 		Str("proxy_protocol", cfg.ProxyProtocol.Mode).Msg("mirrorproxy starting")
-	if err := serve(log, srv, ln, cfg.ShutdownGrace, signals); err != nil {
+	err = serve(log, srv, ln, cfg.ShutdownGrace, signals)
+	if g, ok := srv.(*group.Group); ok {
+		// serve stopped the clients; the ring, raft and mirror stop here.
+		if cerr := g.Close(); cerr != nil {
+			log.Warn().Err(cerr).Msg("closing the group node")
+		}
+	}
+	if err != nil {
 		return cli.Exit("", 1) // serve logged why
 	}
 	return nil
+}
+
+// startGroup starts this sidecar's node of its group (config node, peers,
+// gm, raft, broker, policies): it listens on its own peer entry's gm and
+// raft addresses.
+func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, error) {
+	policies, err := cfg.PolicySet()
+	if err != nil {
+		return nil, err
+	}
+	var peers []group.Peer
+	var self config.Peer
+	for _, p := range cfg.Peers {
+		peers = append(peers, group.Peer{ID: p.Name, ClientAddr: p.ClientAddress, GMAddr: p.GMAddress, RaftAddr: p.RaftAddress})
+		if p.Name == cfg.Node.Name {
+			self = p
+		}
+	}
+	gl, err := net.Listen("tcp", self.GMAddress)
+	if err != nil {
+		return nil, fmt.Errorf("gm listener: %w", err)
+	}
+	rl, err := net.Listen("tcp", self.RaftAddress)
+	if err != nil {
+		gl.Close()
+		return nil, fmt.Errorf("raft listener: %w", err)
+	}
+	return group.Start(group.Config{
+		Self: cfg.Node.Name, Peers: peers, GMListener: gl, RaftListener: rl,
+		Auth:      gm.AuthConfig{Secret: []byte(cfg.GM.Secret)},
+		BrokerURL: cfg.BrokerURL(), Policies: policies, Proxy: cfg.Options(log),
+		Ring:              gm.Config{Window: int(cfg.GM.Window)},
+		HeartbeatInterval: cfg.GM.HeartbeatInterval,
+		FailureTimeout:    cfg.Raft.FailureTimeout, LeaseDuration: cfg.Raft.LeaseDuration,
+		Logger: log,
+	})
 }
 
 // server is what serve drives: *proxy.Server, or a fake in tests.

@@ -80,7 +80,10 @@ type Group struct {
 	master *replicate.Master
 	srv    *proxy.Server
 	fwd    *forwarder
-	closed bool
+	closed bool // Shutdown or Close: Serve starts no server
+
+	quit     chan struct{} // closed by Shutdown or Close: Serve stops waiting
+	quitOnce sync.Once
 
 	wg        sync.WaitGroup // the bootstrap joiner
 	closeOnce sync.Once
@@ -104,7 +107,7 @@ func Start(cfg Config) (*Group, error) {
 		cfg.Policies = &replicate.Policies{}
 	}
 	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
-	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), stopped: make(chan struct{})}
+	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), stopped: make(chan struct{}), quit: make(chan struct{})}
 	g.fwd = newForwarder(g.masterClientAddr, cfg.Proxy.DialTimeout, log)
 
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
@@ -381,7 +384,7 @@ func (g *Group) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
-		case <-g.stopped:
+		case <-g.quit:
 		case <-ctx.Done():
 		}
 		cancel()
@@ -433,6 +436,7 @@ func (g *Group) Serve(ln net.Listener) error {
 // (then closes them), like proxy.Server.Shutdown. The ring, views and mirror
 // keep running until Close.
 func (g *Group) Shutdown(ctx context.Context) error {
+	g.stopServing()
 	g.roleMu.Lock()
 	srv := g.srv
 	g.roleMu.Unlock()
@@ -443,6 +447,14 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	return fwdErr
 }
 
+// stopServing makes Serve return, or not start a server, from now on.
+func (g *Group) stopServing() {
+	g.roleMu.Lock()
+	g.closed = true
+	g.roleMu.Unlock()
+	g.quitOnce.Do(func() { close(g.quit) })
+}
+
 // Close stops everything the group started and waits for it: client
 // sessions, the master's replicator, the ring, the raft voter and the
 // mirror (which closes its broker connections without releasing its held
@@ -450,8 +462,8 @@ func (g *Group) Shutdown(ctx context.Context) error {
 func (g *Group) Close() error {
 	g.closeOnce.Do(func() {
 		close(g.stopped)
+		g.stopServing()
 		g.roleMu.Lock()
-		g.closed = true
 		srv, m := g.srv, g.master
 		g.roleMu.Unlock()
 		var errs []error

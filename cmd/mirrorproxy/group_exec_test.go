@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestExecRunGroupOfOne runs a sidecar configured as the only node of a
+// group: it bootstraps raft, admits itself, becomes master and serves; on
+// SIGTERM it stops the clients, then the ring, raft and mirror, and exits 0.
+func TestExecRunGroupOfOne(t *testing.T) {
+	client, gmAddr, raftAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
+  address: %s
+upstream:
+  address: 127.0.0.1:1
+shutdown_grace: 3s
+node:
+  name: solo
+peers:
+  - name: solo
+    client_address: %s
+    gm_address: %s
+    raft_address: %s
+gm:
+  secret: exec test secret, long enough
+broker:
+  username: guest
+  password: guest
+policies:
+  - name: ha-all
+    pattern: ^ha\.
+    definition: {ha-mode: all}
+`, client, client, gmAddr, raftAddr))
+	cmd := exec.Command(binPath, "run", "--config", cfg, "--log-format", "json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1000)
+	exited := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	var msgs []string
+	waitMsg := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case text, ok := <-lines:
+				if !ok {
+					t.Fatalf("sidecar exited before %q: %q", want, msgs)
+				}
+				var l logLine
+				if err := json.Unmarshal([]byte(text), &l); err != nil {
+					t.Fatalf("stderr line is not JSON: %q", text)
+				}
+				msgs = append(msgs, l.msg())
+				if l.msg() == want {
+					return
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no %q within 20s; log: %q", want, msgs)
+			}
+		}
+	}
+	waitMsg("serving as the master")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for text := range lines {
+		var l logLine
+		if json.Unmarshal([]byte(text), &l) == nil {
+			msgs = append(msgs, l.msg())
+		}
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; log: %q", err, msgs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not reaped")
+	}
+	if msgs[len(msgs)-1] != "stopped" || !strings.Contains(strings.Join(msgs, "|"), "view committed") {
+		t.Errorf("log should show a committed view and end with stopped: %q", msgs)
+	}
+}
