@@ -202,6 +202,66 @@ func TestGroupBroker(t *testing.T) {
 			t.Errorf("node-%d: %d ops failed to apply", i, n)
 		}
 	}
+	// Last: it releases node-1's mirror, which then applies nothing more.
+	t.Run("MirrorOrder", func(t *testing.T) { testMirrorOrder(t, env, s) })
+}
+
+// A mirror's copies are the master's messages in the master's order: after
+// Release the mirror broker's queue holds them, stamped with their ids.
+func testMirrorOrder(t *testing.T, env *testenv.Group, s *sidecars) {
+	conn := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, conn)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	// hello-queue holds "while blocked" from ConfirmWaitsForMirror.
+	want := []string{"while blocked"}
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("order %02d", i))
+	}
+	publishConfirmed(t, ch, "hello-exch", "hala", want[1:]...)
+	mir := s.groups[1].Mirror()
+	waitFor(t, "node-1 holding every copy", 30*time.Second, func() bool { return mir.Held("/", "hello-queue") == len(want) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := mir.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mc := channel(t, dial(t, env.Nodes[1].URL))
+	var ids []int64
+	for i, body := range want {
+		var d amqp091.Delivery
+		waitFor(t, fmt.Sprintf("copy %d ready on node-1", i), 30*time.Second, func() bool {
+			var ok bool
+			var err error
+			d, ok, err = mc.Get("hello-queue", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ok
+		})
+		if string(d.Body) != body {
+			t.Fatalf("copy %d on node-1: %q, want %q", i, d.Body, body)
+		}
+		// The copy carries the master's stamp (the timestamp type marks a
+		// headers table the core added), ids increasing in publish order.
+		var id int64
+		switch v := d.Headers["x-mirror-id"].(type) {
+		case int64:
+			id = v
+		case time.Time:
+			id = v.Unix()
+		default:
+			t.Fatalf("copy %d: x-mirror-id %T %v", i, v, v)
+		}
+		if len(ids) > 0 && id <= ids[len(ids)-1] {
+			t.Fatalf("copy %d: id %d not after %d", i, id, ids[len(ids)-1])
+		}
+		ids = append(ids, id)
+	}
+	if _, ok, err := mc.Get("hello-queue", true); err != nil || ok {
+		t.Fatalf("node-1 holds more than the master's messages (%v, %v)", ok, err)
+	}
 }
 
 // The seed's example: hello-exch, hello-queue with x-ha-policy all, publish
