@@ -338,7 +338,12 @@ func TestDockerFaults(t *testing.T) {
 
 func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	dockerTest(t)
-	g := Start(t, Options{Backend: BackendDocker, Management: true})
+	// A broker image named by the caller (here the one testenv built,
+	// by its moving tag).
+	if _, err := EnsureBrokerImage(context.Background(), t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	g := Start(t, Options{Backend: BackendDocker, Management: true, BrokerImage: BrokerImageRepo + ":latest"})
 	n := g.Nodes[0]
 	if n.MgmtURL == "" {
 		t.Fatal("no management URL")
@@ -370,6 +375,12 @@ func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	}
 	if err := n.Start(context.Background()); err == nil {
 		t.Fatal("starting a running node did not fail")
+	}
+
+	// A named image must be on the engine: testenv never pulls.
+	_, err = StartGroup(context.Background(), Options{Backend: BackendDocker, BrokerImage: "mirrorproxy-testenv/no-such-image:1"})
+	if err == nil || !strings.Contains(err.Error(), "no-such-image") || !strings.Contains(err.Error(), "not on this Docker engine") {
+		t.Fatalf("missing broker image: got %v", err)
 	}
 }
 
