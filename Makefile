@@ -33,7 +33,7 @@ bench: build ## direct vs bare TCP hop vs proxy, interleaved (see docs/PERFORMAN
 fuzz: ## run the codec fuzzer for a while
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 2m ./proxy/amqp/
 
-clean-testenv: ## kill test brokers left by killed test runs and remove their directories
+clean-testenv: ## remove test brokers, containers and networks left by killed test runs
 	$(GO) run ./testenv/cmd/testenv cleanup
 
 sim-long: ## the gm ring's seeded simulation over 50000 seeds (CI runs 2000)
