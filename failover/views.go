@@ -40,6 +40,11 @@ type Config struct {
 	LeaseDuration time.Duration
 	// CheckInterval: how often the leader looks for suspects (default 50ms).
 	CheckInterval time.Duration
+	// Witness marks a voter with no broker and no ring seat: it votes (so
+	// two sidecars and a witness survive the loss of either sidecar) but
+	// hears no heartbeats, so it never keeps the raft leadership: elected,
+	// it hands leadership to another voter at once.
+	Witness bool
 	// PromoteUnsynced mirrors ha-promote-on-failure: always.
 	PromoteUnsynced bool
 	// Progress, if set, reports members' applied counts for elections.
@@ -281,6 +286,16 @@ func (s *Service) leaderLoop() {
 		}
 		wasLeader = leader
 		if !leader {
+			continue
+		}
+		if s.cfg.Witness {
+			// A witness cannot tell who is alive: leave the leading to a
+			// voter that hears the ring.
+			if err := s.raft.LeadershipTransfer().Error(); err != nil {
+				s.log.Warn().Err(err).Msg("witness could not hand over the raft leadership; retrying")
+			} else {
+				s.log.Info().Msg("witness handed the raft leadership to a sidecar")
+			}
 			continue
 		}
 		v := s.View()

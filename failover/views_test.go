@@ -244,3 +244,114 @@ func TestRaftRefusesWrongSecret(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "refusal logged", func() bool { return logs.Contains("raft peer refused") })
 }
+
+// Two sidecars and a witness: the witness votes but never leads (it hears
+// no heartbeats), so when a sidecar dies the other one, as leader, detects
+// it and commits the view without it.
+func TestWitnessVotesButNeverLeads(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	ids := []string{"w", "a", "b"} // the witness bootstraps, so it is likely elected first
+	lns := map[string]net.Listener{}
+	var voters []Voter
+	for _, id := range ids {
+		lns[id] = listen(t)
+		voters = append(voters, Voter{ID: id, RaftAddr: lns[id].Addr().String()})
+	}
+	svcs := map[string]*Service{}
+	for i, id := range ids {
+		s, err := Start(Config{
+			ID: id, RaftListener: lns[id], Auth: gm.AuthConfig{Secret: secret},
+			Bootstrap: i == 0, Voters: voters, Witness: id == "w",
+			FailureTimeout: 600 * time.Millisecond, LeaseDuration: 300 * time.Millisecond,
+			CheckInterval: 20 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcs[id] = s
+	}
+	var alive sync.Map
+	alive.Store("a", true)
+	alive.Store("b", true)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // gm heartbeats between the sidecars only: the witness hears none
+		defer wg.Done()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			alive.Range(func(k, _ any) bool {
+				alive.Range(func(to, _ any) bool {
+					svcs[to.(string)].Heard(k.(string))
+					return true
+				})
+				return true
+			})
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+		for _, s := range svcs {
+			s.Close()
+		}
+	}()
+	sidecarLeader := func() *Service {
+		var l *Service
+		waitFor(t, 10*time.Second, "a sidecar leads raft", func() bool {
+			if svcs["w"].IsLeader() {
+				return false
+			}
+			for _, id := range []string{"a", "b"} {
+				if _, ok := alive.Load(id); ok && svcs[id].IsLeader() {
+					l = svcs[id]
+					return true
+				}
+			}
+			return false
+		})
+		return l
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l := sidecarLeader()
+	for _, id := range []string{"a", "b"} {
+		if _, err := l.Join(ctx, Member{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Longer than the failure timeout: nobody is removed for not being
+	// heard by the witness.
+	until := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(until) {
+		if v := l.View(); len(v.Members) != 2 {
+			t.Fatalf("members removed while all were alive: %+v", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Either sidecar dies; the survivor (with the witness's vote) removes it.
+	victim := "a"
+	if l == svcs["a"] {
+		victim = "b"
+	}
+	alive.Delete(victim)
+	svcs[victim].Close() // closing twice at the end is harmless
+	survivor := "a"
+	if victim == "a" {
+		survivor = "b"
+	}
+	waitFor(t, 10*time.Second, "the survivor commits a view without the dead sidecar", func() bool {
+		v := svcs[survivor].View()
+		_, in := v.Member(victim)
+		return !in && v.Master == survivor
+	})
+	if svcs["w"].IsLeader() {
+		t.Fatal("the witness leads")
+	}
+}
