@@ -36,6 +36,9 @@ type Config struct {
 	Broker   Broker       `yaml:"broker"`
 	Policies []PolicySpec `yaml:"policies"`
 
+	// Admin is the admin HTTP API of a node of a group (admin.go).
+	Admin Admin `yaml:"admin"`
+
 	// File is the file the config was read from; "" when none was.
 	File string `yaml:"-"`
 
@@ -135,6 +138,7 @@ func Default() *Config {
 		Log:           Log{Level: "info", Format: "auto"},
 		GM:            GM{Window: 4096, HeartbeatInterval: 100 * time.Millisecond},
 		Raft:          Raft{FailureTimeout: 2 * time.Second, LeaseDuration: time.Second},
+		Admin:         Admin{Address: DefaultAdmin},
 		where:         map[string]origin{},
 	}
 }

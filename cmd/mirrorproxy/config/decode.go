@@ -30,9 +30,8 @@ func (o origin) errorAt(key, format string, args ...any) *Error {
 }
 
 // planned are top-level sections that later parts of the product will read.
-var planned = map[string]bool{
-	"admin": true,
-}
+// None is left: the map stays for the next one.
+var planned = map[string]bool{}
 
 // Load reads the YAML file at path over Default. On a decoding problem it
 // returns the Config anyway (every key that decoded is set, the others keep

@@ -11,8 +11,7 @@
 //	flag --listen: listen.address: "5673" is not host:port
 //
 // Unknown keys are errors, so a typo never silently leaves a default in
-// place. Sections that later parts of the product will read (node, peers,
-// gm, raft, admin, policies) are rejected with a "not built yet" error until
-// they exist; config.example.yaml at the top of the repository lists every
-// key with its default.
+// place. Sections that later parts of the product will read are rejected
+// with a "not built yet" error until they exist; config.example.yaml at the
+// top of the repository lists every key with its default.
 package config

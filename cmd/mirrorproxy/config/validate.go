@@ -60,6 +60,7 @@ func (c *Config) Validate() error {
 	v.oneOf("log.format", c.Log.Format, "json", "console", "auto")
 
 	v.validateGroup()
+	v.validateAdmin()
 
 	return v.errs.orNil()
 }
