@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -68,7 +69,7 @@ func benchTarget(b *testing.B, name, workload string) {
 		b.Fatal(err)
 	}
 	ctx := b.Context()
-	t, err := startTarget(ctx, TargetSpec{Name: name}, url, addr, zerolog.Nop())
+	t, err := startTarget(ctx, TargetSpec{Name: name}, url, addr, &shared{}, zerolog.Nop())
 	if err != nil && strings.Contains(err.Error(), "Serve returned at once: TODO") {
 		b.Skipf("the proxy server is not written yet: %v", err)
 	}
@@ -90,12 +91,13 @@ func benchTarget(b *testing.B, name, workload string) {
 	cfg.Messages = b.N
 	cfg.LatencySamples = 200
 	be := &bencher{
-		cfg:   cfg,
-		admin: admin,
-		pub:   newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
-		con:   newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
-		lat:   make([]int64, max(cfg.Messages, cfg.LatencySamples)),
-		runID: fmt.Sprintf("gobench-%d", time.Now().UnixNano()),
+		cfg:    cfg,
+		admin:  admin,
+		admins: map[string]*amqp.Connection{url: admin},
+		pub:    newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
+		con:    newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
+		lat:    make([]int64, max(cfg.Messages, cfg.LatencySamples)),
+		runID:  fmt.Sprintf("gobench-%d", time.Now().UnixNano()),
 	}
 	b.ResetTimer()
 	s, err := be.runOne(ctx, workload, t, 0)

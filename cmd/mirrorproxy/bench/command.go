@@ -27,7 +27,8 @@ func Command() *cli.Command {
 			"per-round ratios. Without --broker a local broker is started for the run.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "broker", Usage: "broker AMQP URL, e.g. amqp://guest:guest@127.0.0.1:5672/ (default: start one)"},
-			&cli.StringFlag{Name: "targets", Value: strings.Join(names, ","), Usage: "built-in targets to measure: direct, hop, hopbuf, proxy"},
+			&cli.StringFlag{Name: "targets", Value: strings.Join(names, ","), Usage: "built-in targets to measure: " + strings.Join(builtinTargets, ", ") +
+				" (mirrored, rmq-mirrored and rmq-quorum start 3 local brokers each; the rmq ones share one RabbitMQ cluster)"},
 			&cli.StringSliceFlag{Name: "target", Usage: "an external target as NAME=HOST:PORT (repeatable), e.g. haproxy=127.0.0.1:5673"},
 			&cli.StringFlag{Name: "workloads", Value: strings.Join(d.Workloads, ","), Usage: "workloads: publish, consume"},
 			&cli.IntFlag{Name: "messages", Aliases: []string{"n"}, Value: d.Messages, Usage: "messages per run"},

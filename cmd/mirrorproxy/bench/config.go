@@ -18,7 +18,19 @@ const (
 	TargetHop    = "hop"
 	TargetHopBuf = "hopbuf"
 	TargetProxy  = "proxy"
+	// TargetMirrored is the product's mirrored group: 3 brokers, 3
+	// sidecars in this process, clients on the master's sidecar.
+	TargetMirrored = "mirrored"
+	// TargetRMQMirrored is a RabbitMQ 3-node cluster with a classic
+	// mirrored queue (ha-mode all, automatic sync); TargetRMQQuorum the
+	// same cluster with a quorum queue.
+	TargetRMQMirrored = "rmq-mirrored"
+	TargetRMQQuorum   = "rmq-quorum"
 )
+
+// builtinTargets are the built-in target names, in the order the help
+// lists them.
+var builtinTargets = []string{TargetDirect, TargetHop, TargetHopBuf, TargetProxy, TargetMirrored, TargetRMQMirrored, TargetRMQQuorum}
 
 // Workload names.
 const (
@@ -100,10 +112,8 @@ func (c *Config) Validate() error {
 		}
 		seen[t.Name] = true
 		if t.Addr == "" {
-			switch t.Name {
-			case TargetDirect, TargetHop, TargetHopBuf, TargetProxy:
-			default:
-				return fmt.Errorf("bench: unknown target %q (built-in: direct, hop, hopbuf, proxy; external: NAME=HOST:PORT)", t.Name)
+			if !slices.Contains(builtinTargets, t.Name) {
+				return fmt.Errorf("bench: unknown target %q (built-in: %s; external: NAME=HOST:PORT)", t.Name, strings.Join(builtinTargets, ", "))
 			}
 			continue
 		}
@@ -159,7 +169,7 @@ func ParseTargets(builtin []string, external []string) ([]TargetSpec, error) {
 		if !ok || name == "" || addr == "" {
 			return nil, fmt.Errorf("bench: --target %q: want NAME=HOST:PORT", spec)
 		}
-		if slices.Contains([]string{TargetDirect, TargetHop, TargetHopBuf, TargetProxy}, name) {
+		if slices.Contains(builtinTargets, name) {
 			return nil, fmt.Errorf("bench: --target %q: %q is a built-in target name", spec, name)
 		}
 		out = append(out, TargetSpec{Name: name, Addr: addr})

@@ -50,6 +50,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 	}()
 
+	sh := &shared{}
+	defer func() {
+		if cerr := sh.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("bench: %w", cerr))
+		}
+	}()
 	targets := make([]*target, 0, len(cfg.Targets))
 	defer func() {
 		for _, t := range targets {
@@ -58,22 +64,42 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 		}
 	}()
+	// admins are the admin connections by URL; closed before the targets.
+	admins := map[string]*amqp.Connection{brokerURL: admin}
+	defer func() {
+		for u, c := range admins {
+			if u == brokerURL {
+				continue
+			}
+			if cerr := c.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
+				err = errors.Join(err, fmt.Errorf("bench: close admin connection: %w", cerr))
+			}
+		}
+	}()
 	for _, spec := range cfg.Targets {
-		t, err := startTarget(ctx, spec, brokerURL, brokerAddr, log)
+		t, err := startTarget(ctx, spec, brokerURL, brokerAddr, sh, log)
 		if err != nil {
 			return nil, err
 		}
 		targets = append(targets, t)
+		if admins[t.adminURL] == nil {
+			c, err := dial(ctx, t.adminURL, "admin "+spec.Name)
+			if err != nil {
+				return nil, fmt.Errorf("bench: target %q: %w", spec.Name, err)
+			}
+			admins[t.adminURL] = c
+		}
 		log.Info().Str("target", spec.Name).Str("addr", t.addr).Msg("target ready")
 	}
 
 	b := &bencher{
-		cfg:   cfg,
-		admin: admin,
-		pub:   newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
-		con:   newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
-		lat:   make([]int64, max(cfg.Messages, cfg.LatencySamples)),
-		runID: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
+		cfg:    cfg,
+		admin:  admin,
+		admins: admins,
+		pub:    newPublisher(deliveryMode(cfg.Transient), cfg.Window, cfg.MessageSize),
+		con:    newConsumer(deliveryMode(cfg.Transient), cfg.Prefetch, cfg.MessageSize),
+		lat:    make([]int64, max(cfg.Messages, cfg.LatencySamples)),
+		runID:  fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
 	}
 	samples := map[string]map[string][]Sample{} // workload → target → rounds
 	for _, w := range cfg.Workloads {
@@ -113,13 +139,14 @@ func deliveryMode(transient bool) uint8 {
 // bencher holds what the runs share: the admin connection (direct to the
 // broker) and the buffers reused from run to run.
 type bencher struct {
-	cfg   Config
-	admin *amqp.Connection
-	pub   *publisher
-	con   *consumer
-	lat   []int64
-	runID string
-	seq   int
+	cfg    Config
+	admin  *amqp.Connection            // the single broker's
+	admins map[string]*amqp.Connection // by target.adminURL
+	pub    *publisher
+	con    *consumer
+	lat    []int64
+	runID  string
+	seq    int
 }
 
 // runOne runs workload w against t once, on a fresh queue it deletes
@@ -129,12 +156,13 @@ func (b *bencher) runOne(ctx context.Context, w string, t *target, round int) (s
 	defer cancel()
 
 	b.seq++
-	queue := fmt.Sprintf("mirrorproxy-bench-%s-%d-%s-%s", b.runID, b.seq, w, t.spec.Name)
-	if err := b.declare(queue); err != nil {
+	queue := fmt.Sprintf("%s%s-%d-%s-%s", queuePrefix, b.runID, b.seq, w, t.spec.Name)
+	admin := b.admins[t.adminURL]
+	if err := declare(admin, queue, t.queueType); err != nil {
 		return s, err
 	}
 	defer func() {
-		if derr := b.deleteQueue(queue); derr != nil {
+		if derr := deleteQueue(admin, queue); derr != nil {
 			err = errors.Join(err, derr)
 		}
 	}()
@@ -154,16 +182,16 @@ func (b *bencher) runOne(ctx context.Context, w string, t *target, round int) (s
 		}
 		p50, p99 := percentiles(lat)
 		s = Sample{Throughput: float64(n) / elapsed.Seconds(), Elapsed: micros(elapsed), P50: micros(p50), P99: micros(p99)}
-		if err := b.expectReady(queue, n); err != nil {
+		if err := expectReady(admin, queue, n); err != nil {
 			return s, fmt.Errorf("after publishing: %w", err)
 		}
 		return s, nil
 
 	case WorkloadConsume:
-		if _, err := b.pub.run(ctx, b.admin, queue, n, nil); err != nil {
+		if _, err := b.pub.run(ctx, admin, queue, n, nil); err != nil {
 			return s, fmt.Errorf("pre-fill at the broker: %w", err)
 		}
-		if err := b.expectReady(queue, n); err != nil {
+		if err := expectReady(admin, queue, n); err != nil {
 			return s, fmt.Errorf("after pre-fill: %w", err)
 		}
 		conn, err := dial(ctx, t.url, fmt.Sprintf("consume round %d", round+1))
@@ -172,13 +200,13 @@ func (b *bencher) runOne(ctx context.Context, w string, t *target, round int) (s
 		}
 		defer closeConn(conn, &err)
 		lat := b.lat[:b.cfg.LatencySamples]
-		res, err := b.con.run(ctx, conn, b.admin, queue, n, lat)
+		res, err := b.con.run(ctx, conn, admin, queue, n, lat)
 		if err != nil {
 			return s, err
 		}
 		p50, p99 := percentiles(lat)
 		s = Sample{Throughput: float64(n) / res.drain.Seconds(), Elapsed: micros(res.drain), P50: micros(p50), P99: micros(p99)}
-		if err := b.expectReady(queue, 0); err != nil {
+		if err := expectReady(admin, queue, 0); err != nil {
 			return s, fmt.Errorf("after consuming: %w", err)
 		}
 		return s, nil
@@ -186,19 +214,19 @@ func (b *bencher) runOne(ctx context.Context, w string, t *target, round int) (s
 	return s, fmt.Errorf("unknown workload %q", w)
 }
 
-// declare declares a fresh durable classic queue.
-func (b *bencher) declare(queue string) error {
-	return b.withAdmin(func(ch *amqp.Channel) error {
-		_, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
+// declare declares a fresh durable queue of type qtype (classic, quorum).
+func declare(admin *amqp.Connection, queue, qtype string) error {
+	return withAdmin(admin, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": qtype})
 		if err != nil {
-			return fmt.Errorf("declare queue %s: %w", queue, err)
+			return fmt.Errorf("declare %s queue %s: %w", qtype, queue, err)
 		}
 		return nil
 	})
 }
 
-func (b *bencher) deleteQueue(queue string) error {
-	return b.withAdmin(func(ch *amqp.Channel) error {
+func deleteQueue(admin *amqp.Connection, queue string) error {
+	return withAdmin(admin, func(ch *amqp.Channel) error {
 		if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
 			return fmt.Errorf("delete queue %s: %w", queue, err)
 		}
@@ -207,9 +235,9 @@ func (b *bencher) deleteQueue(queue string) error {
 }
 
 // expectReady checks that queue holds exactly n ready messages.
-func (b *bencher) expectReady(queue string, n int) error {
-	return b.withAdmin(func(ch *amqp.Channel) error {
-		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
+func expectReady(admin *amqp.Connection, queue string, n int) error {
+	return withAdmin(admin, func(ch *amqp.Channel) error {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 		if err != nil {
 			return fmt.Errorf("inspect queue %s: %w", queue, err)
 		}
@@ -220,9 +248,9 @@ func (b *bencher) expectReady(queue string, n int) error {
 	})
 }
 
-// withAdmin runs f on a fresh channel of the admin connection.
-func (b *bencher) withAdmin(f func(*amqp.Channel) error) (err error) {
-	ch, err := b.admin.Channel()
+// withAdmin runs f on a fresh channel of an admin connection.
+func withAdmin(admin *amqp.Connection, f func(*amqp.Channel) error) (err error) {
+	ch, err := admin.Channel()
 	if err != nil {
 		return fmt.Errorf("admin channel: %w", err)
 	}

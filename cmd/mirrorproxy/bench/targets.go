@@ -19,6 +19,37 @@ type target struct {
 	addr  string // what clients dial
 	url   string // the broker URL with addr as its host
 	close func() error
+	// adminURL is where the bench declares, pre-fills, inspects and deletes
+	// the target's queues and publishes the ping-pong messages: the broker
+	// for the single-broker targets, the master sidecar for mirrored (so
+	// the mirrors see it all), node 0 for the RabbitMQ cluster targets.
+	adminURL string
+	// queueType is the bench queue's x-queue-type.
+	queueType string
+}
+
+// shared holds what several targets use and the run stops at its end: the
+// RabbitMQ cluster behind rmq-mirrored and rmq-quorum.
+type shared struct {
+	rmq *rmqCluster
+}
+
+func (sh *shared) cluster(ctx context.Context, log zerolog.Logger) (*rmqCluster, error) {
+	if sh.rmq == nil {
+		c, err := startRMQCluster(ctx, log)
+		if err != nil {
+			return nil, err
+		}
+		sh.rmq = c
+	}
+	return sh.rmq, nil
+}
+
+func (sh *shared) Close() error {
+	if sh.rmq == nil {
+		return nil
+	}
+	return sh.rmq.Close()
 }
 
 // probeTimeout bounds the first AMQP connection through a freshly started
@@ -27,9 +58,35 @@ const probeTimeout = 10 * time.Second
 
 // startTarget starts (or, for direct and external targets, only names) the
 // target and checks that an AMQP connection through it opens.
-func startTarget(ctx context.Context, spec TargetSpec, brokerURL, brokerAddr string, log zerolog.Logger) (*target, error) {
-	t := &target{spec: spec, close: func() error { return nil }}
+func startTarget(ctx context.Context, spec TargetSpec, brokerURL, brokerAddr string, sh *shared, log zerolog.Logger) (*target, error) {
+	t := &target{spec: spec, close: func() error { return nil }, adminURL: brokerURL, queueType: "classic"}
 	switch {
+	case spec.Name == TargetMirrored && spec.Addr == "":
+		mg, err := startMirroredGroup(ctx, log)
+		if err != nil {
+			return nil, fmt.Errorf("bench: target %q: %w", spec.Name, err)
+		}
+		t.addr, t.url, t.adminURL, t.close = mg.addr, mg.url, mg.url, mg.Close
+		if err := probe(ctx, t.url); err != nil {
+			return nil, errors.Join(fmt.Errorf("bench: target %q (%s) does not work: %w", spec.Name, t.addr, err), t.close())
+		}
+		return t, nil
+	case (spec.Name == TargetRMQMirrored || spec.Name == TargetRMQQuorum) && spec.Addr == "":
+		c, err := sh.cluster(ctx, log)
+		if err != nil {
+			return nil, fmt.Errorf("bench: target %q: %w", spec.Name, err)
+		}
+		t.url, t.adminURL = c.url, c.url
+		if t.addr, err = brokerHostPort(c.url); err != nil {
+			return nil, err
+		}
+		if spec.Name == TargetRMQQuorum {
+			t.queueType = "quorum"
+		}
+		if err := probe(ctx, t.url); err != nil {
+			return nil, fmt.Errorf("bench: target %q (%s) does not work: %w", spec.Name, t.addr, err)
+		}
+		return t, nil
 	case spec.Addr != "":
 		t.addr = spec.Addr
 	case spec.Name == TargetDirect:
