@@ -64,7 +64,7 @@ func TestCommands(t *testing.T) {
 	for _, c := range newApp(nil, nil).Commands {
 		names = append(names, c.Name)
 	}
-	if got := strings.Join(names, " "); got != "run config version bench demo" {
+	if got := strings.Join(names, " "); got != "run config version ctl bench demo" {
 		t.Errorf("commands: %s", got)
 	}
 	code, out, _ := runCLI("bench", "--help")

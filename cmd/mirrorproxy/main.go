@@ -58,6 +58,7 @@ func commands() []*cli.Command {
 		runCommand(),
 		configCommand(),
 		versionCommand(),
+		ctlCommand(),
 		benchCommand(),
 		demo.Command(),
 	}

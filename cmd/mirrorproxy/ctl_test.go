@@ -1,0 +1,169 @@
+package main
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/admin"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
+)
+
+const ctlToken = "ctl-test-token-0123456789"
+
+type ctlNode struct{ queues []string }
+
+func (n ctlNode) Group() replicate.Group {
+	return replicate.Group{Master: "a", Members: []replicate.Member{{Node: "a", JoinEpoch: 1}, {Node: "b", JoinEpoch: 2}, {Node: "c", JoinEpoch: 3}}}
+}
+func (n ctlNode) Queues(vhost string) []string {
+	if vhost == "/" {
+		return n.queues
+	}
+	return nil
+}
+
+type ctlSynced struct{}
+
+func (ctlSynced) Synced(_, queue string) []string {
+	if queue == "ha.q1" {
+		return []string{"c"}
+	}
+	return nil
+}
+
+// startCtlAPI serves an admin API with one policy, ha-all on ^ha\.
+func startCtlAPI(t *testing.T) (string, *replicate.Policies) {
+	t.Helper()
+	ps := &replicate.Policies{}
+	def, err := replicate.ParseDefinitionJSON([]byte(`{"ha-mode":"all"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := replicate.NewPolicy("/", "ha-all", `^ha\.`, replicate.ApplyToQueues, 0, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Set(p); err != nil {
+		t.Fatal(err)
+	}
+	h, err := admin.NewHandler(admin.Config{Node: ctlNode{queues: []string{"ha.q2", "ha.q1", "other"}},
+		Policies: ps, Synced: ctlSynced{}, Token: ctlToken, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), ps
+}
+
+func TestCtlListQueues(t *testing.T) {
+	addr, _ := startCtlAPI(t)
+	code, out, errs := runCLI("ctl", "--admin", addr, "list_queues", "name", "slave_pids", "synchronised_slave_pids", "policy")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	want := "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\n" +
+		"name\tslave_pids\tsynchronised_slave_pids\tpolicy\n" +
+		"ha.q1\t[b, c]\t[c]\tha-all\n" +
+		"ha.q2\t[b, c]\t[]\tha-all\n"
+	if out != want {
+		t.Errorf("output:\n%q\nwant\n%q", out, want)
+	}
+	// Default columns, quiet; no message counter: messages stay empty.
+	code, out, _ = runCLI("ctl", "--admin", "http://"+addr, "-t", "5", "list_queues", "-q")
+	if code != 0 || out != "ha.q1\t\nha.q2\t\n" {
+		t.Errorf("quiet default columns: exit %d %q", code, out)
+	}
+	code, out, _ = runCLI("ctl", "--admin", addr, "list_queues", "-p", "other", "--no-table-headers")
+	if code != 0 || out != "Timeout: 60.0 seconds ...\nListing queues for vhost other ...\n" {
+		t.Errorf("vhost other: exit %d %q", code, out)
+	}
+	if code, _, errs := runCLI("ctl", "--admin", addr, "list_queues", "colour"); code != 64 || !strings.Contains(errs, `unknown column "colour"`) {
+		t.Errorf("unknown column: exit %d %q", code, errs)
+	}
+}
+
+func TestCtlPolicies(t *testing.T) {
+	addr, ps := startCtlAPI(t)
+	// Without the token the change is refused and the policy set unchanged.
+	code, _, errs := runCLI("ctl", "--admin", addr, "set_policy", "two", `^two\.`, `{"ha-mode":"exactly","ha-params":2}`)
+	if code != 69 || !strings.Contains(errs, "401") || !strings.Contains(errs, "--token") {
+		t.Fatalf("set_policy without token: exit %d %q", code, errs)
+	}
+	if _, ok := ps.Get("/", "two"); ok {
+		t.Fatal("set without the token")
+	}
+	code, out, errs := runCLI("ctl", "--admin", addr, "--token", ctlToken, "set_policy", "--apply-to", "queues",
+		"two", `^two\.`, `{"ha-mode":"exactly","ha-params":2}`, "--priority", "5")
+	if code != 0 {
+		t.Fatalf("set_policy: exit %d %q", code, errs)
+	}
+	if want := `Setting policy "two" for pattern "^two\\." to "{\"ha-mode\":\"exactly\",\"ha-params\":2}" with priority "5" for vhost "/" ...` + "\n"; out != want {
+		t.Errorf("set_policy output %q, want %q", out, want)
+	}
+	p, ok := ps.Get("/", "two")
+	if !ok || p.Priority != 5 || p.ApplyTo != replicate.ApplyToQueues {
+		t.Fatalf("policy = %+v %v", p, ok)
+	}
+
+	code, out, errs = runCLI("ctl", "--admin", addr, "list_policies")
+	want := "Listing policies for vhost \"/\" ...\n" +
+		"vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n" +
+		"/\tha-all\t^ha\\.\tqueues\t{\"ha-mode\":\"all\"}\t0\n" +
+		"/\ttwo\t^two\\.\tqueues\t{\"ha-mode\":\"exactly\",\"ha-params\":2}\t5\n"
+	if code != 0 || out != want {
+		t.Errorf("list_policies: exit %d %s\n%q\nwant\n%q", code, errs, out, want)
+	}
+
+	t.Setenv("MIRRORPROXY_ADMIN_TOKEN", ctlToken)
+	code, out, errs = runCLI("ctl", "--admin", addr, "clear_policy", "ha-all")
+	if code != 0 || out != "Clearing policy \"ha-all\" on vhost \"/\" ...\n" {
+		t.Fatalf("clear_policy: exit %d %q %q", code, out, errs)
+	}
+	if _, ok := ps.Get("/", "ha-all"); ok {
+		t.Fatal("clear_policy left the policy")
+	}
+	code, _, errs = runCLI("ctl", "--admin", addr, "clear_policy", "ha-all")
+	if code != 69 || !strings.Contains(errs, "no such policy") {
+		t.Errorf("clearing again: exit %d %q", code, errs)
+	}
+	code, _, errs = runCLI("ctl", "--admin", addr, "set_policy", "bad", "(", `{"ha-mode":"all"}`)
+	if code != 69 || !strings.Contains(errs, "not a valid regular expression") {
+		t.Errorf("bad pattern: exit %d %q", code, errs)
+	}
+	if code, _, errs = runCLI("ctl", "--admin", addr, "set_policy", "x", "."); code != 64 || !strings.Contains(errs, "NAME PATTERN DEFINITION") {
+		t.Errorf("two arguments: exit %d %q", code, errs)
+	}
+	if code, _, errs = runCLI("ctl", "--admin", addr, "set_policy", "x", ".", "{nope"); code != 64 || !strings.Contains(errs, "not valid JSON") {
+		t.Errorf("bad JSON: exit %d %q", code, errs)
+	}
+}
+
+func TestCtlUnreachable(t *testing.T) {
+	srv := httptest.NewServer(nil)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	srv.Close()
+	code, _, errs := runCLI("ctl", "--admin", addr, "-t", "2", "list_policies", "-q")
+	if code != 69 || !strings.Contains(errs, "cannot reach the admin API at http://"+addr) {
+		t.Errorf("exit %d %q", code, errs)
+	}
+	if code, _, errs := runCLI("ctl", "--admin", "ftp://x", "list_policies"); code != 64 || !strings.Contains(errs, "not HOST:PORT") {
+		t.Errorf("ftp: exit %d %q", code, errs)
+	}
+}
+
+func TestCtlReadsConfig(t *testing.T) {
+	addr, ps := startCtlAPI(t)
+	file := writeFile(t, "c.yaml", "node:\n  name: a\npeers:\n  - {name: a, client_address: 127.0.0.1:5673, gm_address: 127.0.0.1:5680, raft_address: 127.0.0.1:5681}\n"+
+		"gm:\n  secret: a shared secret of enough length\nbroker:\n  username: u\nadmin:\n  address: "+addr+"\n  token: "+ctlToken+"\n")
+	code, _, errs := runCLI("ctl", "--config", file, "clear_policy", "-q", "ha-all")
+	if code != 0 {
+		t.Fatalf("exit %d %q", code, errs)
+	}
+	if _, ok := ps.Get("/", "ha-all"); ok {
+		t.Fatal("clear_policy with the config's token left the policy")
+	}
+}
