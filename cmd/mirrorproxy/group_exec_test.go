@@ -48,7 +48,9 @@ policies:
   - name: ha-all
     pattern: ^ha\.
     definition: {ha-mode: all}
-`, client, client, gmAddr, raftAddr))
+admin:
+  address: %s
+`, client, client, gmAddr, raftAddr, freeAddr(t)))
 	cmd := exec.Command(binPath, "run", "--config", cfg, "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -13,10 +13,12 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/admin"
 	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/config"
 	"github.com/mirrorproxy/mirrorproxy/failover/group"
 	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
 // flagKeys maps run's override flags to the config keys they set.
@@ -92,14 +94,23 @@ func runAction(c *cli.Context) error {
 		return cli.Exit("", 1)
 	}
 	var srv server
+	var adm *admin.Server
 	if cfg.Grouped() {
-		grp, err := startGroup(cfg, log)
+		grp, policies, err := startGroup(cfg, log)
 		if err != nil {
 			ln.Close()
 			log.Error().Err(err).Msg("cannot start the group node")
 			return cli.Exit("", 1)
 		}
 		srv = grp
+		if cfg.AdminEnabled() {
+			if adm, err = startAdmin(cfg, grp, policies, log); err != nil {
+				ln.Close()
+				grp.Close()
+				log.Error().Err(err).Str("listen", cfg.Admin.Address).Msg("cannot start the admin API")
+				return cli.Exit("", 1)
+			}
+		}
 	} else {
 		s, err := proxy.NewServer(cfg.Options(log))
 		if err != nil {
@@ -123,6 +134,13 @@ func runAction(c *cli.Context) error {
 	ev.Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).
 		Str("proxy_protocol", cfg.ProxyProtocol.Mode).Msg("mirrorproxy starting")
 	err = serve(log, srv, ln, cfg.ShutdownGrace, signals)
+	if adm != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if aerr := adm.Close(ctx); aerr != nil {
+			log.Warn().Err(aerr).Msg("closing the admin API")
+		}
+		cancel()
+	}
 	if g, ok := srv.(*group.Group); ok {
 		// serve stopped the clients; the ring, raft and mirror stop here.
 		if cerr := g.Close(); cerr != nil {
@@ -138,10 +156,10 @@ func runAction(c *cli.Context) error {
 // startGroup starts this sidecar's node of its group (config node, peers,
 // gm, raft, broker, policies): it listens on its own peer entry's gm and
 // raft addresses.
-func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, error) {
+func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicate.Policies, error) {
 	policies, err := cfg.PolicySet()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var peers []group.Peer
 	var self config.Peer
@@ -153,14 +171,14 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, error) {
 	}
 	gl, err := net.Listen("tcp", self.GMAddress)
 	if err != nil {
-		return nil, fmt.Errorf("gm listener: %w", err)
+		return nil, nil, fmt.Errorf("gm listener: %w", err)
 	}
 	rl, err := net.Listen("tcp", self.RaftAddress)
 	if err != nil {
 		gl.Close()
-		return nil, fmt.Errorf("raft listener: %w", err)
+		return nil, nil, fmt.Errorf("raft listener: %w", err)
 	}
-	return group.Start(group.Config{
+	g, err := group.Start(group.Config{
 		Self: cfg.Node.Name, Peers: peers, GMListener: gl, RaftListener: rl,
 		Auth:      gm.AuthConfig{Secret: []byte(cfg.GM.Secret)},
 		BrokerURL: cfg.BrokerURL(), Policies: policies, Proxy: cfg.Options(log),
@@ -169,6 +187,7 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, error) {
 		FailureTimeout:    cfg.Raft.FailureTimeout, LeaseDuration: cfg.Raft.LeaseDuration,
 		Logger: log,
 	})
+	return g, policies, err
 }
 
 // server is what serve drives: *proxy.Server, or a fake in tests.

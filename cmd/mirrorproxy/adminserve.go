@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+
+	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/admin"
+	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/config"
+	"github.com/mirrorproxy/mirrorproxy/failover/group"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
+)
+
+// groupNode is the admin API's view of a running group node.
+type groupNode struct{ g *group.Group }
+
+func (n groupNode) Group() replicate.Group {
+	v := n.g.View()
+	pg := replicate.Group{Master: v.Master}
+	for _, m := range v.Members {
+		pg.Members = append(pg.Members, replicate.Member{Node: m.ID, JoinEpoch: m.JoinEpoch})
+	}
+	return pg
+}
+
+// Queues is empty for now: neither the master nor the mirror keeps a list
+// of the mirrored queues declared through it (AMQP cannot list a broker's
+// queues, and the broker's management API is not assumed).
+func (n groupNode) Queues(string) []string { return nil }
+
+// brokerMessages counts a queue's ready messages on the local broker with
+// a passive queue.declare, over a connection of its own per call. Only the
+// master's broker has the queue's count: a mirror's holds copies unacked.
+type brokerMessages struct {
+	url      string // amqp://user:pass@host:port/ (the vhost is replaced)
+	isMaster func() bool
+}
+
+func (b brokerMessages) Messages(ctx context.Context, vhost, queue string) (int, error) {
+	if b.isMaster != nil && !b.isMaster() {
+		return 0, fmt.Errorf("this node is a mirror: ask the master's admin API")
+	}
+	u, err := url.Parse(b.url)
+	if err != nil {
+		return 0, fmt.Errorf("broker URL: %w", err)
+	}
+	u.Path = "/" + vhost
+	u.RawPath = "/" + url.PathEscape(vhost)
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	conn, err := amqp091.DialConfig(u.String(), amqp091.Config{
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: timeout}
+			return d.DialContext(ctx, network, addr)
+		},
+		Properties: amqp091.Table{"connection_name": "mirrorproxy admin status"},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("connecting to the broker for queue %q: %w", queue, err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("opening a channel for queue %q: %w", queue, err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("queue %q: %w", queue, err)
+	}
+	return q.Messages, nil
+}
+
+// startAdmin serves the admin API of a group node on its admin.address.
+func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies, log zerolog.Logger) (*admin.Server, error) {
+	log = log.With().Str("part", "admin").Logger()
+	h, err := admin.NewHandler(admin.Config{
+		Node: groupNode{g}, Policies: policies, Token: cfg.Admin.Token, Logger: log,
+		Messages: brokerMessages{url: cfg.BrokerURL(), isMaster: g.IsMaster},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Address)
+	if err != nil {
+		return nil, fmt.Errorf("admin API listener: %w", err)
+	}
+	log.Info().Str("listen", ln.Addr().String()).Bool("changes", cfg.Admin.Token != "").Msg("admin API listening")
+	return admin.Start(ln, h, log), nil
+}

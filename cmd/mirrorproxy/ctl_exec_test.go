@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestExecCtlGroupOfOne runs a sidecar as the only node of a group with
+// its admin API on a loopback port, then drives it with ctl in-process:
+// the configured policy is listed, a change without the token is refused,
+// set_policy and clear_policy with it take effect, list_queues answers.
+func TestExecCtlGroupOfOne(t *testing.T) {
+	client, gmAddr, raftAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
+  address: %s
+upstream:
+  address: 127.0.0.1:1
+shutdown_grace: 3s
+node:
+  name: solo
+peers:
+  - {name: solo, client_address: %s, gm_address: %s, raft_address: %s}
+gm:
+  secret: exec test secret, long enough
+broker:
+  username: guest
+  password: guest
+policies:
+  - {name: ha-all, pattern: ^ha\., definition: {ha-mode: all}}
+admin:
+  address: %s
+  token: %s
+`, client, client, gmAddr, raftAddr, adminAddr, ctlToken))
+	cmd := exec.Command(binPath, "run", "--config", cfg, "--log-format", "json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1000)
+	exited := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	var msgs []string
+	deadline := time.After(30 * time.Second)
+	for seen := 0; seen < 2; {
+		select {
+		case text, ok := <-lines:
+			if !ok {
+				t.Fatalf("sidecar exited early: %q", msgs)
+			}
+			var l logLine
+			if json.Unmarshal([]byte(text), &l) == nil {
+				msgs = append(msgs, l.msg())
+				if l.msg() == "admin API listening" || l.msg() == "serving as the master" {
+					seen++
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no admin API and master within 30s: %q", msgs)
+		}
+	}
+
+	code, out, errs := runCLI("ctl", "--config", cfg, "list_policies", "-q")
+	if code != 0 || out != "/\tha-all\t^ha\\.\tall\t{\"ha-mode\":\"all\"}\t0\n" {
+		t.Fatalf("list_policies: exit %d %q %q", code, out, errs)
+	}
+	code, _, errs = runCLI("ctl", "--admin", adminAddr, "clear_policy", "ha-all")
+	if code != 69 || !strings.Contains(errs, "401") {
+		t.Fatalf("clear_policy without token: exit %d %q", code, errs)
+	}
+	if code, _, errs = runCLI("ctl", "--config", cfg, "set_policy", "-q", "two", `^two\.`, `{"ha-mode":"exactly","ha-params":2}`); code != 0 {
+		t.Fatalf("set_policy: exit %d %q", code, errs)
+	}
+	if code, _, errs = runCLI("ctl", "--config", cfg, "clear_policy", "-q", "ha-all"); code != 0 {
+		t.Fatalf("clear_policy: exit %d %q", code, errs)
+	}
+	code, out, errs = runCLI("ctl", "--admin", adminAddr, "list_policies", "-q")
+	if code != 0 || out != "/\ttwo\t^two\\.\tall\t{\"ha-mode\":\"exactly\",\"ha-params\":2}\t0\n" {
+		t.Fatalf("list_policies after changes: exit %d %q %q", code, out, errs)
+	}
+	// The node lists no queues yet (see groupNode.Queues).
+	code, out, errs = runCLI("ctl", "--admin", adminAddr, "list_queues", "-q", "name", "slave_pids")
+	if code != 0 || out != "" {
+		t.Fatalf("list_queues: exit %d %q %q", code, out, errs)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for text := range lines {
+		var l logLine
+		if json.Unmarshal([]byte(text), &l) == nil {
+			msgs = append(msgs, l.msg())
+		}
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; log: %q", err, msgs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not reaped")
+	}
+	joined := strings.Join(msgs, "|")
+	if !strings.Contains(joined, "policy set (this node only)") || !strings.Contains(joined, "admin change refused: missing or wrong token") {
+		t.Errorf("log should show the refused and the accepted change: %q", msgs)
+	}
+}
