@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -205,8 +206,53 @@ func startRMQCluster(ctx context.Context, log zerolog.Logger) (c *rmqCluster, er
 		`{"ha-mode":"all","ha-sync-mode":"automatic"}`); err != nil {
 		return nil, fmt.Errorf("RabbitMQ cluster: set the ha-all policy: %w\n%s", err, out)
 	}
+	if err := checkMirrored(ctx, first); err != nil {
+		return nil, fmt.Errorf("RabbitMQ cluster: %w", err)
+	}
 	log.Info().Str("node", first.Name).Str("url", first.URL).Msg("RabbitMQ cluster ready")
 	return &rmqCluster{env: env, url: first.URL}, nil
+}
+
+// checkMirrored declares a classic queue that the policy matches on node 0
+// and waits until both other nodes hold synchronised mirrors of it, so a
+// cluster whose policy does not mirror is never measured.
+func checkMirrored(ctx context.Context, first *testenv.Node) (err error) {
+	conn, err := dial(ctx, first.URL, "cluster check")
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn, &err)
+	queue := queuePrefix + "cluster-check"
+	if err := declare(conn, queue, "classic"); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, deleteQueue(conn, queue)) }()
+	const wait = 30 * time.Second
+	deadline := time.Now().Add(wait)
+	for {
+		out, err := first.Ctl(ctx, "list_queues", "-q", "--no-table-headers", "name", "synchronised_slave_pids")
+		if err != nil {
+			return fmt.Errorf("list_queues: %w\n%s", err, out)
+		}
+		synced := -1
+		for line := range strings.Lines(out) {
+			if name, pids, ok := strings.Cut(strings.TrimSpace(line), "\t"); ok && name == queue {
+				synced = strings.Count(pids, "<")
+			}
+		}
+		if synced == clusterNodes-1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("queue %s has %d synchronised mirrors after %v, expected %d (policy not applied?):\n%s",
+				queue, synced, wait, clusterNodes-1, out)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Close stops the cluster's brokers.

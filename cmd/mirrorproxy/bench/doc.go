@@ -13,8 +13,24 @@
 //	proxy    the product, proxy.Server, served in this process
 //	NAME     any external address given with --target NAME=HOST:PORT
 //
-// Workloads, each against a fresh durable classic queue that is deleted
-// afterwards:
+// Three more targets have brokers of their own, three each, started with
+// testenv for the run (the single broker stays the direct baseline):
+//
+//	mirrored      the product's mirrored group: 3 independent brokers and 3
+//	              sidecars (package failover/group) in this process, a policy
+//	              ha-mode all (automatic sync) on the bench queues; clients
+//	              use the master's sidecar
+//	rmq-mirrored  a RabbitMQ 3-node cluster with a classic mirrored queue
+//	              (policy ha-mode all, ha-sync-mode automatic, checked at
+//	              start); queues declared and clients connected on node 0
+//	rmq-quorum    the same cluster with x-queue-type quorum queues
+//
+// For these the queue is declared, pre-filled, inspected and deleted, and the
+// ping-pong producer publishes, at the target's own entry point (the master
+// sidecar, or node 0), so a mirrored queue's copies see everything.
+//
+// Workloads, each against a fresh durable queue (classic; quorum for
+// rmq-quorum) that is deleted afterwards:
 //
 //	publish  one producer in confirm mode with at most Window unconfirmed
 //	         publishes; throughput and publish→confirm latency per message
@@ -22,7 +38,7 @@
 //	         consumer with basic.qos(Prefetch) drains it with one
 //	         basic.ack(multiple=false) per message (throughput); then a
 //	         ping-pong phase measures delivery latency: a producer connected
-//	         directly to the broker publishes one message at a time and the
+//	         directly to the broker (see above for the 3-node targets) publishes one message at a time and the
 //	         consumer, connected through the target, times its arrival
 //
 // Every round runs every target for every workload, in an order that rotates

@@ -14,7 +14,7 @@ import (
 // Latency definitions, as reported.
 const (
 	publishLatency = "publish→confirm per message (window full: mostly queueing, ≈ window ÷ throughput)"
-	consumeLatency = "delivery path: basic.publish by a direct producer → basic.deliver at the consumer through the target, one message in flight"
+	consumeLatency = "delivery path: basic.publish by a producer at the queue's broker (mirrored: its master sidecar) → basic.deliver at the consumer through the target, one message in flight"
 )
 
 // Run measures cfg.Targets with cfg.Workloads and returns the report. It
