@@ -84,7 +84,16 @@ func TestParseTargetsAndValidate(t *testing.T) {
 	if !slices.Equal(ts, want) {
 		t.Fatalf("got %v, want %v", ts, want)
 	}
-	for _, bad := range []string{"noequals", "=1.2.3.4:5", "x=", "hop=127.0.0.1:1"} {
+	three, err := ParseTargets([]string{"direct,mirrored,rmq-mirrored,rmq-quorum"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3 := DefaultConfig
+	c3.Targets = three
+	if err := c3.Validate(); err != nil {
+		t.Errorf("the 3-node targets are rejected: %v", err)
+	}
+	for _, bad := range []string{"noequals", "=1.2.3.4:5", "x=", "hop=127.0.0.1:1", "mirrored=127.0.0.1:1", "rmq-quorum=127.0.0.1:1"} {
 		if _, err := ParseTargets(nil, []string{bad}); err == nil {
 			t.Errorf("--target %q accepted", bad)
 		}
