@@ -3,12 +3,14 @@ package replicate
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
 // Ring is what the master needs of the GM ring; *gm.Node is one.
@@ -42,6 +44,7 @@ type Master struct {
 	mu       sync.Mutex
 	watchers map[int]func(proxy.Ticket)
 	nextW    int
+	queues   map[string]map[string]struct{} // vhost → queues declared through this master
 }
 
 var _ proxy.Replicator = (*Master)(nil)
@@ -52,7 +55,7 @@ var ErrStopped = errors.New("replicate: master stopped")
 // NewMaster starts a Master for view epoch on ring. Close stops it.
 func NewMaster(ring Ring, epoch uint64, log zerolog.Logger) *Master {
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Master{ring: ring, epoch: epoch, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{}), watchers: map[int]func(proxy.Ticket){}}
+	m := &Master{ring: ring, epoch: epoch, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{}), watchers: map[int]func(proxy.Ticket){}, queues: map[string]map[string]struct{}{}}
 	go m.watchStable()
 	return m
 }
@@ -107,9 +110,52 @@ func (m *Master) Settle(vhost, queue string, ids []uint64, drop bool) (proxy.Tic
 	return t, nil
 }
 
-// Topology implements proxy.Replicator.
+// Topology implements proxy.Replicator. It also keeps the catalog of
+// queues declared through this master (Queues).
 func (m *Master) Topology(vhost string, method []byte) (proxy.Ticket, error) {
+	m.catalog(vhost, method)
 	return m.propose(&Op{Kind: OpTopology, Vhost: vhost, Method: method})
+}
+
+// catalog records queue declares and deletes. Passive declares create
+// nothing and exclusive queues are never mirrored, so neither is listed.
+func (m *Master) catalog(vhost string, method []byte) {
+	key, ok := amqp.MethodKey(method)
+	if !ok || key != amqp.QueueDeclareID && key != amqp.QueueDeleteID {
+		return
+	}
+	dm, err := amqp.DecodeMethod(method)
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch d := dm.(type) {
+	case *amqp.QueueDeclare:
+		if d.Passive || d.Exclusive || d.Queue == "" {
+			return
+		}
+		if m.queues[vhost] == nil {
+			m.queues[vhost] = map[string]struct{}{}
+		}
+		m.queues[vhost][d.Queue] = struct{}{}
+	case *amqp.QueueDelete:
+		delete(m.queues[vhost], d.Queue)
+	}
+}
+
+// Queues lists, sorted, the queues of vhost declared through this master
+// and not deleted since. (An auto-delete queue that went away by itself
+// stays listed until queue-gone ops exist.)
+func (m *Master) Queues(vhost string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.queues[vhost]))
+	for q := range m.queues[vhost] {
+		out = append(out, q)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Watch implements proxy.Replicator.

@@ -28,10 +28,14 @@ func (n groupNode) Group() replicate.Group {
 	return pg
 }
 
-// Queues is empty for now: neither the master nor the mirror keeps a list
-// of the mirrored queues declared through it (AMQP cannot list a broker's
-// queues, and the broker's management API is not assumed).
-func (n groupNode) Queues(string) []string { return nil }
+// Queues are the queues declared through the master (its catalog, fed by
+// the topology ops it replicates). A mirror lists none: ask the master.
+func (n groupNode) Queues(vhost string) []string {
+	if m := n.g.Master(); m != nil {
+		return m.Queues(vhost)
+	}
+	return nil
+}
 
 // brokerMessages counts a queue's ready messages on the local broker with
 // a passive queue.declare, over a connection of its own per call. Only the

@@ -329,6 +329,13 @@ func (g *Group) Mirror() *replicate.Mirror { return g.mir }
 // ApplyFailures is how many ops this node's mirror could not apply.
 func (g *Group) ApplyFailures() int { return g.apply.failures() }
 
+// Master is this node's replicate.Master while it is the master, else nil.
+func (g *Group) Master() *replicate.Master {
+	g.roleMu.Lock()
+	defer g.roleMu.Unlock()
+	return g.master
+}
+
 // IsMaster reports whether this node serves clients itself.
 func (g *Group) IsMaster() bool {
 	g.roleMu.Lock()

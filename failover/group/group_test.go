@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -284,6 +285,10 @@ func testHelloQueue(t *testing.T, env *testenv.Group, s *sidecars) {
 	}
 	bodies := []string{"hello 0", "hello 1", "hello 2", "hello 3", "hello 4"}
 	publishConfirmed(t, ch, "hello-exch", "hala", bodies...)
+	// The master's catalog (what ctl list_queues shows) has the queue.
+	if m := s.groups[0].Master(); m == nil || !slices.Contains(m.Queues("/"), "hello-queue") {
+		t.Fatalf("the master's queue catalog lacks hello-queue")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
