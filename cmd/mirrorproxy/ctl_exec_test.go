@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,30 +35,7 @@ admin:
   address: %s
   token: %s
 `, client, client, gmAddr, raftAddr, adminAddr, ctlToken))
-	cmd := exec.Command(binPath, "run", "--config", cfg, "--log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1000)
-	exited := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	cmd, lines, exited := startBinary(t, "run", "--config", cfg, "--log-format", "json")
 	var msgs []string
 	deadline := time.After(30 * time.Second)
 	for seen := 0; seen < 2; {

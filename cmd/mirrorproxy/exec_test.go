@@ -105,31 +105,7 @@ func (l logLine) msg() string { s, _ := l["message"].(string); return s }
 // grace and a listen address that the --listen flag overrides.
 func TestExecRunSIGTERM(t *testing.T) {
 	cfg := writeFile(t, "run.yaml", "listen:\n  address: 127.0.0.1:1\nshutdown_grace: 3s\nlog:\n  format: auto\n")
-	cmd := exec.Command(binPath, "run", "--config", cfg, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// One goroutine reads stderr to the end, then reaps the process.
-	lines := make(chan string, 1000)
-	exited := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	cmd, lines, exited := startBinary(t, "run", "--config", cfg, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1")
 
 	var all []logLine
 	read := func(what string) (logLine, bool) {
@@ -207,4 +183,37 @@ func TestExecRunSIGTERM(t *testing.T) {
 			t.Errorf("log line without level or time: %v", l)
 		}
 	}
+}
+
+// startBinary starts the built mirrorproxy with args. One goroutine reads its
+// stderr line by line into lines (closed at the end of the stream), then
+// reaps the process and sends its exit on exited. The process is killed at
+// test end if it is still running.
+func startBinary(t *testing.T, args ...string) (*exec.Cmd, <-chan string, <-chan error) {
+	t.Helper()
+	cmd := exec.Command(binPath, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1000)
+	exited := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return cmd, lines, exited
 }
