@@ -104,7 +104,8 @@ func findStamp(p []byte) (flagsOff, tableAt, a, b int, ok bool, err error) {
 		if v >= end {
 			return 0, 0, 0, 0, false, framef("content header: headers table: field %q has no value", key)
 		}
-		next, ok := skipValueBytes(p[:end], v)
+		rest, ok := skipValue(p[v:end])
+		next := end - len(rest)
 		if !ok {
 			return 0, 0, 0, 0, false, framef("content header: headers table: field %q: bad or truncated value", key)
 		}
@@ -114,28 +115,6 @@ func findStamp(p []byte) (flagsOff, tableAt, a, b int, ok bool, err error) {
 		i = next
 	}
 	return 0, 0, 0, 0, false, nil
-}
-
-// skipValueBytes returns the offset after the field value whose tag is at
-// p[i], or false when it does not fit in p.
-func skipValueBytes(p []byte, i int) (int, bool) {
-	tag := p[i]
-	i++
-	if n := fixedSize(tag); n >= 0 {
-		return i + n, i+n <= len(p)
-	}
-	switch tag {
-	case 'S', 'x', 'A', 'F':
-		if i+4 > len(p) {
-			return 0, false
-		}
-		n := uint64(binary.BigEndian.Uint32(p[i:]))
-		if uint64(i)+4+n > uint64(len(p)) {
-			return 0, false
-		}
-		return i + 4 + int(n), true
-	}
-	return 0, false
 }
 
 // PeekMirrorID returns the id stamped in a content-header payload.

@@ -192,8 +192,9 @@ func fixedSize(tag byte) int {
 	return -2
 }
 
-// skipValue returns the input after one tagged value, or ok false.
-func skipValue(s string) (string, bool) {
+// skipValue returns the input after one tagged value, or ok false. It
+// reads decoder input (string) and frames in place ([]byte) alike.
+func skipValue[T string | []byte](s T) (T, bool) {
 	if len(s) == 0 {
 		return s, false
 	}
@@ -203,7 +204,7 @@ func skipValue(s string) (string, bool) {
 		if len(s) < 4 {
 			return s, false
 		}
-		n = int(be32(s))
+		n = int(uint32(s[0])<<24 | uint32(s[1])<<16 | uint32(s[2])<<8 | uint32(s[3]))
 		s = s[4:]
 		if n < 0 {
 			return s, false
