@@ -13,10 +13,11 @@ import (
 
 // Command kinds stored in the raft log.
 const (
-	CmdJoin      = "join"       // admit Member (a new incarnation if its ID is present)
-	CmdRemove    = "remove"     // drop IDs (failure or leave), electing a master if needed
-	CmdSetSynced = "set-synced" // set Synced[Queue] = IDs
-	CmdHandover  = "handover"   // controlled master change to a synced member
+	CmdJoin         = "join"          // admit Member (a new incarnation if its ID is present)
+	CmdRemove       = "remove"        // drop IDs (failure or leave), electing a master if needed
+	CmdSetSynced    = "set-synced"    // set Synced[Queue] = IDs
+	CmdForgetSynced = "forget-synced" // drop Queue from Synced (it was deleted)
+	CmdHandover     = "handover"      // controlled master change to a synced member
 )
 
 // Command is one raft log entry.
@@ -92,6 +93,8 @@ func Next(v View, cmd Command) (View, error) {
 			}
 		}
 		n.Synced[cmd.Queue] = ids
+	case CmdForgetSynced:
+		delete(n.Synced, cmd.Queue)
 	case CmdHandover:
 		if len(cmd.IDs) != 1 {
 			return v, fmt.Errorf("%w: handover needs one target", ErrBadCommand)

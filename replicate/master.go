@@ -10,7 +10,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy"
-	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
 // Ring is what the master needs of the GM ring; *gm.Node is one.
@@ -28,10 +27,34 @@ type Ring interface {
 // epoch takes the rest (docs/REPLICATION.md).
 const idBits = 40
 
+// MasterConfig configures a Master.
+type MasterConfig struct {
+	// Ring is the master's gm member.
+	Ring Ring
+	// Epoch is the view epoch the master serves in (the top bits of ids).
+	Epoch uint64
+	// Self is the master's node ID.
+	Self string
+	// BrokerURL is the master's broker with the sidecar's own credentials,
+	// amqp://user:pass@host:port/ (sync reads the queue there; the vhost
+	// comes from the queue). Empty: sync and queue checks are off.
+	BrokerURL string
+	// Policies are the group's policies (shared with the node; changed
+	// only through SetPolicy and ClearPolicy while this master runs).
+	Policies *Policies
+	// Members is the view's membership when the master starts; SetMembers
+	// follows later views.
+	Members []Member
+	// Logger receives the master's logs.
+	Logger zerolog.Logger
+}
+
 // Master turns the master core's calls into ops on the ring: it is the
 // proxy.Replicator of the master's sidecar. A ticket is the op's sequence
-// number in the master's gm stream.
+// number in the master's gm stream. It also keeps the group's topology
+// catalog, the synced sets, and runs syncs (docs/REPLICATION.md).
 type Master struct {
+	cfg   MasterConfig
 	ring  Ring
 	epoch uint64
 	next  atomic.Uint64
@@ -40,11 +63,18 @@ type Master struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+	bg     sync.WaitGroup // syncs and other background work, until Close
 
+	// pol orders policy and membership changes against topology ops:
+	// Topology holds it shared, so a change sees a consistent catalog and
+	// its ops are not interleaved with a declare decided under the old
+	// policy.
+	pol      sync.RWMutex
 	mu       sync.Mutex
 	watchers map[int]func(proxy.Ticket)
 	nextW    int
-	queues   map[string]map[string]struct{} // vhost → queues declared through this master
+	cat      *catalog
+	sy       syncState
 }
 
 var _ proxy.Replicator = (*Master)(nil)
@@ -52,18 +82,24 @@ var _ proxy.Replicator = (*Master)(nil)
 // ErrStopped is returned by a Master after Close.
 var ErrStopped = errors.New("replicate: master stopped")
 
-// NewMaster starts a Master for view epoch on ring. Close stops it.
-func NewMaster(ring Ring, epoch uint64, log zerolog.Logger) *Master {
+// NewMaster starts a Master on cfg.Ring. Close stops it.
+func NewMaster(cfg MasterConfig) *Master {
+	if cfg.Policies == nil {
+		cfg.Policies = &Policies{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Master{ring: ring, epoch: epoch, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{}), watchers: map[int]func(proxy.Ticket){}, queues: map[string]map[string]struct{}{}}
+	m := &Master{cfg: cfg, ring: cfg.Ring, epoch: cfg.Epoch, log: cfg.Logger, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		watchers: map[int]func(proxy.Ticket){}, cat: newCatalog()}
+	m.sy.init(cfg.Members)
 	go m.watchStable()
 	return m
 }
 
-// Close stops the stability watcher and fails later calls.
+// Close stops the stability watcher and the syncs, and fails later calls.
 func (m *Master) Close() {
 	m.cancel()
 	<-m.done
+	m.bg.Wait()
 }
 
 // NextID returns a fresh x-mirror-id: epoch in the high bits, a counter below.
@@ -110,52 +146,58 @@ func (m *Master) Settle(vhost, queue string, ids []uint64, drop bool) (proxy.Tic
 	return t, nil
 }
 
-// Topology implements proxy.Replicator. It also keeps the catalog of
-// queues declared through this master (Queues).
+// Topology implements proxy.Replicator. It also keeps the catalog of what
+// was declared through this master, and the synced sets of new queues.
 func (m *Master) Topology(vhost string, method []byte) (proxy.Ticket, error) {
-	m.catalog(vhost, method)
+	// Recorded before the op is proposed: a member that joins in between
+	// gets it from the catalog's replay (SetMembers), or from the op, or
+	// both (declares and binds are idempotent).
+	m.pol.RLock()
+	defer m.pol.RUnlock()
+	m.mu.Lock()
+	if e, gone := m.cat.record(vhost, method); e != nil {
+		m.queueDeclaredLocked(e)
+	} else if gone != "" {
+		m.sy.forget(vhost, gone)
+	}
+	m.mu.Unlock()
 	return m.propose(&Op{Kind: OpTopology, Vhost: vhost, Method: method})
 }
 
-// catalog records queue declares and deletes. Passive declares create
-// nothing and exclusive queues are never mirrored, so neither is listed.
-func (m *Master) catalog(vhost string, method []byte) {
-	key, ok := amqp.MethodKey(method)
-	if !ok || key != amqp.QueueDeclareID && key != amqp.QueueDeleteID {
-		return
-	}
-	dm, err := amqp.DecodeMethod(method)
-	if err != nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	switch d := dm.(type) {
-	case *amqp.QueueDeclare:
-		if d.Passive || d.Exclusive || d.Queue == "" {
-			return
-		}
-		if m.queues[vhost] == nil {
-			m.queues[vhost] = map[string]struct{}{}
-		}
-		m.queues[vhost][d.Queue] = struct{}{}
-	case *amqp.QueueDelete:
-		delete(m.queues[vhost], d.Queue)
-	}
-}
-
 // Queues lists, sorted, the queues of vhost declared through this master
-// and not deleted since. (An auto-delete queue that went away by itself
-// stays listed until queue-gone ops exist.)
+// and not deleted since.
 func (m *Master) Queues(vhost string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]string, 0, len(m.queues[vhost]))
-	for q := range m.queues[vhost] {
-		out = append(out, q)
+	var out []string
+	if v := m.cat.vhosts[vhost]; v != nil {
+		out = slices.Clone(v.qOrder)
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Queue returns the catalog entry of a queue (a copy), or false.
+func (m *Master) Queue(vhost, name string) (QueueEntry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.cat.queue(vhost, name); e != nil {
+		return *e, true
+	}
+	return QueueEntry{}, false
+}
+
+// QueueGone tells the mirrors that a queue disappeared without a
+// queue.delete through this master (an auto-delete queue whose last
+// consumer left) and forgets it.
+func (m *Master) QueueGone(vhost, name string) (proxy.Ticket, error) {
+	m.mu.Lock()
+	if v := m.cat.vhosts[vhost]; v != nil {
+		v.forgetQueue(name)
+	}
+	m.sy.forget(vhost, name)
+	m.mu.Unlock()
+	return m.propose(&Op{Kind: OpQueueGone, Vhost: vhost, Queue: name})
 }
 
 // Watch implements proxy.Replicator.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
-	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
 // ringMember is one gm node on loopback whose application may hold back
@@ -111,7 +110,7 @@ func TestMasterOverARealRing(t *testing.T) {
 	slow.hold = true
 	slow.mu.Unlock()
 
-	m := NewMaster(ring[0].node, 7, zerolog.Nop())
+	m := NewMaster(MasterConfig{Ring: ring[0].node, Epoch: 7, Logger: zerolog.Nop()})
 	defer m.Close()
 	var mu sync.Mutex
 	var stable proxy.Ticket
@@ -169,7 +168,7 @@ func TestMasterOverARealRing(t *testing.T) {
 func TestMasterSplitsLargeSettles(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 	ring := startRing(t, 2)
-	m := NewMaster(ring[0].node, 1, zerolog.Nop())
+	m := NewMaster(MasterConfig{Ring: ring[0].node, Epoch: 1, Logger: zerolog.Nop()})
 	defer m.Close()
 	ids := make([]uint64, MaxOpIDs+10)
 	for i := range ids {
@@ -189,30 +188,4 @@ func TestMasterSplitsLargeSettles(t *testing.T) {
 	if len(got[0].IDs) != MaxOpIDs || len(got[1].IDs) != 10 || got[1].IDs[9] != uint64(MaxOpIDs+10) {
 		t.Fatalf("split into %d and %d ids", len(got[0].IDs), len(got[1].IDs))
 	}
-}
-
-func TestMasterCatalogOfQueues(t *testing.T) {
-	m := &Master{queues: map[string]map[string]struct{}{}}
-	declare := func(q queueDeclareSpec) []byte {
-		return amqp.AppendMethod(nil, &amqp.QueueDeclare{Queue: q.name, Passive: q.passive, Exclusive: q.exclusive})
-	}
-	for _, q := range []queueDeclareSpec{{name: "b"}, {name: "a"}, {name: "p", passive: true}, {name: "x", exclusive: true}, {name: "a"}} {
-		m.catalog("/", declare(q))
-	}
-	m.catalog("other", declare(queueDeclareSpec{name: "z"}))
-	if got := fmt.Sprint(m.Queues("/")); got != "[a b]" {
-		t.Fatalf("catalog %s, want [a b] (no passive, no exclusive, no duplicates)", got)
-	}
-	m.catalog("/", amqp.AppendMethod(nil, &amqp.QueueDelete{Queue: "a"}))
-	if got := fmt.Sprint(m.Queues("/")); got != "[b]" {
-		t.Fatalf("after delete: %s", got)
-	}
-	if got := fmt.Sprint(m.Queues("other")); got != "[z]" {
-		t.Fatalf("vhost other: %s", got)
-	}
-}
-
-type queueDeclareSpec struct {
-	name               string
-	passive, exclusive bool
 }

@@ -20,6 +20,12 @@ type MirrorConfig struct {
 	// policy decision). Exclusive queues never are, whatever it says.
 	// Nil mirrors every non-exclusive queue.
 	Mirrored func(vhost, queue string, args amqp.Table) bool
+	// Self is this node's ID: sync ops name the mirrors they are for.
+	Self string
+	// Policies, when set, is changed by policy ops (the master's set,
+	// replicated), and the mirror drops its copies of queues the new
+	// policies no longer place here.
+	Policies *Policies
 	// Logger receives the mirror's logs.
 	Logger zerolog.Logger
 	// MaxHeld bounds the copies a shadow consumer holds per queue; it is
@@ -152,6 +158,14 @@ func (m *Mirror) Apply(b []byte, done func(error)) {
 		done(err)
 		return
 	}
+	switch op.Kind {
+	case OpPolicy:
+		done(m.applyPolicy(&op))
+		return
+	case OpStatus:
+		done(nil) // for the master
+		return
+	}
 	v, err := m.vhost(op.Vhost)
 	if err != nil {
 		done(err)
@@ -167,6 +181,14 @@ func (m *Mirror) Apply(b []byte, done func(error)) {
 	case OpQueueGone:
 		meth := amqp.AppendMethod(nil, &amqp.QueueDelete{Queue: op.Queue})
 		m.applyTopology(v, &Op{Kind: OpTopology, Vhost: op.Vhost, Method: meth}, done)
+	case OpSyncStart:
+		m.applySyncStart(v, &op, done)
+	case OpSyncCopy:
+		m.applySyncCopy(v, &op, done)
+	case OpSyncEnd:
+		m.applySyncEnd(v, &op, done)
+	default:
+		m.completeNow(v, done, fmt.Errorf("replicate: mirror cannot apply a %s op", op.Kind))
 	}
 }
 

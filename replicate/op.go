@@ -23,6 +23,23 @@ const (
 	OpTopology OpKind = 4
 	// OpQueueGone deletes a queue that disappeared with its owner.
 	OpQueueGone OpKind = 5
+	// OpSyncStart starts a sync of a queue on the mirrors named in Nodes
+	// (docs/REPLICATION.md, "Sync"). ID numbers the sync run.
+	OpSyncStart OpKind = 6
+	// OpSyncCopy carries one message of the master's queue to the mirrors
+	// that are syncing it (content header payload and body).
+	OpSyncCopy OpKind = 7
+	// OpSyncEnd ends the sync run ID of a queue; Cancelled says it stopped
+	// before copying everything (the mirrors stay unsynced).
+	OpSyncEnd OpKind = 8
+	// OpPolicy sets (Data: the policy as JSON) or clears (no Data) the
+	// policy Name of Vhost; with Name empty, Data is a JSON array that
+	// replaces every policy of every vhost (a new master's set).
+	OpPolicy OpKind = 9
+	// OpStatus is sent by a mirror (Nodes: itself) when it stopped being a
+	// faithful copy of Queue ("" for the whole vhost), so the master drops
+	// it from the synced sets.
+	OpStatus OpKind = 10
 )
 
 func (k OpKind) String() string {
@@ -37,6 +54,16 @@ func (k OpKind) String() string {
 		return "topology"
 	case OpQueueGone:
 		return "queue-gone"
+	case OpSyncStart:
+		return "sync-start"
+	case OpSyncCopy:
+		return "sync-copy"
+	case OpSyncEnd:
+		return "sync-end"
+	case OpPolicy:
+		return "policy"
+	case OpStatus:
+		return "status"
 	}
 	return fmt.Sprintf("op-kind(%d)", uint8(k))
 }
@@ -47,6 +74,11 @@ func (k OpKind) String() string {
 //	Ack, Drop  Vhost Queue IDs
 //	Topology   Vhost Method
 //	QueueGone  Vhost Queue
+//	SyncStart  Vhost Queue ID Nodes
+//	SyncCopy   Vhost Queue Header Body
+//	SyncEnd    Vhost Queue ID Cancelled
+//	Policy     Vhost Name Data
+//	Status     Vhost Queue Nodes
 //
 // ParseOp sets only the fields of its kind; AppendOp ignores the others.
 type Op struct {
@@ -65,6 +97,13 @@ type Op struct {
 	IDs    []uint64
 	// Method is a method frame's payload (class id, method id, arguments).
 	Method []byte
+	// Nodes are member IDs (sync targets; a status op's sender).
+	Nodes []string
+	// Cancelled marks a sync run that stopped before it finished.
+	Cancelled bool
+	// Name is a policy's name; Data its JSON definition.
+	Name string
+	Data []byte
 }
 
 // OpFormat is the format octet that starts every encoded op. A decoder
@@ -93,6 +132,19 @@ const MaxOpIDs = 1 << 16
 //	            count        u32, then count × u64 ids
 //	Topology    method       u32 length + octets
 //	QueueGone   queue        u8 length + octets
+//	SyncStart   queue        u8 length + octets
+//	            run id       u64
+//	            nodes        u8 count, then count × (u8 length + octets)
+//	SyncCopy    queue        u8 length + octets
+//	            header       u32 length + octets
+//	            body         u32 length + octets
+//	SyncEnd     queue        u8 length + octets
+//	            run id       u64
+//	            flags        u8 (bit 0: cancelled; other bits zero)
+//	Policy      name         u8 length + octets
+//	            data         u32 length + octets
+//	Status      queue        u8 length + octets
+//	            nodes        u8 count, then count × (u8 length + octets)
 //
 // Numbers are big-endian. Nothing may follow the last field. Short strings
 // are at most 255 octets, as in AMQP.
@@ -130,6 +182,36 @@ func AppendOp(dst []byte, op *Op) []byte {
 		dst = appendLong(dst, op.Method)
 	case OpQueueGone:
 		dst = appendShort(dst, op.Queue)
+	case OpSyncStart:
+		dst = appendShort(dst, op.Queue)
+		dst = binary.BigEndian.AppendUint64(dst, op.ID)
+		dst = appendNodes(dst, op.Nodes)
+	case OpSyncCopy:
+		dst = appendShort(dst, op.Queue)
+		dst = appendLong(dst, op.Header)
+		dst = appendLong(dst, op.Body)
+	case OpSyncEnd:
+		dst = appendShort(dst, op.Queue)
+		dst = binary.BigEndian.AppendUint64(dst, op.ID)
+		var flags byte
+		if op.Cancelled {
+			flags = 1
+		}
+		dst = append(dst, flags)
+	case OpPolicy:
+		dst = appendShort(dst, op.Name)
+		dst = appendLong(dst, op.Data)
+	case OpStatus:
+		dst = appendShort(dst, op.Queue)
+		dst = appendNodes(dst, op.Nodes)
+	}
+	return dst
+}
+
+func appendNodes(dst []byte, nodes []string) []byte {
+	dst = append(dst, byte(len(nodes)))
+	for _, n := range nodes {
+		dst = appendShort(dst, n)
 	}
 	return dst
 }
@@ -137,19 +219,27 @@ func AppendOp(dst []byte, op *Op) []byte {
 // ValidateOp reports what AppendOp would panic on.
 func ValidateOp(op *Op) error {
 	switch op.Kind {
-	case OpPublish, OpAck, OpDrop, OpTopology, OpQueueGone:
+	case OpPublish, OpAck, OpDrop, OpTopology, OpQueueGone, OpSyncStart, OpSyncCopy, OpSyncEnd, OpPolicy, OpStatus:
 	default:
 		return fmt.Errorf("replicate: cannot encode op of unknown kind %d", uint8(op.Kind))
 	}
-	for _, f := range [...]struct{ name, s string }{{"vhost", op.Vhost}, {"exchange", op.Exchange}, {"routing key", op.RoutingKey}, {"queue", op.Queue}} {
+	for _, f := range [...]struct{ name, s string }{{"vhost", op.Vhost}, {"exchange", op.Exchange}, {"routing key", op.RoutingKey}, {"queue", op.Queue}, {"name", op.Name}} {
 		if len(f.s) > 255 {
 			return fmt.Errorf("replicate: cannot encode %s op: %s of %d octets (at most 255)", op.Kind, f.name, len(f.s))
+		}
+	}
+	if len(op.Nodes) > 255 {
+		return fmt.Errorf("replicate: cannot encode %s op: %d nodes (at most 255)", op.Kind, len(op.Nodes))
+	}
+	for _, n := range op.Nodes {
+		if len(n) > 255 {
+			return fmt.Errorf("replicate: cannot encode %s op: node name of %d octets (at most 255)", op.Kind, len(n))
 		}
 	}
 	if len(op.IDs) > MaxOpIDs {
 		return fmt.Errorf("replicate: cannot encode %s op: %d ids (at most %d)", op.Kind, len(op.IDs), MaxOpIDs)
 	}
-	if uint64(len(op.Header)) > 0xffffffff || uint64(len(op.Body)) > 0xffffffff || uint64(len(op.Method)) > 0xffffffff {
+	if uint64(len(op.Header)) > 0xffffffff || uint64(len(op.Body)) > 0xffffffff || uint64(len(op.Method)) > 0xffffffff || uint64(len(op.Data)) > 0xffffffff {
 		return fmt.Errorf("replicate: cannot encode %s op: a field longer than 4 GiB", op.Kind)
 	}
 	return nil
@@ -220,6 +310,30 @@ func ParseOp(b []byte) (Op, error) {
 		op.Method = r.long("method")
 	case OpQueueGone:
 		op.Queue = r.short("queue")
+	case OpSyncStart:
+		op.Queue = r.short("queue")
+		op.ID = r.u64("run id")
+		op.Nodes = r.nodes()
+	case OpSyncCopy:
+		op.Queue = r.short("queue")
+		op.Header = r.long("header")
+		op.Body = r.long("body")
+	case OpSyncEnd:
+		op.Queue = r.short("queue")
+		op.ID = r.u64("run id")
+		switch flags := r.u8("flags"); flags {
+		case 0:
+		case 1:
+			op.Cancelled = true
+		default:
+			r.fail("flags 0x%02x: only bit 0 (cancelled) is defined", flags)
+		}
+	case OpPolicy:
+		op.Name = r.short("name")
+		op.Data = r.long("data")
+	case OpStatus:
+		op.Queue = r.short("queue")
+		op.Nodes = r.nodes()
 	default:
 		return Op{}, fmt.Errorf("%w: unknown kind %d", ErrMalformedOp, uint8(kind))
 	}
@@ -298,6 +412,24 @@ func (r *opReader) short(field string) string {
 	s := string(r.b[:n])
 	r.b = r.b[n:]
 	return s
+}
+
+// nodes reads a count octet and that many short strings; a count is
+// checked against what is left (each name needs at least its length octet).
+func (r *opReader) nodes() []string {
+	n := r.u8("node count")
+	if r.err != nil || n == 0 {
+		return nil
+	}
+	if int(n) > len(r.b) {
+		r.fail("%d nodes need at least %d octets, %d left", n, n, len(r.b))
+		return nil
+	}
+	out := make([]string, 0, n)
+	for range n {
+		out = append(out, r.short("node"))
+	}
+	return out
 }
 
 func (r *opReader) long(field string) []byte {

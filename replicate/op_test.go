@@ -27,6 +27,14 @@ func sampleOps() []Op {
 		{Kind: OpDrop, Vhost: "vh", Queue: "q2", IDs: []uint64{^uint64(0)}},
 		{Kind: OpTopology, Vhost: "/", Method: declare},
 		{Kind: OpQueueGone, Vhost: "/", Queue: "amq.gen-xyz"},
+		{Kind: OpSyncStart, Vhost: "/", Queue: "q1", ID: 3, Nodes: []string{"b", "c"}},
+		{Kind: OpSyncStart, Vhost: "/", Queue: "q1", ID: 4},
+		{Kind: OpSyncCopy, Vhost: "/", Queue: "q1", Header: header, Body: []byte("old")},
+		{Kind: OpSyncEnd, Vhost: "/", Queue: "q1", ID: 3},
+		{Kind: OpSyncEnd, Vhost: "/", Queue: "q1", ID: 4, Cancelled: true},
+		{Kind: OpPolicy, Vhost: "/", Name: "ha", Data: []byte(`{"pattern":"^ha\\."}`)},
+		{Kind: OpPolicy, Vhost: "/", Name: "ha"},
+		{Kind: OpStatus, Vhost: "/", Queue: "q1", Nodes: []string{"b"}},
 	}
 }
 
@@ -41,6 +49,9 @@ func normalised(op Op) Op {
 	}
 	if len(op.Method) == 0 {
 		op.Method = nil
+	}
+	if len(op.Data) == 0 {
+		op.Data = nil
 	}
 	return op
 }
@@ -104,6 +115,9 @@ func TestParseOpMalformed(t *testing.T) {
 		{"huge id count", []byte{OpFormat, byte(OpAck), 0, 0, 0xff, 0xff, 0xff, 0xff}, "at most"},
 		{"ids past end", append(ack[:len(ack)-16:len(ack)-16], make([]byte, 8)...), "2 ids need 16 octets, 8 left"},
 		{"huge body length", []byte{OpFormat, byte(OpTopology), 0, 0xff, 0xff, 0xff, 0xff}, "method needs 4294967295 octets"},
+		{"nodes past end", []byte{OpFormat, byte(OpStatus), 0, 1, 'q', 200, 1, 'b'}, "200 nodes need at least 200 octets"},
+		{"node truncated", []byte{OpFormat, byte(OpStatus), 0, 1, 'q', 1, 5, 'b'}, "node needs 5 octets"},
+		{"sync-end flags", []byte{OpFormat, byte(OpSyncEnd), 0, 1, 'q', 0, 0, 0, 0, 0, 0, 0, 1, 4}, "flags 0x04"},
 	}
 	for _, c := range cases {
 		_, err := ParseOp(c.b)
@@ -135,6 +149,9 @@ func TestAppendOpRefuses(t *testing.T) {
 		{Kind: 0},
 		{Kind: OpPublish, Exchange: strings.Repeat("e", 256)},
 		{Kind: OpAck, IDs: make([]uint64, MaxOpIDs+1)},
+		{Kind: OpStatus, Nodes: make([]string, 256)},
+		{Kind: OpSyncStart, Nodes: []string{strings.Repeat("n", 256)}},
+		{Kind: OpPolicy, Name: strings.Repeat("p", 256)},
 	} {
 		if err := ValidateOp(&op); err == nil {
 			t.Fatalf("ValidateOp(%v) = nil", op.Kind)

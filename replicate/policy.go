@@ -715,6 +715,22 @@ func (ps *Policies) Clear(vhost, name string) error {
 	return nil
 }
 
+// Replace makes ps hold exactly the given policies (a new master's set,
+// replicated to the mirrors). Nothing changes when one is invalid.
+func (ps *Policies) Replace(list []Policy) error {
+	m := make(map[policyKey]Policy, len(list))
+	for _, p := range list {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+		m[policyKey{p.Vhost, p.Name}] = p
+	}
+	ps.mu.Lock()
+	ps.m = m
+	ps.mu.Unlock()
+	return nil
+}
+
 // Get returns the policy named name in vhost.
 func (ps *Policies) Get(vhost, name string) (Policy, bool) {
 	ps.mu.RLock()

@@ -30,6 +30,9 @@ type appliedReporter interface {
 type applier struct {
 	mirror opApplier
 	gm     appliedReporter
+	// report tells the master that an op failed here; the op counts as
+	// applied once the returned channel closes (the report is stable).
+	report func(data []byte) <-chan struct{}
 	log    zerolog.Logger
 
 	mu     sync.Mutex
@@ -51,11 +54,12 @@ type delivered struct {
 type entry struct {
 	sender gm.Member
 	seq    uint64
+	data   []byte
 	done   bool
 }
 
-func newApplier(mirror opApplier, rep appliedReporter, log zerolog.Logger) *applier {
-	a := &applier{mirror: mirror, gm: rep, log: log, done: make(chan struct{})}
+func newApplier(mirror opApplier, rep appliedReporter, report func(data []byte) <-chan struct{}, log zerolog.Logger) *applier {
+	a := &applier{mirror: mirror, gm: rep, report: report, log: log, done: make(chan struct{})}
 	a.cond = sync.NewCond(&a.mu)
 	go a.run()
 	return a
@@ -105,7 +109,7 @@ func (a *applier) run() {
 		d := a.queue[0]
 		a.queue[0] = delivered{}
 		a.queue = a.queue[1:]
-		e := &entry{sender: d.sender, seq: d.seq}
+		e := &entry{sender: d.sender, seq: d.seq, data: d.data}
 		a.open = append(a.open, e)
 		a.mu.Unlock()
 		// Apply may block (the mirror broker's in-flight bound, topology
@@ -116,18 +120,38 @@ func (a *applier) run() {
 
 // finished records one op's done and reports the applied prefix to gm.
 func (a *applier) finished(e *entry, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err != nil {
-		// The op is counted as applied so the group goes on (the master's
-		// broker accepted it); this mirror now differs from the master
-		// for that op. Taking the mirror out of the synced sets needs
-		// sync, which is not built yet.
+	if err != nil && a.report != nil {
+		// The op counts as applied so the group goes on (the master's
+		// broker accepted it), but only once the master knows that this
+		// mirror now differs for the op's queue: it leaves the synced
+		// sets before anything after the op can be stable.
+		a.mu.Lock()
 		a.failed++
+		a.mu.Unlock()
+		a.log.Error().Err(err).Str("sender", e.sender.ID).Uint64("seq", e.seq).
+			Msg("mirror could not apply an op; this mirror now differs from the master and needs a sync")
+		ch := a.report(e.data)
+		go func() {
+			<-ch
+			a.markDone(e)
+		}()
+		return
+	}
+	if err != nil {
+		a.mu.Lock()
+		a.failed++
+		a.mu.Unlock()
 		a.log.Error().Err(err).Str("sender", e.sender.ID).Uint64("seq", e.seq).
 			Msg("mirror could not apply an op; this mirror now differs from the master")
 	}
+	a.markDone(e)
+}
+
+func (a *applier) markDone(e *entry) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	e.done = true
+	e.data = nil
 	var last *entry
 	for len(a.open) > 0 && a.open[0].done {
 		last = a.open[0]

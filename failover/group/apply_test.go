@@ -63,7 +63,7 @@ func (f *fakeGM) get(s gm.Member) uint64 {
 func TestApplierReportsAppliedPrefix(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	mir, rep := &fakeMirror{}, &fakeGM{applied: map[gm.Member]uint64{}}
-	a := newApplier(mir, rep, zerolog.Nop())
+	a := newApplier(mir, rep, nil, zerolog.Nop())
 	defer func() { a.stop(); a.wait() }()
 	m := gm.Member{ID: "master", Inc: 1}
 	for seq := uint64(1); seq <= 4; seq++ {

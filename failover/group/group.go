@@ -71,10 +71,14 @@ type Group struct {
 	apply *applier
 	mir   *replicate.Mirror
 
-	viewMu  sync.Mutex
-	view    failover.View
-	viewCh  chan struct{} // closed and replaced on every committed view
-	stopped chan struct{} // closed by Close
+	viewMu   sync.Mutex
+	view     failover.View
+	viewCh   chan struct{} // closed and replaced on every committed view
+	syncedCh chan struct{} // cap 1: the master's synced sets changed
+	stopped  chan struct{} // closed by Close
+
+	reportMu sync.Mutex
+	reported map[string]bool // QueueKey → failure reported (reportFailure)
 
 	roleMu sync.Mutex
 	master *replicate.Master
@@ -107,11 +111,11 @@ func Start(cfg Config) (*Group, error) {
 		cfg.Policies = &replicate.Policies{}
 	}
 	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
-	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), stopped: make(chan struct{}), quit: make(chan struct{})}
+	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{})}
 	g.fwd = newForwarder(g.masterClientAddr, cfg.Proxy.DialTimeout, log)
 
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
-		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Logger: log.With().Str("part", "mirror").Logger(),
+		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Policies: cfg.Policies, Self: cfg.Self, Logger: log.With().Str("part", "mirror").Logger(),
 	})
 	if err != nil {
 		closeListeners(cfg)
@@ -139,7 +143,7 @@ func Start(cfg Config) (*Group, error) {
 		return nil, fmt.Errorf("group: %w", err)
 	}
 	g.node = node
-	g.apply = newApplier(mir, node, log)
+	g.apply = newApplier(mir, node, g.reportFailure, log)
 
 	var voters []failover.Voter
 	for _, p := range cfg.Peers {
@@ -349,11 +353,26 @@ func (g *Group) deliver(op gm.Op) {
 	master := g.master != nil
 	g.roleMu.Unlock()
 	if master {
-		// The master's broker is the queue; ops from another sender would
+		// A mirror's status op is for the master; it is taken in before
+		// the op counts as applied, so the mirror's report is in the
+		// synced sets before anything after it is stable. Other ops would
 		// come from a former master (failover, not built): not applied.
-		g.log.Warn().Str("sender", op.Sender.ID).Uint64("seq", op.Seq).Msg("master received another member's op; ignored")
+		if k, _ := replicate.OpKindOf(op.Data); k == replicate.OpStatus {
+			if st, err := replicate.ParseOp(op.Data); err == nil && len(st.Nodes) == 1 {
+				if m := g.Master(); m != nil {
+					m.MarkUnsynced(st.Nodes[0], st.Vhost, st.Queue)
+				}
+			}
+		} else {
+			g.log.Warn().Str("sender", op.Sender.ID).Uint64("seq", op.Seq).Msg("master received another member's op; ignored")
+		}
 		g.node.Applied(op.Sender, op.Seq)
 		return
+	}
+	if k, _ := replicate.OpKindOf(op.Data); k == replicate.OpSyncStart {
+		if st, err := replicate.ParseOp(op.Data); err == nil && slices.Contains(st.Nodes, g.cfg.Self) {
+			g.syncing(st.Vhost, st.Queue)
+		}
 	}
 	g.apply.deliver(op)
 }
@@ -421,7 +440,10 @@ func (g *Group) Serve(ln net.Listener) error {
 		return proxy.ErrServerClosed
 	}
 	if g.srv == nil {
-		m := replicate.NewMaster(g.node, v.Epoch, g.log.With().Str("part", "master").Logger())
+		m := replicate.NewMaster(replicate.MasterConfig{
+			Ring: g.node, Epoch: v.Epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
+			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
+		})
 		opts := g.cfg.Proxy
 		opts.Replicator = m
 		srv, err := proxy.NewServer(opts)
@@ -431,7 +453,15 @@ func (g *Group) Serve(ln net.Listener) error {
 			ln.Close()
 			return fmt.Errorf("group: %w", err)
 		}
+		// Every mirror decides with the master's policies, from here on
+		// in op order.
+		if err := m.ProposePolicies(); err != nil {
+			g.log.Warn().Err(err).Msg("could not replicate the policies to the mirrors")
+		}
+		m.OnSyncedChange(g.syncedChanged)
 		g.master, g.srv = m, srv
+		g.wg.Add(1)
+		go g.masterLoop(m, v, g.quit)
 	}
 	srv := g.srv
 	g.roleMu.Unlock()

@@ -1,0 +1,224 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/failover"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
+)
+
+// ErrNotMaster is returned by the group-wide changes on a node that is
+// not the master; its message names the master.
+var ErrNotMaster = errors.New("group: this node is not the master")
+
+func (g *Group) notMaster() error {
+	return fmt.Errorf("%w: ask the master, %q", ErrNotMaster, g.View().Master)
+}
+
+// SetPolicy sets a policy for the whole group (through the master's ring,
+// so every mirror applies it in op order). Only the master accepts it.
+func (g *Group) SetPolicy(p replicate.Policy) error {
+	m := g.Master()
+	if m == nil {
+		return g.notMaster()
+	}
+	return m.SetPolicy(p)
+}
+
+// ClearPolicy clears a policy for the whole group; the error wraps
+// replicate.ErrPolicyNotFound when there is none by that name.
+func (g *Group) ClearPolicy(vhost, name string) error {
+	m := g.Master()
+	if m == nil {
+		return g.notMaster()
+	}
+	return m.ClearPolicy(vhost, name)
+}
+
+// SyncQueue synchronises a queue's unsynced mirrors and waits for it
+// (rabbitmqctl sync_queue); ctx ending stops the wait, not the sync.
+func (g *Group) SyncQueue(ctx context.Context, vhost, queue string) error {
+	m := g.Master()
+	if m == nil {
+		return g.notMaster()
+	}
+	return m.SyncQueue(ctx, vhost, queue)
+}
+
+// CancelSyncQueue stops a queue's running sync (rabbitmqctl
+// cancel_sync_queue).
+func (g *Group) CancelSyncQueue(vhost, queue string) error {
+	m := g.Master()
+	if m == nil {
+		return g.notMaster()
+	}
+	return m.CancelSync(vhost, queue)
+}
+
+// Synced returns the mirrors synced for a queue (the master's knowledge;
+// a mirror answers none: ask the master).
+func (g *Group) Synced(vhost, queue string) []string {
+	if m := g.Master(); m != nil {
+		return m.Synced(vhost, queue)
+	}
+	return nil
+}
+
+// Syncing reports whether a sync of the queue runs (on the master).
+func (g *Group) Syncing(vhost, queue string) bool {
+	if m := g.Master(); m != nil {
+		return m.Syncing(vhost, queue)
+	}
+	return false
+}
+
+// members is a view's membership as placement sees it.
+func members(v failover.View) []replicate.Member {
+	out := make([]replicate.Member, 0, len(v.Members))
+	for _, m := range v.Members {
+		out = append(out, replicate.Member{Node: m.ID, JoinEpoch: m.JoinEpoch})
+	}
+	return out
+}
+
+// masterLoop runs on the master while it serves: it hands each new view's
+// membership to the replicate.Master (which replays topology to newcomers
+// and starts automatic syncs) and keeps the view's synced sets in raft up
+// to date. It runs apart from raft's FSM goroutine, because both may wait
+// on the ring and on raft.
+func (g *Group) masterLoop(m *replicate.Master, seen failover.View, stop <-chan struct{}) {
+	defer g.wg.Done()
+	for {
+		g.viewMu.Lock()
+		v, ch := g.view, g.viewCh
+		g.viewMu.Unlock()
+		if v.Epoch != seen.Epoch {
+			seen = v
+			m.SetMembers(members(v))
+		}
+		g.pushSynced(m)
+		select {
+		case <-ch:
+		case <-g.syncedCh:
+		case <-stop:
+			return
+		case <-g.stopped:
+			return
+		}
+	}
+}
+
+// pushSynced writes the master's synced sets into the view (raft), where
+// elections read them. Only the raft leader can; elsewhere the view keeps
+// its sets until the leader's node is the master again (noted in
+// docs/REPLICATION.md).
+func (g *Group) pushSynced(m *replicate.Master) {
+	svc := g.svc.Load()
+	if svc == nil || !svc.IsLeader() {
+		return
+	}
+	want := m.SyncedSets()
+	have := g.View().Synced
+	keys := slices.Sorted(maps.Keys(want))
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			keys = append(keys, k) // gone: an empty set
+		}
+	}
+	for _, k := range keys {
+		w, ok := want[k]
+		if h, had := have[k]; ok == had && slices.Equal(w, h) {
+			continue
+		}
+		cmd := failover.Command{Kind: failover.CmdSetSynced, Queue: k, IDs: want[k]}
+		if _, ok := want[k]; !ok {
+			cmd = failover.Command{Kind: failover.CmdForgetSynced, Queue: k}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := svc.Apply(ctx, cmd)
+		cancel()
+		if err != nil {
+			g.log.Warn().Err(err).Msg("could not record a queue's synced mirrors in the view")
+			return
+		}
+	}
+}
+
+// syncedChanged is the master's OnSyncedChange: it wakes masterLoop.
+func (g *Group) syncedChanged(map[string][]string) {
+	select {
+	case g.syncedCh <- struct{}{}:
+	default:
+	}
+}
+
+// reportFailure tells the master, through the ring, that this mirror could
+// not apply an op (data), so that it leaves the synced sets of the queue
+// the op concerns (every queue of its vhost when the op is not about one
+// queue). The returned channel closes when the report is stable — every
+// member, the master included, has it — or cannot be made.
+func (g *Group) reportFailure(data []byte) <-chan struct{} {
+	done := make(chan struct{})
+	op, err := replicate.ParseOp(data)
+	if err != nil {
+		close(done)
+		return done
+	}
+	queue := ""
+	switch op.Kind {
+	case replicate.OpAck, replicate.OpDrop, replicate.OpQueueGone, replicate.OpSyncStart, replicate.OpSyncCopy, replicate.OpSyncEnd:
+		queue = op.Queue
+	case replicate.OpPolicy, replicate.OpStatus:
+		close(done)
+		return done
+	}
+	if queue == "" && op.Kind == replicate.OpTopology {
+		queue = replicate.TopologyQueue(op.Method)
+	}
+	// One report per queue (or vhost) until a sync makes it whole again.
+	key := replicate.QueueKey(op.Vhost, queue)
+	g.reportMu.Lock()
+	if g.reported == nil {
+		g.reported = map[string]bool{}
+	}
+	again := g.reported[key] || g.reported[replicate.QueueKey(op.Vhost, "")]
+	g.reported[key] = true
+	g.reportMu.Unlock()
+	if again {
+		close(done)
+		return done
+	}
+	st := replicate.AppendOp(nil, &replicate.Op{Kind: replicate.OpStatus, Vhost: op.Vhost, Queue: queue, Nodes: []string{g.cfg.Self}})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		go func() {
+			select {
+			case <-g.stopped:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		seq, err := g.node.Propose(ctx, st)
+		if err == nil {
+			err = g.node.WaitStable(ctx, seq)
+		}
+		if err != nil {
+			g.log.Warn().Err(err).Msg("could not tell the master that this mirror failed an op")
+		}
+	}()
+	return done
+}
+
+// syncing forgets the failure reports of a queue this mirror syncs again.
+func (g *Group) syncing(vhost, queue string) {
+	g.reportMu.Lock()
+	delete(g.reported, replicate.QueueKey(vhost, queue))
+	g.reportMu.Unlock()
+}

@@ -1,0 +1,549 @@
+package replicate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// Errors of the master's queue administration.
+var (
+	// ErrUnknownQueue: the queue was not declared through this master.
+	ErrUnknownQueue = errors.New("replicate: no such mirrored queue")
+	// ErrNotSyncing: cancel_sync_queue on a queue with no sync running.
+	ErrNotSyncing = errors.New("replicate: queue is not being synchronised")
+	// ErrSyncCancelled: the sync was cancelled (cancel_sync_queue).
+	ErrSyncCancelled = errors.New("replicate: sync cancelled")
+	// ErrNoBroker: sync needs MasterConfig.BrokerURL.
+	ErrNoBroker = errors.New("replicate: the master has no broker URL to sync from")
+)
+
+// QueueKey names a queue in the view's synced sets.
+func QueueKey(vhost, name string) string { return vhost + "\x00" + name }
+
+type qkey struct{ vhost, name string }
+
+// syncState is the master's knowledge of which mirrors hold every message
+// of each queue, and the syncs running. Guarded by Master.mu.
+type syncState struct {
+	members []Member
+	synced  map[qkey]map[string]bool
+	runs    map[qkey]*syncRun
+	nextRun uint64
+	notify  func(map[string][]string)
+}
+
+type syncRun struct {
+	id      uint64
+	targets []string
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
+	lost    map[string]bool // targets that reported a failure during the run
+}
+
+func (s *syncState) init(members []Member) {
+	s.members = slices.Clone(members)
+	s.synced = map[qkey]map[string]bool{}
+	s.runs = map[qkey]*syncRun{}
+}
+
+func (s *syncState) forget(vhost, name string) {
+	k := qkey{vhost, name}
+	delete(s.synced, k)
+	if r := s.runs[k]; r != nil {
+		r.cancel()
+	}
+}
+
+// planLocked is where the policies place a queue's mirrors now.
+func (m *Master) planLocked(e *QueueEntry) []string {
+	eff, ok := m.cfg.Policies.Effective(e.Vhost, e.Name, false, e.Arguments)
+	if !ok {
+		return nil
+	}
+	return Plan(eff, Group{Members: m.sy.members, Master: m.cfg.Self}, nil, nil).Mirrors
+}
+
+// queueDeclaredLocked starts the synced set of a new queue: every mirror
+// placed now receives the queue's ops from its declare on.
+func (m *Master) queueDeclaredLocked(e *QueueEntry) {
+	set := map[string]bool{}
+	for _, n := range m.planLocked(e) {
+		set[n] = true
+	}
+	m.sy.synced[qkey{e.Vhost, e.Name}] = set
+}
+
+// SetMembers follows a new view. Members that were not in the last one
+// (or come back as a new incarnation) are unsynced for every queue placed
+// on them; they get the catalog's topology replayed so that they declare
+// what exists, and queues with ha-sync-mode automatic start syncing.
+func (m *Master) SetMembers(members []Member) {
+	m.pol.Lock()
+	m.mu.Lock()
+	old := m.sy.members
+	m.sy.members = slices.Clone(members)
+	joined := false
+	for _, n := range members {
+		if !slices.Contains(old, n) {
+			joined = true
+		}
+	}
+	for _, e := range m.cat.all() {
+		set := m.sy.synced[qkey{e.Vhost, e.Name}]
+		plan := m.planLocked(e)
+		for n := range set {
+			if !slices.Contains(plan, n) || !slices.ContainsFunc(members, func(x Member) bool {
+				return x.Node == n && slices.Contains(old, x)
+			}) {
+				delete(set, n)
+			}
+		}
+	}
+	var replay []*Op
+	if joined {
+		replay = m.replayLocked(nil)
+	}
+	m.mu.Unlock()
+	m.proposeAll(replay)
+	m.pol.Unlock()
+	m.changed()
+	m.autoSync()
+}
+
+// replayLocked returns Topology ops that declare the catalog (the queues
+// keep selects, nil: all) on mirrors that lack it.
+func (m *Master) replayLocked(keep func(vhost, queue string) bool) []*Op {
+	var ops []*Op
+	for vhost := range m.cat.vhosts {
+		var k func(string) bool
+		if keep != nil {
+			k = func(q string) bool { return keep(vhost, q) }
+		}
+		for _, meth := range m.cat.replay(vhost, k) {
+			ops = append(ops, &Op{Kind: OpTopology, Vhost: vhost, Method: meth})
+		}
+	}
+	return ops
+}
+
+func (m *Master) proposeAll(ops []*Op) {
+	for _, op := range ops {
+		if _, err := m.propose(op); err != nil {
+			m.log.Warn().Err(err).Str("op", op.Kind.String()).Msg("could not replicate an op")
+			return
+		}
+	}
+}
+
+// SetPolicy sets a policy for the whole group: here, and on every mirror
+// through the ring (in op order, so a mirror decides with the policy the
+// master had). Queues that gain a mirror get it unsynced.
+func (m *Master) SetPolicy(p Policy) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return m.changePolicy(&Op{Kind: OpPolicy, Vhost: p.Vhost, Name: p.Name, Data: data}, func() error { return m.cfg.Policies.Set(p) })
+}
+
+// ClearPolicy clears a policy for the whole group.
+func (m *Master) ClearPolicy(vhost, name string) error {
+	return m.changePolicy(&Op{Kind: OpPolicy, Vhost: vhost, Name: name}, func() error { return m.cfg.Policies.Clear(vhost, name) })
+}
+
+func (m *Master) changePolicy(op *Op, apply func() error) error {
+	m.pol.Lock()
+	m.mu.Lock()
+	before := map[qkey][]string{}
+	for _, e := range m.cat.all() {
+		before[qkey{e.Vhost, e.Name}] = m.planLocked(e)
+	}
+	if err := apply(); err != nil {
+		m.mu.Unlock()
+		m.pol.Unlock()
+		return err
+	}
+	gained := map[qkey]bool{}
+	for _, e := range m.cat.all() {
+		k := qkey{e.Vhost, e.Name}
+		plan := m.planLocked(e)
+		set := m.sy.synced[k]
+		for n := range set {
+			if !slices.Contains(plan, n) {
+				delete(set, n)
+			}
+		}
+		for _, n := range plan {
+			if !slices.Contains(before[k], n) {
+				gained[k] = true
+			}
+		}
+	}
+	ops := []*Op{op}
+	if len(gained) > 0 {
+		ops = append(ops, m.replayLocked(func(vhost, q string) bool { return gained[qkey{vhost, q}] })...)
+	}
+	m.mu.Unlock()
+	_, err := m.propose(ops[0])
+	if err == nil {
+		m.proposeAll(ops[1:])
+	}
+	m.pol.Unlock()
+	m.changed()
+	m.autoSync()
+	return err
+}
+
+// ProposePolicies replicates the whole policy set (a new master's), so
+// that every mirror decides with the same policies.
+func (m *Master) ProposePolicies() error {
+	m.pol.Lock()
+	defer m.pol.Unlock()
+	data, err := json.Marshal(m.cfg.Policies.List(""))
+	if err != nil {
+		return err
+	}
+	_, err = m.propose(&Op{Kind: OpPolicy, Data: data})
+	return err
+}
+
+// MarkUnsynced takes node out of the synced sets of a queue ("" for every
+// queue of vhost): a mirror reported it could not apply an op there.
+func (m *Master) MarkUnsynced(node, vhost, queue string) {
+	m.mu.Lock()
+	for k, set := range m.sy.synced {
+		if k.vhost == vhost && (queue == "" || k.name == queue) && set[node] {
+			delete(set, node)
+			m.log.Warn().Str("mirror", node).Str("vhost", vhost).Str("queue", k.name).Msg("mirror is no longer synced: it could not apply an op")
+		}
+	}
+	for k, r := range m.sy.runs {
+		if k.vhost == vhost && (queue == "" || k.name == queue) && slices.Contains(r.targets, node) {
+			r.lost[node] = true
+		}
+	}
+	m.mu.Unlock()
+	m.changed()
+}
+
+// Synced returns, sorted, the mirrors synced for a queue.
+func (m *Master) Synced(vhost, queue string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return sortedSet(m.sy.synced[qkey{vhost, queue}])
+}
+
+// Syncing reports whether a sync of the queue is running.
+func (m *Master) Syncing(vhost, queue string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sy.runs[qkey{vhost, queue}] != nil
+}
+
+// SyncedSets returns every queue's synced mirrors keyed by QueueKey, as
+// the view stores them.
+func (m *Master) SyncedSets() map[string][]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.syncedSetsLocked()
+}
+
+func (m *Master) syncedSetsLocked() map[string][]string {
+	out := make(map[string][]string, len(m.sy.synced))
+	for k, set := range m.sy.synced {
+		out[QueueKey(k.vhost, k.name)] = sortedSet(set)
+	}
+	return out
+}
+
+// OnSyncedChange registers fn to receive the synced sets after each change
+// (outside the master's locks; calls may overlap). Set it before traffic.
+func (m *Master) OnSyncedChange(fn func(map[string][]string)) {
+	m.mu.Lock()
+	m.sy.notify = fn
+	m.mu.Unlock()
+}
+
+func (m *Master) changed() {
+	m.mu.Lock()
+	fn := m.sy.notify
+	var sets map[string][]string
+	if fn != nil {
+		sets = m.syncedSetsLocked()
+	}
+	m.mu.Unlock()
+	if fn != nil {
+		fn(sets)
+	}
+}
+
+func sortedSet(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// autoSync starts a sync of every queue with ha-sync-mode automatic that
+// has unsynced mirrors and none running.
+func (m *Master) autoSync() {
+	if m.cfg.BrokerURL == "" {
+		return
+	}
+	m.mu.Lock()
+	var todo []*QueueEntry
+	for _, e := range m.cat.all() {
+		eff, ok := m.cfg.Policies.Effective(e.Vhost, e.Name, false, e.Arguments)
+		if !ok || eff.SyncMode != SyncAutomatic || m.sy.runs[qkey{e.Vhost, e.Name}] != nil {
+			continue
+		}
+		if len(m.unsyncedLocked(e)) > 0 {
+			todo = append(todo, e)
+		}
+	}
+	m.mu.Unlock()
+	for _, e := range todo {
+		if _, err := m.startSync(e.Vhost, e.Name); err != nil && !errors.Is(err, ErrStopped) {
+			m.log.Warn().Err(err).Str("vhost", e.Vhost).Str("queue", e.Name).Msg("automatic sync did not start")
+		}
+	}
+}
+
+func (m *Master) unsyncedLocked(e *QueueEntry) []string {
+	var out []string
+	set := m.sy.synced[qkey{e.Vhost, e.Name}]
+	for _, n := range m.planLocked(e) {
+		if !set[n] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// SyncQueue synchronises the queue's unsynced mirrors (rabbitmqctl
+// sync_queue) and returns when they are synced, the sync failed or was
+// cancelled, or ctx ends (the sync goes on). A queue whose mirrors are all
+// synced returns at once. A sync already running is waited for.
+func (m *Master) SyncQueue(ctx context.Context, vhost, name string) error {
+	r, err := m.startSync(vhost, name)
+	if err != nil || r == nil {
+		return err
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// CancelSync stops a running sync (rabbitmqctl cancel_sync_queue); its
+// mirrors stay unsynced.
+func (m *Master) CancelSync(vhost, name string) error {
+	m.mu.Lock()
+	r := m.sy.runs[qkey{vhost, name}]
+	m.mu.Unlock()
+	if r == nil {
+		if _, ok := m.Queue(vhost, name); !ok {
+			return fmt.Errorf("%w: %q in vhost %q", ErrUnknownQueue, name, vhost)
+		}
+		return fmt.Errorf("%w: %q in vhost %q", ErrNotSyncing, name, vhost)
+	}
+	r.cancel()
+	<-r.done
+	return nil
+}
+
+// startSync starts (or finds) the sync run of a queue; nil when every
+// mirror is synced.
+func (m *Master) startSync(vhost, name string) (*syncRun, error) {
+	if m.cfg.BrokerURL == "" {
+		return nil, ErrNoBroker
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ctx.Err() != nil {
+		return nil, ErrStopped
+	}
+	e := m.cat.queue(vhost, name)
+	if e == nil {
+		return nil, fmt.Errorf("%w: %q in vhost %q", ErrUnknownQueue, name, vhost)
+	}
+	k := qkey{vhost, name}
+	if r := m.sy.runs[k]; r != nil {
+		return r, nil
+	}
+	targets := m.unsyncedLocked(e)
+	if len(targets) == 0 {
+		return nil, nil
+	}
+	batch := DefaultSyncBatchSize
+	if eff, ok := m.cfg.Policies.Effective(vhost, name, false, e.Arguments); ok && eff.SyncBatchSize > 0 {
+		batch = eff.SyncBatchSize
+	}
+	m.sy.nextRun++
+	ctx, cancel := context.WithCancel(m.ctx)
+	r := &syncRun{id: m.sy.nextRun, targets: targets, cancel: cancel, done: make(chan struct{}), lost: map[string]bool{}}
+	m.sy.runs[k] = r
+	entry := *e
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		defer cancel()
+		r.err = m.runSync(ctx, r, &entry, batch)
+		m.mu.Lock()
+		delete(m.sy.runs, k)
+		m.mu.Unlock()
+		close(r.done)
+		m.changed()
+	}()
+	return r, nil
+}
+
+// syncMsg is one message read from the master's queue.
+type syncMsg struct{ header, body []byte }
+
+// runSync copies the master's queue to the run's targets (docs/REPLICATION.md,
+// "Sync"): a consumer with the highest priority and no prefetch limit takes
+// every ready message — which blocks the queue for the clients' consumers,
+// as RabbitMQ's sync did — each goes to the ring as a SyncCopy op, and
+// closing the consumer's channel at the end puts them all back, in order.
+func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch int) (err error) {
+	log := m.log.With().Str("vhost", e.Vhost).Str("queue", e.Name).Uint64("sync", r.id).Strs("mirrors", r.targets).Logger()
+	start := time.Now()
+	log.Info().Int("batch", batch).Msg("sync started")
+	conn, err := dialBroker(ctx, m.cfg.BrokerURL, e.Vhost, log)
+	if err != nil {
+		return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
+	}
+	defer conn.close()
+	msgs := make(chan syncMsg, min(batch, 1024))
+	ch, err := conn.openChannel(ctx, chanHandlers{
+		keepBody: true,
+		deliver: func(_ *amqp.BasicDeliver, header, body []byte) {
+			select {
+			case msgs <- syncMsg{slices.Clone(header), slices.Clone(body)}:
+			case <-ctx.Done():
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
+	}
+	if _, err := m.propose(&Op{Kind: OpSyncStart, Vhost: e.Vhost, Queue: e.Name, ID: r.id, Nodes: r.targets}); err != nil {
+		return err
+	}
+	copied := 0
+	defer func() {
+		// Closing the channel requeues every message read, in order; the
+		// end op goes to the ring either way.
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = ch.close(cctx)
+		cancel()
+		cancelled := err != nil
+		seq, perr := m.propose(&Op{Kind: OpSyncEnd, Vhost: e.Vhost, Queue: e.Name, ID: r.id, Cancelled: cancelled})
+		if err == nil && perr == nil {
+			perr = m.ring.WaitStable(m.ctx, uint64(seq))
+		}
+		if err == nil && perr != nil {
+			err = perr
+		}
+		if ctx.Err() != nil && m.ctx.Err() == nil {
+			err = ErrSyncCancelled
+		}
+		if err != nil {
+			log.Warn().Err(err).Int("copied", copied).Msg("sync did not finish: the mirrors stay unsynced")
+			return
+		}
+		m.mu.Lock()
+		var synced []string
+		if set := m.sy.synced[qkey{e.Vhost, e.Name}]; set != nil {
+			for _, n := range r.targets {
+				if !r.lost[n] && slices.ContainsFunc(m.sy.members, func(x Member) bool { return x.Node == n }) {
+					set[n] = true
+					synced = append(synced, n)
+				}
+			}
+		}
+		m.mu.Unlock()
+		log.Info().Int("copied", copied).Dur("took", time.Since(start)).Strs("synced", synced).Msg("sync finished")
+	}()
+	if _, err := ch.rpc(ctx, &amqp.BasicQos{}); err != nil {
+		return err
+	}
+	if _, err := ch.rpc(ctx, &amqp.BasicConsume{Queue: e.Name, ConsumerTag: "mirrorproxy-sync",
+		Arguments: amqp.Table{{Key: "x-priority", Value: int32(math.MaxInt32)}}}); err != nil {
+		return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
+	}
+	var last uint64
+	sinceWait := 0
+	propose := func(s syncMsg) error {
+		seq, err := m.propose(&Op{Kind: OpSyncCopy, Vhost: e.Vhost, Queue: e.Name, Header: s.header, Body: s.body})
+		if err != nil {
+			return err
+		}
+		copied++
+		last = uint64(seq)
+		if sinceWait++; sinceWait >= batch {
+			// One batch in flight at a time: the ring's window bounds
+			// memory anyway; this paces the sync against the mirrors.
+			sinceWait = 0
+			return m.ring.WaitStable(ctx, last)
+		}
+		return nil
+	}
+	// The queue has been read when the broker, asked on the consumer's own
+	// channel, counts no ready message: its answer comes after every
+	// delivery it sent before, so what is buffered then is the rest. The
+	// question is asked while the buffer is drained, never blocking the
+	// connection's reader.
+	type count struct {
+		ready uint32
+		err   error
+	}
+	var asked chan count
+	for {
+		if asked == nil && len(msgs) == 0 {
+			asked = make(chan count, 1)
+			go func(c chan count) {
+				ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: e.Name, Passive: true})
+				if err != nil {
+					c <- count{err: err}
+					return
+				}
+				c <- count{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
+			}(asked)
+		}
+		select {
+		case s := <-msgs:
+			if err := propose(s); err != nil {
+				return err
+			}
+		case c := <-asked:
+			asked = nil
+			if c.err != nil {
+				return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, c.err)
+			}
+			if c.ready == 0 {
+				for len(msgs) > 0 {
+					if err := propose(<-msgs); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
