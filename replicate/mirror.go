@@ -67,6 +67,7 @@ type Mirror struct {
 	closed  bool   // no more ops: Release or Close
 	shut    bool   // Close has run
 	firstID uint64 // the first id published through this mirror (in the latest epoch)
+	maxID   uint64 // the highest id published through this mirror
 	expiry  expiryHeap
 	// expiryLimit is the heap size that triggers compactExpiry.
 	expiryLimit int
@@ -266,6 +267,13 @@ func (m *Mirror) openApplyChannel(ctx context.Context, v *vhostMirror) error {
 }
 
 func (m *Mirror) applyPublish(v *vhostMirror, op *Op, done func(error)) {
+	m.publish(v, op.ID, op.Exchange, op.RoutingKey, op.Mandatory, op.Header, op.Body, done)
+}
+
+// publish publishes on the apply channel; done runs on the broker's
+// confirm. id, when not 0, is a replicated publish's (it moves firstID
+// and maxID); sync copies and moved copies pass 0.
+func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandatory bool, header, body []byte, done func(error)) {
 	m.mu.Lock()
 	for v.unconf >= m.cfg.MaxInFlight && v.err == nil && !m.closed {
 		m.cond.Wait()
@@ -275,15 +283,18 @@ func (m *Mirror) applyPublish(v *vhostMirror, op *Op, done func(error)) {
 		done(err)
 		return
 	}
-	if m.firstID == 0 || op.ID>>40 > m.firstID>>40 {
-		m.firstID = op.ID
+	if id != 0 {
+		if m.firstID == 0 || id>>40 > m.firstID>>40 {
+			m.firstID = id
+		}
+		m.maxID = max(m.maxID, id)
 	}
 	v.seq++
 	v.unconf++
 	v.pending = append(v.pending, &pendingOp{seq: v.seq, done: done})
 	ch := v.ch
 	m.mu.Unlock()
-	if err := ch.publish(op.Exchange, op.RoutingKey, op.Mandatory, op.Header, op.Body); err != nil {
+	if err := ch.publish(exchange, key, mandatory, header, body); err != nil {
 		m.vhostFailed(v, err)
 	}
 }

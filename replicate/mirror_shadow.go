@@ -31,6 +31,19 @@ type shadowQueue struct {
 	order   []uint64
 	expired map[uint64]int // ids requeued for expiry, and how often
 	gone    bool
+
+	args amqp.Table // declare arguments (policy decisions)
+	// since is the first id this copy receives by routing: older messages
+	// reach it only by sync (docs/REPLICATION.md, "Sync").
+	since uint64
+	// syncRun is the sync run in progress here (syncing), hadSync that
+	// one ever ran: then acks of ids older than since may find a copy.
+	syncRun  uint64
+	syncing  bool
+	hadSync  bool
+	copied   int             // sync copies published in this run
+	moved    map[uint64]bool // rotation: ids put behind the sync copies
+	rotating bool
 }
 
 type heldCopy struct {
@@ -109,7 +122,23 @@ func (m *Mirror) runTopology(v *vhostMirror, meth amqp.Method) error {
 	m.mu.Lock()
 	ch := v.ch
 	m.mu.Unlock()
-	if _, err := ch.rpc(ctx, meth); err != nil {
+	fresh := false
+	if d, ok := meth.(*amqp.QueueDeclare); ok {
+		fresh = !m.known(v, d.Queue)
+	}
+	reply, err := ch.rpc(ctx, meth)
+	if err == nil && fresh {
+		// A copy this mirror did not start holds what an earlier run of
+		// the sidecar left: stale, as the master may have acked it since.
+		// It starts empty; old messages come back only by sync.
+		if ok, _ := reply.(*amqp.QueueDeclareOk); ok != nil && ok.MessageCount > 0 {
+			if _, err = ch.rpc(ctx, &amqp.QueuePurge{Queue: queue}); err == nil {
+				m.log.Info().Str("vhost", v.name).Str("queue", queue).Uint32("discarded", ok.MessageCount).
+					Msg("mirror: discarded the messages an earlier run left in its copy; a sync brings the master's back")
+			}
+		}
+	}
+	if err != nil {
 		var be *BrokerError
 		if errors.As(err, &be) && !be.Connection {
 			// The broker closed the apply channel: open a new one.
@@ -143,32 +172,42 @@ func (m *Mirror) startShadow(ctx context.Context, v *vhostMirror, queue string, 
 	if m.known(v, queue) {
 		return nil
 	}
-	q := &shadowQueue{name: queue, ttl: -1, held: map[uint64]heldCopy{}, pending: map[uint64]bool{}, expired: map[uint64]int{}}
+	m.mu.Lock()
+	since := m.maxID + 1
+	m.mu.Unlock()
+	q := &shadowQueue{name: queue, ttl: -1, held: map[uint64]heldCopy{}, pending: map[uint64]bool{}, expired: map[uint64]int{}, args: args, since: since}
 	if t, ok := args.Get("x-message-ttl"); ok {
 		if n, ok := amqp.Int64(t); ok && n >= 0 {
 			q.ttl = n
 		}
 	}
+	m.mu.Lock()
+	v.queues[queue] = q
+	m.mu.Unlock()
+	return m.openShadow(ctx, v, q)
+}
+
+// openShadow opens the shadow consumer's channel and starts consuming.
+func (m *Mirror) openShadow(ctx context.Context, v *vhostMirror, q *shadowQueue) error {
 	ch, err := v.cons.openChannel(ctx, chanHandlers{
 		deliver: func(d *amqp.BasicDeliver, header, _ []byte) { m.delivered(v, q, d, header) },
 		async: func(meth amqp.Method) {
 			if _, ok := meth.(*amqp.BasicCancel); ok {
-				m.log.Info().Str("vhost", v.name).Str("queue", queue).Msg("mirror: broker cancelled a shadow consumer (queue deleted)")
+				m.log.Info().Str("vhost", v.name).Str("queue", q.name).Msg("mirror: broker cancelled a shadow consumer (queue deleted)")
 			}
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", q.name, err)
 	}
-	q.ch = ch
 	m.mu.Lock()
-	v.queues[queue] = q
+	q.ch = ch
 	m.mu.Unlock()
 	if _, err := ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)}); err != nil {
-		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", q.name, err)
 	}
-	if _, err := ch.rpc(ctx, &amqp.BasicConsume{Queue: queue, ConsumerTag: "mirrorproxy-shadow", Exclusive: true}); err != nil {
-		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", queue, err)
+	if _, err := ch.rpc(ctx, &amqp.BasicConsume{Queue: q.name, ConsumerTag: "mirrorproxy-shadow", Exclusive: true}); err != nil {
+		return fmt.Errorf("replicate: shadow consumer for queue %q: %w", q.name, err)
 	}
 	return nil
 }
@@ -205,7 +244,13 @@ func (m *Mirror) delivered(v *vhostMirror, q *shadowQueue, d *amqp.BasicDeliver,
 		m.log.Warn().Err(err).Str("vhost", v.name).Str("queue", q.name).Msg("mirror: copy without a usable id is held until promotion")
 		return
 	}
-	if q.gone {
+	if q.gone || q.rotating {
+		return
+	}
+	if _, dup := q.held[id]; dup {
+		// A second copy of a message (a sync copy of one that also came
+		// by routing): keep the first, which is in the master's place.
+		m.dispose(q, id, d.DeliveryTag, true)
 		return
 	}
 	defer m.flush(q)
@@ -256,7 +301,7 @@ func (m *Mirror) applyDisposition(v *vhostMirror, op *Op, done func(error)) {
 	q := v.queues[op.Queue]
 	if q != nil && !q.gone {
 		for _, id := range op.IDs {
-			if !m.mayArrive(id) {
+			if _, held := q.held[id]; !held && !m.mayArrive(id) && !q.hadSync {
 				continue
 			}
 			if _, dup := q.pending[id]; !dup {

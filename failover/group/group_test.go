@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,6 +48,7 @@ type sidecars struct {
 	groups  []*Group
 	clients []string // client addresses
 	served  []chan error
+	once    sync.Once
 }
 
 func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policies) *sidecars {
@@ -66,10 +68,18 @@ func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policie
 	}
 	s := &sidecars{}
 	for i, node := range env.Nodes {
+		// Each node has its own policies, as separate processes do: the
+		// group keeps them the same through the ring.
+		own := &replicate.Policies{}
+		if policies != nil {
+			if err := own.Replace(policies.List("")); err != nil {
+				t.Fatal(err)
+			}
+		}
 		g, err := Start(Config{
 			Self: peers[i].ID, Peers: peers, GMListener: gls[i], RaftListener: rls[i],
 			Auth:      gm.AuthConfig{Secret: []byte("group test secret, long enough")},
-			BrokerURL: node.URL, Policies: policies,
+			BrokerURL: node.URL, Policies: own,
 			Proxy:  proxy.Options{Upstream: node.AMQPAddr, Logger: log},
 			Logger: log,
 		})
@@ -97,8 +107,17 @@ func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policie
 	return s
 }
 
+// close returns a function that closes every sidecar once (a test may
+// close them early, e.g. to read the brokers' copies; cleanup then does
+// nothing).
 func (s *sidecars) close(t *testing.T) func() {
 	return func() {
+		s.once.Do(func() { s.closeAll(t) })
+	}
+}
+
+func (s *sidecars) closeAll(t *testing.T) {
+	{
 		for i, g := range s.groups {
 			if err := g.Close(); err != nil {
 				t.Errorf("closing sidecar %d: %v", i, err)

@@ -1,0 +1,186 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/goleak"
+
+	"github.com/mirrorproxy/mirrorproxy/replicate"
+	"github.com/mirrorproxy/mirrorproxy/testenv"
+)
+
+func policy(t *testing.T, name, pattern string, def map[string]any) replicate.Policy {
+	t.Helper()
+	d, err := replicate.ParseDefinition(def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := replicate.NewPolicy("/", name, pattern, replicate.ApplyTo("queues"), 0, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// drain reads every message of queue on the broker at url, directly.
+func drain(t *testing.T, url, queue string) []string {
+	t.Helper()
+	c := dial(t, url)
+	defer c.Close()
+	ch := channel(t, c)
+	var out []string
+	for {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil {
+			t.Fatalf("get from %q: %v", queue, err)
+		}
+		if !ok {
+			return out
+		}
+		out = append(out, string(d.Body))
+	}
+}
+
+func bodies(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	return out
+}
+
+// TestSyncNewMirror follows issue 4's sync story on three brokers: a queue
+// placed on one mirror gains a second by a policy change (made on the
+// master, replicated); the new mirror is unsynced and holds only what came
+// after; sync_queue copies the older messages and makes it synced; every
+// broker then holds the master's messages in the master's order.
+func TestSyncNewMirror(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts RabbitMQ brokers")
+	}
+	env := testenv.Start(t, testenv.Options{Nodes: 3})
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+
+	policies := &replicate.Policies{}
+	if err := policies.Set(policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2})); err != nil {
+		t.Fatal(err)
+	}
+	s := startSidecars(t, env, policies)
+	master := s.groups[0]
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const q = "sync.q"
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	old := bodies("old", 150)
+	publishConfirmed(t, ch, "", q, old...)
+
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1"}) {
+		t.Fatalf("synced mirrors %v, want [node-1] (exactly 2: the oldest other member)", got)
+	}
+	if queueExists(t, env.Nodes[2].URL, q) {
+		t.Fatal("node-2 has a copy though the policy places none there")
+	}
+	waitFor(t, "node-1 to hold the old messages", 30*time.Second, func() bool { return s.groups[1].Mirror().Held("/", q) == len(old) })
+
+	// The policy changes on the master only; the ring carries it.
+	if err := s.groups[1].SetPolicy(policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "all"})); !errors.Is(err, ErrNotMaster) {
+		t.Fatalf("SetPolicy on a mirror: %v, want ErrNotMaster", err)
+	}
+	if err := master.SetPolicy(policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "all"})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node-2's copy of the queue", 30*time.Second, func() bool { return queueExists(t, env.Nodes[2].URL, q) })
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1"}) {
+		t.Fatalf("after the policy change synced %v, want [node-1]: the new mirror starts unsynced", got)
+	}
+	for i, g := range s.groups[1:] {
+		if d, ok := g.cfg.Policies.Get("/", "ha"); !ok || d.Definition.String() != `{"ha-mode":"all"}` {
+			t.Fatalf("node-%d's policy: %v %v", i+1, d.Definition, ok)
+		}
+	}
+
+	recent := bodies("new", 20)
+	publishConfirmed(t, ch, "", q, recent...)
+	waitFor(t, "node-2 to hold the new messages only", 30*time.Second, func() bool { return s.groups[2].Mirror().Held("/", q) == len(recent) })
+	waitFor(t, "node-1 to hold all", 30*time.Second, func() bool { return s.groups[1].Mirror().Held("/", q) == len(old)+len(recent) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := master.CancelSyncQueue("/", q); !errors.Is(err, replicate.ErrNotSyncing) {
+		t.Fatalf("cancel with no sync running: %v", err)
+	}
+	if err := master.SyncQueue(ctx, "/", q); err != nil {
+		t.Fatalf("sync_queue: %v", err)
+	}
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1", "node-2"}) {
+		t.Fatalf("after sync synced %v, want both", got)
+	}
+	waitFor(t, "node-2 to hold every message", 30*time.Second, func() bool { return s.groups[2].Mirror().Held("/", q) == len(old)+len(recent) })
+	waitFor(t, "the view to record the synced set", 30*time.Second, func() bool {
+		return slices.Equal(master.View().Synced[replicate.QueueKey("/", q)], []string{"node-1", "node-2"})
+	})
+
+	// Clients of the queue were held off during the sync and get every
+	// message, in order, once more (nothing lost or duplicated by it).
+	want := append(slices.Clone(old), recent...)
+	c.Close()
+	s.close(t)()
+	for i, n := range env.Nodes {
+		if got := drain(t, n.URL, q); !slices.Equal(got, want) {
+			t.Fatalf("node-%d's queue after sync: %d messages %v…, want %d in the master's order", i, len(got), got[:min(len(got), 5)], len(want))
+		}
+	}
+}
+
+// TestSyncAutomatic: with ha-sync-mode automatic a mirror gained by a
+// policy change is synced without sync_queue.
+func TestSyncAutomatic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts RabbitMQ brokers")
+	}
+	env := testenv.Start(t, testenv.Options{Nodes: 3})
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+
+	policies := &replicate.Policies{}
+	if err := policies.Set(policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "nodes", "ha-params": []any{"node-1"}, "ha-sync-mode": "automatic"})); err != nil {
+		t.Fatal(err)
+	}
+	s := startSidecars(t, env, policies)
+	master := s.groups[0]
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const q = "auto.q"
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp091.Table{"x-queue-mode": "default"}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := bodies("m", 40)
+	publishConfirmed(t, ch, "", q, msgs...)
+	if err := master.SetPolicy(policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "all", "ha-sync-mode": "automatic", "ha-sync-batch-size": 7})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the automatic sync", 60*time.Second, func() bool {
+		return slices.Equal(master.Synced("/", q), []string{"node-1", "node-2"})
+	})
+	waitFor(t, "node-2 to hold every message", 30*time.Second, func() bool { return s.groups[2].Mirror().Held("/", q) == len(msgs) })
+	c.Close()
+	s.close(t)()
+	if got := drain(t, env.Nodes[2].URL, q); !slices.Equal(got, msgs) {
+		t.Fatalf("node-2's queue: %v", got)
+	}
+}
