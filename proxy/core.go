@@ -120,6 +120,27 @@ func (r *dlvRing) take(tag uint64, multiple bool, fn func(queue string, id uint6
 
 func (r *dlvRing) reset() { r.ents, r.head = r.ents[:0], 0 }
 
+// outstanding appends the ids of a vhost's queue delivered on the
+// session's channels and not settled.
+func (s *sessionState) outstanding(vhost, queue string, ids []uint64) []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vhost != vhost {
+		return ids
+	}
+	for _, ch := range s.channels {
+		if ch == nil {
+			continue
+		}
+		for _, e := range ch.r.unacked.ents[ch.r.unacked.head:] {
+			if e.live && e.queue == queue {
+				ids = append(ids, e.id)
+			}
+		}
+	}
+	return ids
+}
+
 // clientPublish starts assembling a publish (client → broker).
 func (s *sessionState) replPublish(ch *channelState, p []byte) error {
 	exchange, routingKey, mandatory, err := amqp.PeekBasicPublish(p)

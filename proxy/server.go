@@ -33,6 +33,7 @@ type Server struct {
 	sessions  sync.WaitGroup
 	active    atomic.Int64
 	nextID    atomic.Uint64
+	live      map[uint64]*session // for Outstanding; guarded by mu
 }
 
 // NewServer checks opts and returns a Server. It does not listen.
@@ -72,6 +73,7 @@ func NewServer(opts Options) (*Server, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
+		live:      make(map[uint64]*session),
 	}, nil
 }
 
@@ -80,6 +82,24 @@ func setDefault[T comparable](v *T, d T) {
 	if *v == zero {
 		*v = d
 	}
+}
+
+// Outstanding returns the ids of the messages of a queue that the core
+// delivered to clients and that are not settled yet (replication on).
+// A sync waits for them: a mirror can only get them once they are back in
+// the queue.
+func (s *Server) Outstanding(vhost, queue string) []uint64 {
+	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
+	for _, sess := range s.live {
+		live = append(live, sess)
+	}
+	s.mu.Unlock()
+	var ids []uint64
+	for _, sess := range live {
+		ids = sess.st.outstanding(vhost, queue, ids)
+	}
+	return ids
 }
 
 // Sessions reports how many client sessions are open.
@@ -139,9 +159,17 @@ func (s *Server) startSession(c net.Conn) {
 	sess.client = c
 	s.sessions.Add(1)
 	s.active.Add(1)
+	s.mu.Lock()
+	s.live[id] = sess
+	s.mu.Unlock()
 	go func() {
 		defer s.sessions.Done()
 		defer s.active.Add(-1)
+		defer func() {
+			s.mu.Lock()
+			delete(s.live, id)
+			s.mu.Unlock()
+		}()
 		// RemoteAddr of a PROXY-protocol connection reads the header: do it
 		// here, under the header timeout, not in the accept loop.
 		sess.log = s.log.With().Uint64("session", id).Str("client", clientAddr(c)).Logger()

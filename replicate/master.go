@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -42,11 +43,19 @@ type MasterConfig struct {
 	// Policies are the group's policies (shared with the node; changed
 	// only through SetPolicy and ClearPolicy while this master runs).
 	Policies *Policies
+	// Outstanding, when set, lists the ids of a queue's messages that
+	// clients hold delivered and unacked (proxy.Server.Outstanding). A sync
+	// waits until those it saw at its start are settled or back in the
+	// queue, because a mirror can only be given them from there.
+	Outstanding func(vhost, queue string) []uint64
 	// Members is the view's membership when the master starts; SetMembers
 	// follows later views.
 	Members []Member
 	// Logger receives the master's logs.
 	Logger zerolog.Logger
+	// GoneInterval is how often auto-delete queues are checked (default
+	// 1s; <0: only on CheckQueues). Needs BrokerURL.
+	GoneInterval time.Duration
 }
 
 // Master turns the master core's calls into ops on the ring: it is the
@@ -92,6 +101,7 @@ func NewMaster(cfg MasterConfig) *Master {
 		watchers: map[int]func(proxy.Ticket){}, cat: newCatalog()}
 	m.sy.init(cfg.Members)
 	go m.watchStable()
+	m.startGoneWatcher()
 	return m
 }
 

@@ -512,8 +512,10 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 		err   error
 	}
 	var asked chan count
+	var unacked map[uint64]bool // delivered to clients when the read began
+	var retry <-chan time.Time  // paces the question while waiting for them
 	for {
-		if asked == nil && len(msgs) == 0 {
+		if asked == nil && retry == nil && len(msgs) == 0 {
 			asked = make(chan count, 1)
 			go func(c chan count) {
 				ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: e.Name, Passive: true})
@@ -529,19 +531,47 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 			if err := propose(s); err != nil {
 				return err
 			}
+		case <-retry:
+			retry = nil
 		case c := <-asked:
 			asked = nil
 			if c.err != nil {
 				return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, c.err)
 			}
-			if c.ready == 0 {
-				for len(msgs) > 0 {
-					if err := propose(<-msgs); err != nil {
-						return err
+			if unacked == nil {
+				unacked = map[uint64]bool{}
+				if m.cfg.Outstanding != nil {
+					for _, id := range m.cfg.Outstanding(e.Vhost, e.Name) {
+						unacked[id] = true
 					}
 				}
+				if len(unacked) > 0 {
+					log.Info().Int("unacked", len(unacked)).Msg("sync waits for messages that clients hold unacked: they must be acked or come back to the queue")
+				}
+			}
+			if c.ready != 0 {
+				continue
+			}
+			for len(msgs) > 0 {
+				if err := propose(<-msgs); err != nil {
+					return err
+				}
+			}
+			if len(unacked) > 0 {
+				now := map[uint64]bool{}
+				for _, id := range m.cfg.Outstanding(e.Vhost, e.Name) {
+					now[id] = true
+				}
+				for id := range unacked {
+					if !now[id] {
+						delete(unacked, id)
+					}
+				}
+			}
+			if len(unacked) == 0 {
 				return nil
 			}
+			retry = time.After(20 * time.Millisecond)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -132,7 +132,7 @@ func Start(cfg Config) (*Group, error) {
 		Deliver:     g.deliver,
 		OnHeartbeat: g.heard,
 		OnReset: func(self gm.Member) {
-			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: earlier mirror contents are stale (sync is not built yet)")
+			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
 		},
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		Logger:            log,
@@ -443,6 +443,15 @@ func (g *Group) Serve(ln net.Listener) error {
 		m := replicate.NewMaster(replicate.MasterConfig{
 			Ring: g.node, Epoch: v.Epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
 			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
+			Outstanding: func(vhost, queue string) []uint64 {
+				g.roleMu.Lock()
+				srv := g.srv
+				g.roleMu.Unlock()
+				if srv == nil {
+					return nil
+				}
+				return srv.Outstanding(vhost, queue)
+			},
 		})
 		opts := g.cfg.Proxy
 		opts.Replicator = m
