@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/mirrorproxy/mirrorproxy/failover/group"
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
@@ -34,25 +35,57 @@ type MessageCounter interface {
 	Messages(ctx context.Context, vhost, queue string) (int, error)
 }
 
-// SyncReporter tells which mirrors of a queue are synced.
+// SyncReporter tells which mirrors of a queue are synced. One that also
+// has the method of SyncingReporter fills Queue.Syncing.
 type SyncReporter interface {
 	Synced(vhost, queue string) []string
+}
+
+// SyncingReporter tells whether a queue's sync is running.
+type SyncingReporter interface {
+	Syncing(vhost, queue string) bool
+}
+
+// Changer changes policies for the whole group, through the master. An
+// error wrapping group.ErrNotMaster answers 409 Conflict with its text
+// (which names the master), one wrapping replicate.ErrPolicyNotFound 404.
+type Changer interface {
+	SetPolicy(p replicate.Policy) error
+	ClearPolicy(vhost, name string) error
+}
+
+// Syncer runs rabbitmqctl's sync_queue and cancel_sync_queue on the
+// master. Errors wrapping group.ErrNotMaster, replicate.ErrNotSyncing or
+// replicate.ErrSyncCancelled answer 409, replicate.ErrUnknownQueue 404.
+type Syncer interface {
+	// SyncQueue synchronises the queue's unsynced mirrors and returns when
+	// they are synced (nil at once when they already are) or ctx ends;
+	// ctx ending stops the wait, not the sync.
+	SyncQueue(ctx context.Context, vhost, queue string) error
+	// CancelSyncQueue stops the queue's running sync.
+	CancelSyncQueue(vhost, queue string) error
 }
 
 // Config configures the API handler.
 type Config struct {
 	// Node is the running node; required.
 	Node Node
-	// Policies is the node's policy set, read and changed in place;
-	// required.
+	// Policies is the node's policy set, read by the API and, when
+	// Changer is nil, changed in place (this node only); required.
 	Policies *replicate.Policies
+	// Changer, when set, makes the policy changes group-wide.
+	Changer Changer
+	// Syncer serves the queue actions sync and cancel_sync; nil answers
+	// them 501.
+	Syncer Syncer
 	// Messages counts messages; nil leaves "messages" out of the status.
 	Messages MessageCounter
 	// Synced reports synced mirrors; nil reports none (no signal yet).
 	Synced SyncReporter
 	// Token authorises changes; empty refuses every change.
 	Token string
-	// Timeout bounds a status request's broker calls (default 10s).
+	// Timeout bounds a status request's broker calls (default 10s); a
+	// sync request waits as long as its client does.
 	Timeout time.Duration
 	Logger  zerolog.Logger
 }
@@ -74,6 +107,9 @@ type Queue struct {
 	// SynchronisedSlavePids are the mirrors known to hold every message.
 	SynchronisedSlavePids []string `json:"synchronised_slave_pids"`
 	Policy                string   `json:"policy"`
+	// Syncing is true while a sync of the queue runs (when the
+	// SyncReporter knows).
+	Syncing bool `json:"syncing,omitempty"`
 	// Error says why Messages is missing.
 	Error string `json:"error,omitempty"`
 }
@@ -85,6 +121,12 @@ type PolicyBody struct {
 	Definition json.RawMessage `json:"definition"`
 	Priority   int             `json:"priority"`
 	ApplyTo    string          `json:"apply-to"`
+}
+
+// ActionBody is the body of POST /api/queues/{vhost}/{name}/actions, as in
+// RabbitMQ's HTTP API: Action is "sync" or "cancel_sync".
+type ActionBody struct {
+	Action string `json:"action"`
 }
 
 // ErrorBody is every error response.
@@ -151,6 +193,10 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			a.clearPolicy(w, segs[2], segs[3])
 		}
+	case len(segs) == 5 && segs[0] == "api" && segs[1] == "queues" && segs[4] == "actions":
+		if route(http.MethodPost) && a.authorised(w, r) {
+			a.queueAction(w, r, segs[2], segs[3])
+		}
 	default:
 		a.fail(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	}
@@ -200,6 +246,9 @@ func (a *api) queues(w http.ResponseWriter, r *http.Request, vhost string) {
 					q.SynchronisedSlavePids = append(q.SynchronisedSlavePids, n)
 				}
 			}
+			if sr, ok := a.cfg.Synced.(SyncingReporter); ok {
+				q.Syncing = sr.Syncing(vhost, name)
+			}
 		}
 		if a.cfg.Messages != nil {
 			n, err := a.cfg.Messages.Messages(ctx, vhost, name)
@@ -245,29 +294,129 @@ func (a *api) setPolicy(w http.ResponseWriter, r *http.Request, vhost, name stri
 		return
 	}
 	p, err := replicate.NewPolicy(vhost, name, b.Pattern, replicate.ApplyTo(b.ApplyTo), b.Priority, def)
-	if err == nil {
-		err = a.cfg.Policies.Set(p)
-	}
 	if err != nil {
 		a.fail(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	scope := "this node only"
+	if a.cfg.Changer != nil {
+		scope = "group-wide"
+		err = a.cfg.Changer.SetPolicy(p)
+	} else {
+		err = a.cfg.Policies.Set(p)
+	}
+	if err != nil {
+		a.failChange(w, err)
+		return
+	}
 	a.log.Info().Str("vhost", p.Vhost).Str("policy", p.Name).Str("pattern", b.Pattern).
-		Str("definition", p.Definition.String()).Int("priority", p.Priority).Msg("policy set (this node only)")
+		Str("definition", p.Definition.String()).Int("priority", p.Priority).Msg("policy set (" + scope + ")")
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *api) clearPolicy(w http.ResponseWriter, vhost, name string) {
-	if err := a.cfg.Policies.Clear(vhost, name); err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, replicate.ErrPolicyNotFound) {
-			status = http.StatusNotFound
-		}
-		a.fail(w, status, "not_found", err.Error())
+	scope := "this node only"
+	var err error
+	if a.cfg.Changer != nil {
+		scope = "group-wide"
+		err = a.cfg.Changer.ClearPolicy(vhost, name)
+	} else {
+		err = a.cfg.Policies.Clear(vhost, name)
+	}
+	if err != nil {
+		a.failChange(w, err)
 		return
 	}
-	a.log.Info().Str("vhost", vhost).Str("policy", name).Msg("policy cleared (this node only)")
+	a.log.Info().Str("vhost", vhost).Str("policy", name).Msg("policy cleared (" + scope + ")")
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// queueAction runs sync or cancel_sync on a queue. A sync answers when the
+// queue's mirrors are synced, which can take minutes: the request is
+// bounded by its context (the client going away, the server closing), not
+// by the server's read and write timeouts.
+func (a *api) queueAction(w http.ResponseWriter, r *http.Request, vhost, name string) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		a.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("reading the body: %v", err))
+		return
+	}
+	var b ActionBody
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		a.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf(`the body is not {"action": "sync" or "cancel_sync"}: %v`, err))
+		return
+	}
+	if b.Action != "sync" && b.Action != "cancel_sync" {
+		a.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("action %q: use sync or cancel_sync", b.Action))
+		return
+	}
+	if a.cfg.Syncer == nil {
+		a.fail(w, http.StatusNotImplemented, "not_implemented", "this node cannot synchronise queues")
+		return
+	}
+	log := a.log.With().Str("vhost", vhost).Str("queue", name).Logger()
+	if b.Action == "cancel_sync" {
+		if err := a.cfg.Syncer.CancelSyncQueue(vhost, name); err != nil {
+			a.failChange(w, err)
+			return
+		}
+		log.Info().Msg("queue sync cancelled")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	rc := http.NewResponseController(w)
+	if err := errors.Join(rc.SetReadDeadline(time.Time{}), rc.SetWriteDeadline(time.Time{})); err != nil {
+		log.Warn().Err(err).Msg("admin: a long sync_queue may be cut by the server's timeouts")
+	}
+	log.Info().Msg("queue sync requested")
+	start := time.Now()
+	if err := a.cfg.Syncer.SyncQueue(r.Context(), vhost, name); err != nil {
+		if r.Context().Err() != nil {
+			log.Info().Err(err).Msg("stopped waiting for a queue sync: the request ended; the sync goes on")
+			a.fail(w, http.StatusServiceUnavailable, "unavailable", "stopped waiting: the admin API is closing or the client went away; the sync goes on")
+			return
+		}
+		a.failChange(w, err)
+		return
+	}
+	log.Info().Dur("took", time.Since(start)).Msg("queue synced")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// failChange answers a change the Changer or Syncer refused or could not
+// make, with a status by the error's kind.
+func (a *api) failChange(w http.ResponseWriter, err error) {
+	status, kind := http.StatusInternalServerError, "internal"
+	switch {
+	case errors.Is(err, group.ErrNotMaster):
+		status, kind = http.StatusConflict, "not_master"
+	case errors.Is(err, replicate.ErrPolicyNotFound), errors.Is(err, replicate.ErrUnknownQueue):
+		status, kind = http.StatusNotFound, "not_found"
+	case errors.Is(err, replicate.ErrNotSyncing):
+		status, kind = http.StatusConflict, "not_syncing"
+	case errors.Is(err, replicate.ErrSyncCancelled):
+		status, kind = http.StatusConflict, "cancelled"
+	case errors.Is(err, replicate.ErrStopped), errors.Is(err, replicate.ErrNoBroker):
+		status, kind = http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, replicate.ErrInvalidPolicy):
+		status, kind = http.StatusBadRequest, "bad_request"
+	}
+	if status == http.StatusInternalServerError {
+		a.log.Warn().Err(err).Msg("admin change failed")
+	}
+	a.fail(w, status, kind, reason(err))
+}
+
+// reason is an error's text for the API's user: without the package
+// prefix ("group: ", "replicate: ") of the sentinel it starts with.
+func reason(err error) string {
+	s := err.Error()
+	for _, p := range []string{"group: ", "replicate: "} {
+		s = strings.TrimPrefix(s, p)
+	}
+	return s
 }
 
 func (a *api) reply(w http.ResponseWriter, status int, v any) {
