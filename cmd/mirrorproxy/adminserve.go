@@ -81,12 +81,19 @@ func (b brokerMessages) Messages(ctx context.Context, vhost, queue string) (int,
 	return q.Messages, nil
 }
 
+// The group tells which queues are syncing too (list_queues state).
+var _ admin.SyncingReporter = (*group.Group)(nil)
+
 // startAdmin serves the admin API of a group node on its admin.address.
+// Policy changes and syncs go through the group (the master makes them;
+// a mirror refuses them, naming the master), and the master's synced sets
+// fill synchronised_slave_pids.
 func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies, log zerolog.Logger) (*admin.Server, error) {
 	log = log.With().Str("part", "admin").Logger()
 	h, err := admin.NewHandler(admin.Config{
 		Node: groupNode{g}, Policies: policies, Token: cfg.Admin.Token, Logger: log,
 		Messages: brokerMessages{url: cfg.BrokerURL(), isMaster: g.IsMaster},
+		Changer:  g, Syncer: g, Synced: g,
 	})
 	if err != nil {
 		return nil, err

@@ -27,21 +27,22 @@ func ctlCommand() *cli.Command {
 	quiet := &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print no informational lines"}
 	return &cli.Command{
 		Name:  "ctl",
-		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy)",
+		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue)",
 		Description: "The sidecar is --admin, else admin.address of --config, else " + config.DefaultAdmin + ".\n" +
 			"Changes need the node's admin.token: --token, MIRRORPROXY_ADMIN_TOKEN, or admin.token of --config.\n" +
-			"Policies set here are the node's own until they are agreed group-wide (not built yet).",
+			"Policy changes and syncs are the group's, made by the master: ask the master's sidecar\n" +
+			"(a mirror's refuses them and names the master).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "admin", EnvVars: []string{"MIRRORPROXY_ADMIN"}, Usage: "the admin API, `HOST:PORT` or a URL"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"MIRRORPROXY_ADMIN_TOKEN"}, Usage: "the node's admin.token, for changes"},
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, TakesFile: true, Usage: "read admin.address and admin.token from this config `FILE`"},
-			&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Value: 60, Usage: "give up after `SECONDS`"},
+			&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Value: ctlTimeoutSecs, Usage: "give up after `SECONDS` (sync_queue: 600 unless given)"},
 		},
 		Subcommands: []*cli.Command{
 			{
 				Name:      "list_queues",
 				Usage:     "mirrored queues with the chosen columns (default: name messages)",
-				ArgsUsage: "[COLUMN ...] (name vhost node messages slave_pids synchronised_slave_pids policy)",
+				ArgsUsage: "[COLUMN ...] (name vhost node messages slave_pids synchronised_slave_pids policy state)",
 				Flags:     []cli.Flag{vhost, quiet, &cli.BoolFlag{Name: "no-table-headers", Usage: "no column names line"}},
 				Action:    ctlListQueues,
 			},
@@ -53,7 +54,7 @@ func ctlCommand() *cli.Command {
 			},
 			{
 				Name:      "set_policy",
-				Usage:     "set a policy on the node",
+				Usage:     "set a policy for the group (on the master)",
 				ArgsUsage: "NAME PATTERN DEFINITION",
 				Flags: []cli.Flag{vhost, quiet,
 					&cli.IntFlag{Name: "priority", Usage: "the policy's `PRIORITY`"},
@@ -62,17 +63,33 @@ func ctlCommand() *cli.Command {
 			},
 			{
 				Name:      "clear_policy",
-				Usage:     "clear a policy on the node",
+				Usage:     "clear a policy of the group (on the master)",
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{vhost, quiet},
 				Action:    ctlClearPolicy,
+			},
+			{
+				Name:      "sync_queue",
+				Usage:     "synchronise a mirrored queue's unsynchronised mirrors, and wait until they are",
+				ArgsUsage: "QUEUE",
+				Flags: []cli.Flag{vhost, quiet,
+					&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Usage: "stop waiting after `SECONDS` (default 600; the sync goes on)"}},
+				Action: ctlSyncQueue,
+			},
+			{
+				Name:      "cancel_sync_queue",
+				Usage:     "stop a mirrored queue's running synchronisation",
+				ArgsUsage: "QUEUE",
+				Flags:     []cli.Flag{vhost, quiet},
+				Action:    ctlCancelSyncQueue,
 			},
 		},
 	}
 }
 
 // queueColumns are list_queues' columns, in the JSON names of admin.Queue.
-var queueColumns = []string{"name", "vhost", "node", "messages", "slave_pids", "synchronised_slave_pids", "policy"}
+// state is rabbitmqctl's: "syncing" while a sync runs, else "running".
+var queueColumns = []string{"name", "vhost", "node", "messages", "slave_pids", "synchronised_slave_pids", "policy", "state"}
 
 // ctlClient calls one sidecar's admin API.
 type ctlClient struct {
@@ -82,7 +99,16 @@ type ctlClient struct {
 	http    *http.Client
 }
 
-func newCtlClient(c *cli.Context) (*ctlClient, error) {
+// How long ctl waits for the admin API unless --timeout is given; a sync
+// of a long queue takes minutes.
+const (
+	ctlTimeoutSecs  = 60
+	syncTimeoutSecs = 600
+)
+
+// newCtlClient makes the client for the admin API that the flags name;
+// it gives up after --timeout, else after defaultSecs.
+func newCtlClient(c *cli.Context, defaultSecs int) (*ctlClient, error) {
 	addr, tok := c.String("admin"), c.String("token")
 	if file := c.String("config"); file != "" {
 		cfg, err := config.Load(file)
@@ -116,9 +142,18 @@ func newCtlClient(c *cli.Context) (*ctlClient, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--admin %q is not HOST:PORT or an http(s) URL", c.String("admin"))
 	}
-	t := time.Duration(c.Int("timeout")) * time.Second
+	secs := defaultSecs
+	// --timeout given after the verb, else before it (the verb's own flag
+	// hides the ctl one from its context).
+	for _, cc := range c.Lineage() {
+		if cc.IsSet("timeout") {
+			secs = cc.Int("timeout")
+			break
+		}
+	}
+	t := time.Duration(secs) * time.Second
 	if t <= 0 {
-		return nil, fmt.Errorf("--timeout %d: must be more than 0 seconds", c.Int("timeout"))
+		return nil, fmt.Errorf("--timeout %d: must be more than 0 seconds", secs)
 	}
 	return &ctlClient{base: strings.TrimSuffix(base, "/"), token: tok, timeout: t, http: &http.Client{Timeout: t}}, nil
 }
@@ -190,7 +225,7 @@ func ctlListQueues(c *cli.Context) error {
 			return ctlExit(fmt.Errorf("Error: unknown column %q; use %s", col, strings.Join(queueColumns, ", ")), 64)
 		}
 	}
-	cl, err := newCtlClient(c)
+	cl, err := newCtlClient(c, ctlTimeoutSecs)
 	if err != nil {
 		return ctlExit(err, 64)
 	}
@@ -241,6 +276,11 @@ func queueCell(q admin.Queue, col string) string {
 		return "[" + strings.Join(q.SynchronisedSlavePids, ", ") + "]"
 	case "policy":
 		return q.Policy
+	case "state":
+		if q.Syncing {
+			return "syncing"
+		}
+		return "running"
 	}
 	return ""
 }
@@ -249,7 +289,7 @@ func ctlListPolicies(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return ctlExit(fmt.Errorf("Error: list_policies takes no arguments, got %q", c.Args().First()), 64)
 	}
-	cl, err := newCtlClient(c)
+	cl, err := newCtlClient(c, ctlTimeoutSecs)
 	if err != nil {
 		return ctlExit(err, 64)
 	}
@@ -340,7 +380,7 @@ func ctlSetPolicy(c *cli.Context) error {
 	if !json.Valid([]byte(def)) {
 		return ctlExit(fmt.Errorf("Error: the definition %s is not valid JSON", def), 64)
 	}
-	cl, err := newCtlClient(c)
+	cl, err := newCtlClient(c, ctlTimeoutSecs)
 	if err != nil {
 		return ctlExit(err, 64)
 	}
@@ -369,7 +409,7 @@ func ctlClearPolicy(c *cli.Context) error {
 	if v, ok := late["vhost"]; ok {
 		vhost = v
 	}
-	cl, err := newCtlClient(c)
+	cl, err := newCtlClient(c, ctlTimeoutSecs)
 	if err != nil {
 		return ctlExit(err, 64)
 	}
@@ -379,6 +419,70 @@ func ctlClearPolicy(c *cli.Context) error {
 	ctx, cancel := cl.ctx(c)
 	defer cancel()
 	if err := cl.call(ctx, http.MethodDelete, "/api/policies/"+url.PathEscape(vhost)+"/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+		return ctlExit(err, 69)
+	}
+	return nil
+}
+
+// queueArg takes sync_queue's and cancel_sync_queue's QUEUE, with -p VHOST
+// before or after it.
+func queueArg(c *cli.Context) (vhost, queue string, err error) {
+	pos, late, err := trailingFlags(c.Args().Slice())
+	if err != nil {
+		return "", "", err
+	}
+	if len(pos) != 1 || late["priority"] != "" || late["apply-to"] != "" {
+		return "", "", fmt.Errorf("Error: %s takes QUEUE (and -p VHOST)", c.Command.Name)
+	}
+	vhost = c.String("vhost")
+	if v, ok := late["vhost"]; ok {
+		vhost = v
+	}
+	return vhost, pos[0], nil
+}
+
+func queueActionPath(vhost, queue string) string {
+	return "/api/queues/" + url.PathEscape(vhost) + "/" + url.PathEscape(queue) + "/actions"
+}
+
+func ctlSyncQueue(c *cli.Context) error {
+	vhost, queue, err := queueArg(c)
+	if err != nil {
+		return ctlExit(err, 64)
+	}
+	cl, err := newCtlClient(c, syncTimeoutSecs)
+	if err != nil {
+		return ctlExit(err, 64)
+	}
+	if !c.Bool("quiet") {
+		fmt.Fprintf(c.App.Writer, "Synchronising queue '%s' in vhost '%s' ...\n", queue, vhost)
+	}
+	ctx, cancel := cl.ctx(c)
+	defer cancel()
+	if err := cl.call(ctx, http.MethodPost, queueActionPath(vhost, queue), admin.ActionBody{Action: "sync"}, nil); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("Error: gave up waiting after %v; the sync goes on (list_queues name state synchronised_slave_pids shows it)", cl.timeout)
+		}
+		return ctlExit(err, 69)
+	}
+	return nil
+}
+
+func ctlCancelSyncQueue(c *cli.Context) error {
+	vhost, queue, err := queueArg(c)
+	if err != nil {
+		return ctlExit(err, 64)
+	}
+	cl, err := newCtlClient(c, ctlTimeoutSecs)
+	if err != nil {
+		return ctlExit(err, 64)
+	}
+	if !c.Bool("quiet") {
+		fmt.Fprintf(c.App.Writer, "Stopping synchronising queue '%s' in vhost '%s' ...\n", queue, vhost)
+	}
+	ctx, cancel := cl.ctx(c)
+	defer cancel()
+	if err := cl.call(ctx, http.MethodPost, queueActionPath(vhost, queue), admin.ActionBody{Action: "cancel_sync"}, nil); err != nil {
 		return ctlExit(err, 69)
 	}
 	return nil

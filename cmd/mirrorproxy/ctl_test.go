@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy/admin"
+	"github.com/mirrorproxy/mirrorproxy/failover/group"
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
@@ -34,6 +37,44 @@ func (ctlSynced) Synced(_, queue string) []string {
 	return nil
 }
 
+func (ctlSynced) Syncing(_, queue string) bool { return queue == "ha.q2" }
+
+// ctlSyncer knows the queues ha.q1 (synced at once) and ha.slow (a sync
+// that lasts until the request ends), in vhost "/"; ha.q2 is syncing.
+type ctlSyncer struct{}
+
+func (ctlSyncer) SyncQueue(ctx context.Context, vhost, queue string) error {
+	switch {
+	case vhost == "/" && queue == "ha.q1":
+		return nil
+	case vhost == "/" && queue == "ha.slow":
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %q in vhost %q", replicate.ErrUnknownQueue, queue, vhost)
+}
+
+func (ctlSyncer) CancelSyncQueue(vhost, queue string) error {
+	switch {
+	case vhost == "/" && queue == "ha.q2":
+		return nil
+	case vhost == "/" && queue == "ha.q1":
+		return fmt.Errorf("%w: %q in vhost %q", replicate.ErrNotSyncing, queue, vhost)
+	}
+	return fmt.Errorf("%w: %q in vhost %q", replicate.ErrUnknownQueue, queue, vhost)
+}
+
+// ctlMirror is a group's mirror: it refuses every change, naming the master.
+type ctlMirror struct{}
+
+func (ctlMirror) err() error {
+	return fmt.Errorf("%w: ask the master, %q", group.ErrNotMaster, "node-0")
+}
+func (m ctlMirror) SetPolicy(replicate.Policy) error                { return m.err() }
+func (m ctlMirror) ClearPolicy(string, string) error                { return m.err() }
+func (m ctlMirror) SyncQueue(context.Context, string, string) error { return m.err() }
+func (m ctlMirror) CancelSyncQueue(string, string) error            { return m.err() }
+
 // startCtlAPI serves an admin API with one policy, ha-all on ^ha\.
 func startCtlAPI(t *testing.T) (string, *replicate.Policies) {
 	t.Helper()
@@ -50,7 +91,7 @@ func startCtlAPI(t *testing.T) (string, *replicate.Policies) {
 		t.Fatal(err)
 	}
 	h, err := admin.NewHandler(admin.Config{Node: ctlNode{queues: []string{"ha.q2", "ha.q1", "other"}},
-		Policies: ps, Synced: ctlSynced{}, Token: ctlToken, Logger: zerolog.Nop()})
+		Policies: ps, Synced: ctlSynced{}, Syncer: ctlSyncer{}, Token: ctlToken, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,14 +102,14 @@ func startCtlAPI(t *testing.T) (string, *replicate.Policies) {
 
 func TestCtlListQueues(t *testing.T) {
 	addr, _ := startCtlAPI(t)
-	code, out, errs := runCLI("ctl", "--admin", addr, "list_queues", "name", "slave_pids", "synchronised_slave_pids", "policy")
+	code, out, errs := runCLI("ctl", "--admin", addr, "list_queues", "name", "slave_pids", "synchronised_slave_pids", "policy", "state")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	want := "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\n" +
-		"name\tslave_pids\tsynchronised_slave_pids\tpolicy\n" +
-		"ha.q1\t[b, c]\t[c]\tha-all\n" +
-		"ha.q2\t[b, c]\t[]\tha-all\n"
+		"name\tslave_pids\tsynchronised_slave_pids\tpolicy\tstate\n" +
+		"ha.q1\t[b, c]\t[c]\tha-all\trunning\n" +
+		"ha.q2\t[b, c]\t[]\tha-all\tsyncing\n"
 	if out != want {
 		t.Errorf("output:\n%q\nwant\n%q", out, want)
 	}
@@ -165,5 +206,77 @@ func TestCtlReadsConfig(t *testing.T) {
 	}
 	if _, ok := ps.Get("/", "ha-all"); ok {
 		t.Fatal("clear_policy with the config's token left the policy")
+	}
+}
+
+func TestCtlSyncQueue(t *testing.T) {
+	addr, _ := startCtlAPI(t)
+	code, _, errs := runCLI("ctl", "--admin", addr, "sync_queue", "ha.q1")
+	if code != 69 || !strings.Contains(errs, "401") || !strings.Contains(errs, "--token") {
+		t.Fatalf("sync_queue without token: exit %d %q", code, errs)
+	}
+	t.Setenv("MIRRORPROXY_ADMIN_TOKEN", ctlToken)
+	code, out, errs := runCLI("ctl", "--admin", addr, "sync_queue", "ha.q1")
+	if code != 0 || out != "Synchronising queue 'ha.q1' in vhost '/' ...\n" {
+		t.Fatalf("sync_queue: exit %d %q %q", code, out, errs)
+	}
+	code, out, errs = runCLI("ctl", "--admin", addr, "sync_queue", "-p", "v1", "ha.q1")
+	if code != 69 || out != "Synchronising queue 'ha.q1' in vhost 'v1' ...\n" ||
+		!strings.Contains(errs, `Error: no such mirrored queue: "ha.q1" in vhost "v1" (404 Not Found)`) {
+		t.Errorf("sync_queue of an unknown queue: exit %d %q %q", code, out, errs)
+	}
+	// -p after the queue, as rabbitmqctl takes it.
+	if code, _, errs = runCLI("ctl", "--admin", addr, "sync_queue", "-q", "ha.q1", "-p", "v1"); code != 69 || !strings.Contains(errs, `in vhost "v1"`) {
+		t.Errorf("sync_queue QUEUE -p VHOST: exit %d %q", code, errs)
+	}
+	for _, args := range [][]string{{}, {"a", "b"}, {"a", "--priority", "1"}} {
+		if code, _, errs := runCLI(append([]string{"ctl", "--admin", addr, "sync_queue"}, args...)...); code != 64 || !strings.Contains(errs, "sync_queue takes QUEUE") {
+			t.Errorf("sync_queue %q: exit %d %q", args, code, errs)
+		}
+	}
+
+	// A sync longer than --timeout, given after the verb or before it:
+	// ctl stops waiting and says the sync goes on.
+	for _, args := range [][]string{{"sync_queue", "-t", "1", "ha.slow"}, {"-t", "1", "sync_queue", "ha.slow"}} {
+		code, _, errs = runCLI(append([]string{"ctl", "--admin", addr}, args...)...)
+		if code != 69 || !strings.Contains(errs, "gave up waiting after 1s; the sync goes on") {
+			t.Errorf("%q: exit %d %q", args, code, errs)
+		}
+	}
+
+	code, out, errs = runCLI("ctl", "--admin", addr, "cancel_sync_queue", "ha.q2")
+	if code != 0 || out != "Stopping synchronising queue 'ha.q2' in vhost '/' ...\n" {
+		t.Errorf("cancel_sync_queue: exit %d %q %q", code, out, errs)
+	}
+	code, _, errs = runCLI("ctl", "--admin", addr, "cancel_sync_queue", "-q", "ha.q1")
+	if code != 69 || !strings.Contains(errs, "queue is not being synchronised") || !strings.Contains(errs, "409 Conflict") {
+		t.Errorf("cancel_sync_queue of a queue not syncing: exit %d %q", code, errs)
+	}
+	if code, _, errs = runCLI("ctl", "--admin", addr, "cancel_sync_queue"); code != 64 || !strings.Contains(errs, "cancel_sync_queue takes QUEUE") {
+		t.Errorf("cancel_sync_queue without a queue: exit %d %q", code, errs)
+	}
+}
+
+// TestCtlOnAMirror: a mirror's admin API refuses changes and syncs, and
+// ctl shows the reason with the master's name.
+func TestCtlOnAMirror(t *testing.T) {
+	h, err := admin.NewHandler(admin.Config{Node: ctlNode{}, Policies: &replicate.Policies{}, Changer: ctlMirror{}, Syncer: ctlMirror{},
+		Token: ctlToken, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, args := range [][]string{
+		{"set_policy", "p", ".", `{"ha-mode":"all"}`},
+		{"clear_policy", "p"},
+		{"sync_queue", "q"},
+		{"cancel_sync_queue", "q"},
+	} {
+		code, _, errs := runCLI(append([]string{"ctl", "--admin", addr, "--token", ctlToken}, args...)...)
+		if code != 69 || errs != "Error: this node is not the master: ask the master, \"node-0\" (409 Conflict)\n" {
+			t.Errorf("%q: exit %d %q", args, code, errs)
+		}
 	}
 }
