@@ -98,7 +98,7 @@ admin:
 		t.Fatal("not reaped")
 	}
 	joined := strings.Join(msgs, "|")
-	if !strings.Contains(joined, "policy set (this node only)") || !strings.Contains(joined, "admin change refused: missing or wrong token") {
+	if !strings.Contains(joined, "policy set (group-wide)") || !strings.Contains(joined, "admin change refused: missing or wrong token") {
 		t.Errorf("log should show the refused and the accepted change: %q", msgs)
 	}
 }
