@@ -160,6 +160,8 @@ func (m *Master) ClearPolicy(vhost, name string) error {
 }
 
 func (m *Master) changePolicy(op *Op, apply func() error) error {
+	prev, had := m.cfg.Policies.Get(op.Vhost, op.Name)
+	old := func() (Policy, bool) { return prev, had }
 	m.pol.Lock()
 	m.mu.Lock()
 	before := map[qkey][]string{}
@@ -195,6 +197,13 @@ func (m *Master) changePolicy(op *Op, apply func() error) error {
 	_, err := m.propose(ops[0])
 	if err == nil {
 		m.proposeAll(ops[1:])
+	} else {
+		// The mirrors never got it: the master's set goes back too.
+		if prev, had := old(); had {
+			_ = m.cfg.Policies.Set(prev)
+		} else {
+			_ = m.cfg.Policies.Clear(op.Vhost, op.Name)
+		}
 	}
 	m.pol.Unlock()
 	m.changed()
