@@ -490,6 +490,17 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 	if _, err := ch.rpc(ctx, &amqp.BasicQos{}); err != nil {
 		return err
 	}
+	if e.AutoDelete {
+		// The sync consumer would be the queue's last one: when it goes,
+		// the broker deletes the queue and its messages.
+		ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: e.Name, Passive: true})
+		if err != nil {
+			return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
+		}
+		if ok.(*amqp.QueueDeclareOk).ConsumerCount == 0 {
+			return fmt.Errorf("replicate: sync of auto-delete queue %q refused: it has no consumer, and the sync's own consumer leaving would make the broker delete it", e.Name)
+		}
+	}
 	if _, err := ch.rpc(ctx, &amqp.BasicConsume{Queue: e.Name, ConsumerTag: "mirrorproxy-sync",
 		Arguments: amqp.Table{{Key: "x-priority", Value: int32(math.MaxInt32)}}}); err != nil {
 		return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
