@@ -165,13 +165,18 @@ func (m *Master) Topology(vhost string, method []byte) (proxy.Ticket, error) {
 	m.pol.RLock()
 	defer m.pol.RUnlock()
 	m.mu.Lock()
-	if e, gone := m.cat.record(vhost, method); e != nil {
+	e, gone := m.cat.record(vhost, method)
+	if e != nil {
 		m.queueDeclaredLocked(e)
 	} else if gone != "" {
 		m.sy.forget(vhost, gone)
 	}
 	m.mu.Unlock()
-	return m.propose(&Op{Kind: OpTopology, Vhost: vhost, Method: method})
+	t, err := m.propose(&Op{Kind: OpTopology, Vhost: vhost, Method: method})
+	if e != nil || gone != "" {
+		m.changed() // a new queue's synced set, or one gone
+	}
+	return t, err
 }
 
 // Queues lists, sorted, the queues of vhost declared through this master
