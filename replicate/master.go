@@ -212,7 +212,9 @@ func (m *Master) QueueGone(vhost, name string) (proxy.Ticket, error) {
 	}
 	m.sy.forget(vhost, name)
 	m.mu.Unlock()
-	return m.propose(&Op{Kind: OpQueueGone, Vhost: vhost, Queue: name})
+	t, err := m.propose(&Op{Kind: OpQueueGone, Vhost: vhost, Queue: name})
+	m.changed()
+	return t, err
 }
 
 // Watch implements proxy.Replicator.
