@@ -19,7 +19,8 @@ import (
 type replChannel struct {
 	asm     pubAsm
 	dlv     dlvPending
-	unacked dlvRing
+	unacked dlvRing  // guarded by sessionState.ringMu too
+	taken   []dlvEnt // scratch: entries a settle took from unacked
 	gets    []getReq // basic.get requests waiting for get-ok / get-empty
 	topo    []byte   // a synchronous topology request waiting for its -ok
 
@@ -122,9 +123,12 @@ func (r *dlvRing) reset() { r.ents, r.head = r.ents[:0], 0 }
 
 // outstanding appends the ids of a vhost's queue delivered on the
 // session's channels and not settled.
+//
+// It takes only ringMu, a leaf lock: a session may call the Replicator
+// (which calls Outstanding) while holding its own mu.
 func (s *sessionState) outstanding(vhost, queue string, ids []uint64) []uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ringMu.Lock()
+	defer s.ringMu.Unlock()
 	if s.vhost != vhost {
 		return ids
 	}
@@ -240,13 +244,20 @@ func (s *sessionState) replSettle(ch *channelState, key uint32, p []byte) error 
 		settleErr = s.settle(ch, queue, ch.r.ids, drop)
 		ch.r.ids = ch.r.ids[:0]
 	}
+	// Taken under ringMu (Outstanding reads the rings), settled after.
+	ch.r.taken = ch.r.taken[:0]
+	s.ringMu.Lock()
 	ch.r.unacked.take(tag, multiple, func(q string, id uint64) {
-		if q != queue {
-			flush()
-			queue = q
-		}
-		ch.r.ids = append(ch.r.ids, id)
+		ch.r.taken = append(ch.r.taken, dlvEnt{queue: q, id: id})
 	})
+	s.ringMu.Unlock()
+	for _, e := range ch.r.taken {
+		if e.queue != queue {
+			flush()
+			queue = e.queue
+		}
+		ch.r.ids = append(ch.r.ids, e.id)
+	}
 	flush()
 	return settleErr
 }
@@ -433,7 +444,9 @@ func (s *sessionState) replDeliveryHeader(ch *channelState, f amqp.Frame) ([]byt
 		s.repl.Settle(s.vhost, d.queue, []uint64{id}, false)
 		return raw, nil
 	}
+	s.ringMu.Lock()
 	ch.r.unacked.push(d.tag, d.queue, id)
+	s.ringMu.Unlock()
 	return raw, nil
 }
 

@@ -150,7 +150,9 @@ func (s *session) handshake() error {
 	if err != nil {
 		return s.clientFault(err)
 	}
+	s.st.ringMu.Lock()
 	s.st.vhost = m.(*amqp.ConnectionOpen).VirtualHost
+	s.st.ringMu.Unlock()
 	if err := s.uout.write(f.Raw); err != nil {
 		return upstreamGone(err)
 	}

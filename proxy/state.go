@@ -16,10 +16,14 @@ import (
 // order, by the session's two pumps, and say whether to forward it.
 //
 // Concurrency: fromClient and fromUpstream are called from different
-// goroutines; every method takes mu. Lock order: sessionState.mu before out.mu
-// (see LOCKS.md in this directory).
+// goroutines; every method takes mu. Lock order: sessionState.mu before
+// out.mu; ringMu is taken last and nothing is taken while it is held.
 type sessionState struct {
 	mu sync.Mutex
+	// ringMu guards the channels slice and the channels' delivery rings
+	// for Outstanding, which must not take mu (the Replicator it serves
+	// is called under mu). Writers hold mu too; ringMu is a leaf lock.
+	ringMu sync.Mutex
 
 	// Handshake, set once before the pumps start.
 	mechanism        string

@@ -301,16 +301,20 @@ func (s *sessionState) upstreamConnFrame(f amqp.Frame) (bool, error) {
 }
 
 func (s *sessionState) openChannel(id uint16) {
+	s.ringMu.Lock()
 	for int(id) >= len(s.channels) {
 		s.channels = append(s.channels, nil)
 	}
 	s.channels[id] = &channelState{id: id}
+	s.ringMu.Unlock()
 	s.open++
 }
 
 func (s *sessionState) closeChannel(ch *channelState) {
 	s.pendingSize -= ch.unconfirmed.live
+	s.ringMu.Lock()
 	s.channels[ch.id] = nil
+	s.ringMu.Unlock()
 	s.open--
 }
 

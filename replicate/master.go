@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
 // Ring is what the master needs of the GM ring; *gm.Node is one.
@@ -172,7 +173,20 @@ func (m *Master) Topology(vhost string, method []byte) (proxy.Ticket, error) {
 		m.sy.forget(vhost, gone)
 	}
 	m.mu.Unlock()
-	t, err := m.propose(&Op{Kind: OpTopology, Vhost: vhost, Method: method})
+	op := &Op{Kind: OpTopology, Vhost: vhost, Method: method}
+	if key, _ := amqp.MethodKey(method); key == amqp.QueuePurgeID && m.cfg.Outstanding != nil {
+		// The purge left on the master what clients hold delivered and
+		// unacked; the mirrors keep their copies of those.
+		q := TopologyQueue(method)
+		ids := m.cfg.Outstanding(vhost, q)
+		if len(ids) > MaxOpIDs {
+			m.log.Warn().Str("vhost", vhost).Str("queue", q).Int("unacked", len(ids)).
+				Msg("purge: more unacked deliveries than one op carries; the mirrors keep the first ones only")
+			ids = ids[:MaxOpIDs]
+		}
+		op = &Op{Kind: OpPurge, Vhost: vhost, Queue: q, IDs: ids}
+	}
+	t, err := m.propose(op)
 	if e != nil || gone != "" {
 		m.changed() // a new queue's synced set, or one gone
 	}

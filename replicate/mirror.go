@@ -182,6 +182,17 @@ func (m *Mirror) Apply(b []byte, done func(error)) {
 	case OpQueueGone:
 		meth := amqp.AppendMethod(nil, &amqp.QueueDelete{Queue: op.Queue})
 		m.applyTopology(v, &Op{Kind: OpTopology, Vhost: op.Vhost, Method: meth}, done)
+	case OpPurge:
+		m.mu.Lock()
+		if q := v.queues[op.Queue]; q != nil {
+			q.keep = make(map[uint64]bool, len(op.IDs))
+			for _, id := range op.IDs {
+				q.keep[id] = true
+			}
+		}
+		m.mu.Unlock()
+		meth := amqp.AppendMethod(nil, &amqp.QueuePurge{Queue: op.Queue})
+		m.applyTopology(v, &Op{Kind: OpTopology, Vhost: op.Vhost, Method: meth}, done)
 	case OpSyncStart:
 		m.applySyncStart(v, &op, done)
 	case OpSyncCopy:

@@ -42,7 +42,7 @@ type shadowQueue struct {
 	syncing  bool
 	hadSync  bool
 	copied   int             // sync copies published in this run
-	moved    map[uint64]bool // rotation: ids put behind the sync copies
+	keep     map[uint64]bool // the next purge keeps these (OpPurge)
 	rotating bool
 }
 
@@ -388,12 +388,23 @@ func (m *Mirror) purgeShadow(ctx context.Context, v *vhostMirror, queue string) 
 		return fmt.Errorf("replicate: purge of shadow queue %q: %w", queue, err)
 	}
 	m.mu.Lock()
+	keep := q.keep
+	q.keep = nil
 	for id, h := range q.held {
+		if keep[id] {
+			continue // delivered and unacked on the master: still there
+		}
 		delete(q.held, id)
 		m.dispose(q, id, h.tag, true)
 	}
-	clear(q.pending)
-	q.order = nil
+	for id := range q.pending {
+		if !keep[id] {
+			delete(q.pending, id)
+		}
+	}
+	if len(q.pending) == 0 {
+		q.order = nil
+	}
 	m.mu.Unlock()
 	return nil
 }

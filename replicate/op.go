@@ -40,6 +40,10 @@ const (
 	// faithful copy of Queue ("" for the whole vhost), so the master drops
 	// it from the synced sets.
 	OpStatus OpKind = 10
+	// OpPurge purges a queue (queue.purge the master's broker accepted)
+	// but for the ids in IDs: messages clients held delivered and unacked
+	// then, which the purge left on the master.
+	OpPurge OpKind = 11
 )
 
 func (k OpKind) String() string {
@@ -64,6 +68,8 @@ func (k OpKind) String() string {
 		return "policy"
 	case OpStatus:
 		return "status"
+	case OpPurge:
+		return "purge"
 	}
 	return fmt.Sprintf("op-kind(%d)", uint8(k))
 }
@@ -72,6 +78,7 @@ func (k OpKind) String() string {
 //
 //	Publish    Vhost ID Exchange RoutingKey Mandatory Header Body
 //	Ack, Drop  Vhost Queue IDs
+//	Purge      Vhost Queue IDs (kept)
 //	Topology   Vhost Method
 //	QueueGone  Vhost Queue
 //	SyncStart  Vhost Queue ID Nodes
@@ -128,8 +135,8 @@ const MaxOpIDs = 1 << 16
 //	            routing key  u8 length + octets
 //	            header       u32 length + octets
 //	            body         u32 length + octets
-//	Ack, Drop   queue        u8 length + octets
-//	            count        u32, then count × u64 ids
+//	Ack, Drop,  queue        u8 length + octets
+//	Purge       count        u32, then count × u64 ids
 //	Topology    method       u32 length + octets
 //	QueueGone   queue        u8 length + octets
 //	SyncStart   queue        u8 length + octets
@@ -172,7 +179,7 @@ func AppendOp(dst []byte, op *Op) []byte {
 		dst = appendShort(dst, op.RoutingKey)
 		dst = appendLong(dst, op.Header)
 		dst = appendLong(dst, op.Body)
-	case OpAck, OpDrop:
+	case OpAck, OpDrop, OpPurge:
 		dst = appendShort(dst, op.Queue)
 		dst = binary.BigEndian.AppendUint32(dst, uint32(len(op.IDs)))
 		for _, id := range op.IDs {
@@ -219,7 +226,7 @@ func appendNodes(dst []byte, nodes []string) []byte {
 // ValidateOp reports what AppendOp would panic on.
 func ValidateOp(op *Op) error {
 	switch op.Kind {
-	case OpPublish, OpAck, OpDrop, OpTopology, OpQueueGone, OpSyncStart, OpSyncCopy, OpSyncEnd, OpPolicy, OpStatus:
+	case OpPublish, OpAck, OpDrop, OpTopology, OpQueueGone, OpSyncStart, OpSyncCopy, OpSyncEnd, OpPolicy, OpStatus, OpPurge:
 	default:
 		return fmt.Errorf("replicate: cannot encode op of unknown kind %d", uint8(op.Kind))
 	}
@@ -290,7 +297,7 @@ func ParseOp(b []byte) (Op, error) {
 		op.RoutingKey = r.short("routing key")
 		op.Header = r.long("header")
 		op.Body = r.long("body")
-	case OpAck, OpDrop:
+	case OpAck, OpDrop, OpPurge:
 		op.Queue = r.short("queue")
 		n := r.u32("id count")
 		if r.err == nil {

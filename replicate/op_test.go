@@ -35,6 +35,8 @@ func sampleOps() []Op {
 		{Kind: OpPolicy, Vhost: "/", Name: "ha", Data: []byte(`{"pattern":"^ha\\."}`)},
 		{Kind: OpPolicy, Vhost: "/", Name: "ha"},
 		{Kind: OpStatus, Vhost: "/", Queue: "q1", Nodes: []string{"b"}},
+		{Kind: OpPurge, Vhost: "/", Queue: "q1", IDs: []uint64{9}},
+		{Kind: OpPurge, Vhost: "/", Queue: "q1"},
 	}
 }
 

@@ -214,3 +214,59 @@ func TestSyncAutomatic(t *testing.T) {
 		t.Fatalf("node-2's queue: %v", got)
 	}
 }
+
+// TestPurgeKeepsUnacked: queue.purge on the master leaves the messages
+// clients hold delivered and unacked; the mirrors keep their copies of
+// those, so a message requeued after the purge is on every broker.
+func TestPurgeKeepsUnacked(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts RabbitMQ brokers")
+	}
+	env := testenv.Start(t, testenv.Options{Nodes: 3})
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+
+	policies := &replicate.Policies{}
+	if err := policies.Set(policy(t, "ha", `^purge\.`, map[string]any{"ha-mode": "all"})); err != nil {
+		t.Fatal(err)
+	}
+	s := startSidecars(t, env, policies)
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const q = "purge.q"
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "", q, bodies("p", 10)...)
+	cons := channel(t, c)
+	if err := cons.Qos(1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	dl, err := cons.Consume(q, "holder", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := <-dl
+	if n, err := ch.QueuePurge(q, false); err != nil || n != 9 {
+		t.Fatalf("purge: %d, %v; want the 9 not delivered", n, err)
+	}
+	for i, g := range s.groups[1:] {
+		waitFor(t, fmt.Sprintf("node-%d to hold only the unacked copy", i+1), 30*time.Second, func() bool { return g.Mirror().Held("/", q) == 1 })
+	}
+	if err := held.Nack(false, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := cons.Cancel("holder", false); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	s.close(t)()
+	for i, n := range env.Nodes {
+		if got := drain(t, n.URL, q); !slices.Equal(got, []string{"p-000"}) {
+			t.Fatalf("node-%d's queue after purge and requeue: %v, want [p-000]", i, got)
+		}
+	}
+}
