@@ -127,7 +127,17 @@ type vhostMirror struct {
 	unconf  int          // publishes in pending not confirmed yet
 
 	queues map[string]*shadowQueue
+
+	// exchanges caches whether an exchange exists on the mirror broker
+	// (probed with a passive declare, kept in step by topology ops): a
+	// publish to a missing exchange is refused by the master's broker too,
+	// and on the apply channel it would close the channel. Applier
+	// goroutine only; at most maxExchangeCache entries.
+	exchanges map[string]bool
+	probe     *brokerChan // the channel passive declares use
 }
+
+const maxExchangeCache = 4096
 
 // pendingOp is an op whose done callback has not been called yet.
 type pendingOp struct {
@@ -240,7 +250,7 @@ func (m *Mirror) connect(name string) (*vhostMirror, error) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
 	defer cancel()
 	log := m.log.With().Str("vhost", name).Logger()
-	v := &vhostMirror{name: name, queues: map[string]*shadowQueue{}}
+	v := &vhostMirror{name: name, queues: map[string]*shadowQueue{}, exchanges: map[string]bool{}}
 	pub, err := dialBroker(ctx, m.cfg.BrokerURL, name, log)
 	if err != nil {
 		return nil, err
@@ -278,7 +288,55 @@ func (m *Mirror) openApplyChannel(ctx context.Context, v *vhostMirror) error {
 }
 
 func (m *Mirror) applyPublish(v *vhostMirror, op *Op, done func(error)) {
+	exists, err := m.exchangeExists(v, op.Exchange)
+	if err != nil {
+		m.completeNow(v, done, err)
+		return
+	}
+	if !exists {
+		// The master's broker refused it (404, channel closed there): the
+		// message went nowhere, on the master as here.
+		m.completeNow(v, done, nil)
+		return
+	}
 	m.publish(v, op.ID, op.Exchange, op.RoutingKey, op.Mandatory, op.Header, op.Body, done)
+}
+
+// exchangeExists reports whether the mirror broker has the exchange, from
+// the cache or a passive declare on the probe channel.
+func (m *Mirror) exchangeExists(v *vhostMirror, name string) (bool, error) {
+	if name == "" {
+		return true, nil
+	}
+	if ok, known := v.exchanges[name]; known {
+		return ok, nil
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
+	defer cancel()
+	if v.probe == nil || v.probe.Err() != nil {
+		ch, err := v.pub.openChannel(ctx, chanHandlers{})
+		if err != nil {
+			m.vhostFailed(v, err)
+			return false, err
+		}
+		v.probe = ch
+	}
+	_, err := v.probe.rpc(ctx, &amqp.ExchangeDeclare{Exchange: name, Passive: true})
+	exists := err == nil
+	if err != nil {
+		var be *BrokerError
+		if !errors.As(err, &be) || be.Connection || be.Code != amqp.NotFound {
+			if !errors.As(err, &be) || be.Connection {
+				m.vhostFailed(v, err)
+			}
+			return false, fmt.Errorf("replicate: checking exchange %q on the mirror broker: %w", name, err)
+		}
+	}
+	if len(v.exchanges) >= maxExchangeCache {
+		clear(v.exchanges)
+	}
+	v.exchanges[name] = exists
+	return exists, nil
 }
 
 // publish publishes on the apply channel; done runs on the broker's
@@ -293,6 +351,20 @@ func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandat
 		m.mu.Unlock()
 		done(err)
 		return
+	}
+	if v.ch.Err() != nil {
+		// The broker closed the apply channel (it refused a publish): what
+		// was in flight on it has failed; later ops go on a new one.
+		m.mu.Unlock()
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
+		err := m.openApplyChannel(ctx, v)
+		cancel()
+		if err != nil {
+			m.vhostFailed(v, err)
+			done(err)
+			return
+		}
+		m.mu.Lock()
 	}
 	if id != 0 {
 		if m.firstID == 0 || id>>40 > m.firstID>>40 {

@@ -122,6 +122,17 @@ func (m *Mirror) runTopology(v *vhostMirror, meth amqp.Method) error {
 	m.mu.Lock()
 	ch := v.ch
 	m.mu.Unlock()
+	if ch.Err() != nil {
+		// Closed by the broker after an earlier refusal (a publish): the
+		// failed ops were reported; this one gets a new channel.
+		if err := m.openApplyChannel(ctx, v); err != nil {
+			m.vhostFailed(v, err)
+			return fmt.Errorf("replicate: %s on the mirror broker: %w", meth.Name(), err)
+		}
+		m.mu.Lock()
+		ch = v.ch
+		m.mu.Unlock()
+	}
 	fresh := false
 	if d, ok := meth.(*amqp.QueueDeclare); ok {
 		fresh = !m.known(v, d.Queue)
@@ -151,6 +162,10 @@ func (m *Mirror) runTopology(v *vhostMirror, meth amqp.Method) error {
 		return fmt.Errorf("replicate: %s on the mirror broker: %w", meth.Name(), err)
 	}
 	switch t := meth.(type) {
+	case *amqp.ExchangeDeclare:
+		v.exchanges[t.Exchange] = true
+	case *amqp.ExchangeDelete:
+		delete(v.exchanges, t.Exchange)
 	case *amqp.QueueDeclare:
 		return m.startShadow(ctx, v, queue, t.Arguments)
 	case *amqp.QueuePurge:

@@ -774,13 +774,15 @@ func (ps *Policies) Match(vhost, queue string) (Policy, bool) {
 }
 
 // Effective resolves how a queue is mirrored; false means it is not.
-// queue is the name the broker gave it (server-named amq.gen-* queues
-// match like any other), args its declare arguments. Exclusive queues are
-// never mirrored. The policy in force wins when it has an ha-mode;
+// queue is the name the broker gave it, args its declare arguments.
+// Exclusive queues and amq.* names (server-named queues) are never
+// mirrored. The policy in force wins when it has an ha-mode;
 // otherwise valid legacy x-ha-policy arguments decide (malformed ones,
 // which LegacyHA reports, mirror nothing).
 func (ps *Policies) Effective(vhost, queue string, exclusive bool, args amqp.Table) (*Effective, bool) {
-	if exclusive {
+	if exclusive || strings.HasPrefix(queue, "amq.") {
+		// amq.* names are the broker's (server-named amq.gen-* queues):
+		// a mirror broker refuses to declare them (403).
 		return nil, false
 	}
 	if p, ok := ps.Match(vhost, queue); ok {

@@ -372,6 +372,7 @@ func TestEffective(t *testing.T) {
 		{"policy", "ha.q", false, nil, &Effective{HA: HA{Mode: ModeExactly, Count: 2, SyncMode: SyncAutomatic}, Policy: "ha"}},
 		{"exclusive never mirrored", "ha.q", true, nil, nil},
 		{"exclusive with legacy args", "plain", true, legacyAll, nil},
+		{"server-named never mirrored", "amq.gen-Xy", false, legacyAll, nil},
 		{"no policy", "plain", false, nil, nil},
 		{"policy wins over legacy", "ha.q", false, legacyAll, &Effective{HA: HA{Mode: ModeExactly, Count: 2, SyncMode: SyncAutomatic}, Policy: "ha"}},
 		{"legacy all", "plain", false, legacyAll, &Effective{HA: HA{Mode: ModeAll, SyncMode: SyncManual}, Legacy: true}},
@@ -837,7 +838,7 @@ func randomLegacy(r *rand.Rand) modelLegacy {
 
 // modelEffective is the brute-force resolver.
 func modelEffective(ps map[[2]string]modelPolicy, vhost, queue string, exclusive bool, legacy modelLegacy) (string, *HA) {
-	if exclusive {
+	if exclusive || strings.HasPrefix(queue, "amq.") {
 		return "", nil
 	}
 	var matching []modelPolicy

