@@ -56,12 +56,16 @@ type getReq struct {
 	noAck bool
 }
 
-// txOp is an op held until tx.commit-ok.
+// txOp is an op held until tx.commit-ok: a publish, or else a settle.
 type txOp struct {
-	pub   *Publish
-	queue string
-	ids   []uint64
-	drop  bool
+	pub    *Publish
+	settle settleReq
+}
+
+// settleReq is a client's basic.ack, nack or reject.
+type settleReq struct {
+	tag                     uint64
+	multiple, requeue, drop bool
 }
 
 // dlvRing maps a channel's outstanding delivery tags to (queue, id). Tags
@@ -209,70 +213,74 @@ func (s *sessionState) replPublishDone(ch *channelState) error {
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
-// replSettle turns a client's ack, nack or reject into Settle ops.
+// replSettle turns a client's ack, nack or reject into Settle ops. In a
+// transaction it is kept as it came and resolved at the commit: until
+// then the broker keeps the deliveries unacked (a rollback leaves them so,
+// and the client may settle them again).
 func (s *sessionState) replSettle(ch *channelState, key uint32, p []byte) error {
-	var tag uint64
-	var multiple, requeue bool
+	var r settleReq
 	var err error
 	switch key {
 	case amqp.BasicAckID:
-		tag, multiple, err = amqp.PeekBasicAck(p)
+		r.tag, r.multiple, err = amqp.PeekBasicAck(p)
 	case amqp.BasicNackID:
-		tag, multiple, requeue, err = amqp.PeekBasicNack(p)
+		r.tag, r.multiple, r.requeue, err = amqp.PeekBasicNack(p)
 	case amqp.BasicRejectID:
-		tag, requeue, err = amqp.PeekBasicReject(p)
+		r.tag, r.requeue, err = amqp.PeekBasicReject(p)
 	}
 	if err != nil {
 		return err
 	}
-	if tag <= ch.tagBase {
+	if r.tag <= ch.tagBase {
 		return nil // a delivery of the previous broker: nothing to settle here
 	}
-	drop := key != amqp.BasicAckID
-	// Group by queue, in order; most channels consume from one queue.
-	var queue string
-	ch.r.ids = ch.r.ids[:0]
-	var settleErr error
-	flush := func() {
-		if len(ch.r.ids) == 0 || settleErr != nil {
-			return
-		}
-		if requeue {
-			ch.r.ids = ch.r.ids[:0]
-			return // the copies stay held, as the master's message stays queued
-		}
-		settleErr = s.settle(ch, queue, ch.r.ids, drop)
-		ch.r.ids = ch.r.ids[:0]
+	r.drop = key != amqp.BasicAckID
+	if ch.tx {
+		ch.r.txOps = append(ch.r.txOps, txOp{settle: r})
+		return nil
 	}
+	return s.settleTags(ch, r)
+}
+
+// settleTags takes the deliveries a settle covers from the channel's ring
+// and hands acks and drops to the Replicator, grouped by queue in order
+// (most channels consume from one queue). Requeues make no op: the copies
+// stay held, as the master's message stays queued.
+func (s *sessionState) settleTags(ch *channelState, r settleReq) error {
 	// Taken under ringMu (Outstanding reads the rings), settled after.
 	ch.r.taken = ch.r.taken[:0]
 	s.ringMu.Lock()
-	ch.r.unacked.take(tag, multiple, func(q string, id uint64) {
+	ch.r.unacked.take(r.tag, r.multiple, func(q string, id uint64) {
 		ch.r.taken = append(ch.r.taken, dlvEnt{queue: q, id: id})
 	})
 	s.ringMu.Unlock()
+	if r.requeue {
+		return nil
+	}
+	var queue string
+	ch.r.ids = ch.r.ids[:0]
+	flush := func() error {
+		if len(ch.r.ids) == 0 {
+			return nil
+		}
+		t, err := s.repl.Settle(s.vhost, queue, ch.r.ids, r.drop)
+		ch.r.ids = ch.r.ids[:0]
+		if err != nil {
+			return connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+		}
+		ch.r.lastTicket = t
+		return nil
+	}
 	for _, e := range ch.r.taken {
 		if e.queue != queue {
-			flush()
+			if err := flush(); err != nil {
+				return err
+			}
 			queue = e.queue
 		}
 		ch.r.ids = append(ch.r.ids, e.id)
 	}
-	flush()
-	return settleErr
-}
-
-func (s *sessionState) settle(ch *channelState, queue string, ids []uint64, drop bool) error {
-	if ch.tx {
-		ch.r.txOps = append(ch.r.txOps, txOp{queue: queue, ids: append([]uint64(nil), ids...), drop: drop})
-		return nil
-	}
-	t, err := s.repl.Settle(s.vhost, queue, ids, drop)
-	if err != nil {
-		return connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
-	}
-	ch.r.lastTicket = t
-	return nil
+	return flush()
 }
 
 // replClientMethod records what a rare client method means for
@@ -404,13 +412,13 @@ func namedDeclare(req, ok []byte) []byte {
 // and holds commit-ok until they are stable.
 func (s *sessionState) replCommit(ch *channelState, f amqp.Frame) (bool, error) {
 	for _, op := range ch.r.txOps {
-		var t Ticket
-		var err error
-		if op.pub != nil {
-			t, err = s.repl.Publish(*op.pub)
-		} else {
-			t, err = s.repl.Settle(s.vhost, op.queue, op.ids, op.drop)
+		if op.pub == nil {
+			if err := s.settleTags(ch, op.settle); err != nil {
+				return false, err
+			}
+			continue
 		}
+		t, err := s.repl.Publish(*op.pub)
 		if err != nil {
 			return false, connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
 		}

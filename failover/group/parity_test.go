@@ -500,8 +500,6 @@ func (p *parity) testTx(t *testing.T) {
 // After a rollback the broker keeps the acked deliveries unacked, and the
 // client may ack them again in the next transaction.
 func (p *parity) testTxRollbackReack(t *testing.T) {
-	knownBug(t, "the core forgets a delivery's id when the ack passes in a transaction; after tx.rollback "+
-		"the ack again makes no op, so the mirrors keep the copy")
 	ch := p.channel(t)
 	declareQueue(t, ch, "ha.par.txreack", nil)
 	check(t, ch.Confirm(false))
