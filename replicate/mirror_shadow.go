@@ -43,6 +43,15 @@ type shadowQueue struct {
 	hadSync  bool
 	copied   int             // sync copies published in this run
 	keep     map[uint64]bool // the next purge keeps these (OpPurge)
+
+	// fifo is the held copies' ids in queue order (delivery order; a copy
+	// the broker gives back after an expiry requeue goes first again), for
+	// expiry at the head only: a broker expires a message when it reaches
+	// the head of the queue, so a copy whose deadline has passed waits
+	// while an older copy is held (overdue). Settled ids are skipped.
+	fifo     []uint64
+	fifoHead int
+	overdue  bool
 	rotating bool
 }
 
@@ -292,6 +301,66 @@ func (m *Mirror) delivered(v *vhostMirror, q *shadowQueue, d *amqp.BasicDeliver,
 		}
 	}
 	q.held[id] = h
+	if n := q.expired[id]; n > 0 && d.Redelivered && q.fifoHead > 0 {
+		q.fifoHead-- // back at the head, where the broker put it
+		q.fifo[q.fifoHead] = id
+	} else {
+		q.fifo = append(q.fifo, id)
+	}
+	q.compactFifo()
+}
+
+// head returns the oldest held copy's id. Called with m.mu held.
+func (q *shadowQueue) head() (uint64, bool) {
+	for q.fifoHead < len(q.fifo) {
+		id := q.fifo[q.fifoHead]
+		if _, ok := q.held[id]; ok {
+			return id, true
+		}
+		q.fifoHead++
+	}
+	q.fifo, q.fifoHead = q.fifo[:0], 0
+	return 0, false
+}
+
+// compactFifo bounds fifo by the held copies.
+func (q *shadowQueue) compactFifo() {
+	if live := len(q.fifo) - q.fifoHead; live <= 2*len(q.held)+64 && q.fifoHead <= 1024 {
+		return
+	}
+	kept := q.fifo[:0]
+	for _, id := range q.fifo[q.fifoHead:] {
+		if _, ok := q.held[id]; ok {
+			kept = append(kept, id)
+		}
+	}
+	clear(q.fifo[len(kept):])
+	q.fifo, q.fifoHead = kept, 0
+}
+
+// expireHead requeues, from the head of the queue, the held copies whose
+// deadline has passed, so that the broker expires (and dead-letters) them
+// in queue order as the master's broker did. Called with m.mu held.
+func (m *Mirror) expireHead(q *shadowQueue, now time.Time) {
+	for {
+		id, ok := q.head()
+		if !ok {
+			q.overdue = false
+			return
+		}
+		h := q.held[id]
+		if h.deadline.IsZero() || h.deadline.After(now) {
+			return
+		}
+		delete(q.held, id)
+		q.fifoHead++
+		if len(q.expired) < m.cfg.MaxHeld {
+			q.expired[id]++
+		}
+		if err := q.ch.send(&amqp.BasicNack{DeliveryTag: h.tag, Requeue: true}); err != nil {
+			m.log.Warn().Err(err).Str("queue", q.name).Msg("mirror: cannot requeue an expired copy")
+		}
+	}
 }
 
 // dispose acks (ack) or rejects without requeue a delivered copy. Called
@@ -352,6 +421,9 @@ func (m *Mirror) flush(q *shadowQueue) {
 	q.order = q.order[n:]
 	if len(q.order) == 0 {
 		q.order = nil
+	}
+	if q.overdue && n > 0 {
+		m.expireHead(q, time.Now()) // the head may have moved to an overdue copy
 	}
 }
 
@@ -432,6 +504,7 @@ func (m *Mirror) dropShadow(ctx context.Context, v *vhostMirror, queue string) {
 	if q != nil {
 		q.gone = true
 		clear(q.held)
+		q.fifo, q.fifoHead = nil, 0
 		clear(q.pending)
 		q.order = nil
 	}
@@ -584,16 +657,16 @@ func (m *Mirror) expireLoop() {
 			}
 			heap.Pop(&m.expiry)
 			h, ok := it.q.held[it.id]
-			if !ok || h.tag != it.tag || it.q.gone {
+			if !ok || h.tag != it.tag || it.q.gone || it.q.rotating {
 				continue // settled or redelivered since
 			}
-			delete(it.q.held, it.id)
-			if len(it.q.expired) < m.cfg.MaxHeld {
-				it.q.expired[it.id]++
+			if head, _ := it.q.head(); head != it.id {
+				// An older copy is held: this one expires when it is the
+				// head (expireHead, after the older ones go).
+				it.q.overdue = true
+				continue
 			}
-			if err := it.q.ch.send(&amqp.BasicNack{DeliveryTag: it.tag, Requeue: true}); err != nil {
-				m.log.Warn().Err(err).Str("queue", it.q.name).Msg("mirror: cannot requeue an expired copy")
-			}
+			m.expireHead(it.q, now)
 		}
 		m.mu.Unlock()
 		if next > time.Hour {

@@ -219,6 +219,7 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 	}
 	m.mu.Lock()
 	clear(q.held)
+	q.fifo, q.fifoHead = nil, 0
 	m.mu.Unlock()
 
 	msgs := make(chan rotMsg, 1024)

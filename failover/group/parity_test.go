@@ -569,8 +569,6 @@ func (p *parity) testDeadLetter(t *testing.T) {
 // a message whose expiration passed while a longer-lived one is ahead of
 // it waits for that one. The mirrors must keep that order.
 func (p *parity) testExpiryOrder(t *testing.T) {
-	knownBug(t, "a mirror requeues each held copy for expiry at its own deadline, so its broker dead-letters "+
-		"it at once even when an unexpired message is ahead of it; the master's broker waits for the head")
 	ch := p.channel(t)
 	check(t, ch.ExchangeDeclare("par.x.dlx", "direct", true, false, false, false, nil))
 	declareQueue(t, ch, "ha.par.dead.order", nil)
