@@ -522,29 +522,14 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 		}
 		return nil
 	}
-	// The queue has been read when the broker, asked on the consumer's own
-	// channel, counts no ready message: its answer comes after every
-	// delivery it sent before, so what is buffered then is the rest. The
-	// question is asked while the buffer is drained, never blocking the
-	// connection's reader.
-	type count struct {
-		ready uint32
-		err   error
-	}
-	var asked chan count
+	// The queue has been read when the broker counts no ready message
+	// (askReady) and what is buffered then has gone to the ring.
+	var asked <-chan readyCount
 	var unacked map[uint64]bool // delivered to clients when the read began
 	var retry <-chan time.Time  // paces the question while waiting for them
 	for {
 		if asked == nil && retry == nil && len(msgs) == 0 {
-			asked = make(chan count, 1)
-			go func(c chan count) {
-				ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: e.Name, Passive: true})
-				if err != nil {
-					c <- count{err: err}
-					return
-				}
-				c <- count{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
-			}(asked)
+			asked = askReady(ctx, ch, e.Name)
 		}
 		select {
 		case s := <-msgs:
@@ -596,4 +581,30 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 			return ctx.Err()
 		}
 	}
+}
+
+// readyCount is a queue's ready message count, or why it could not be read.
+type readyCount struct {
+	ready uint32
+	err   error
+}
+
+// askReady asks, with a passive queue.declare on ch, how many messages of
+// queue are ready, and answers on the returned channel. The answer comes
+// after every delivery the broker sent on ch before it, so a reader that
+// drains its deliveries while it waits knows, on 0, that it has read the
+// queue. Asked from its own goroutine, so the reader never blocks the
+// connection's reader goroutine by waiting (sync and rotation both read a
+// whole queue this way).
+func askReady(ctx context.Context, ch *brokerChan, queue string) <-chan readyCount {
+	c := make(chan readyCount, 1)
+	go func() {
+		ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: queue, Passive: true})
+		if err != nil {
+			c <- readyCount{err: err}
+			return
+		}
+		c <- readyCount{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
+	}()
+	return c
 }

@@ -38,11 +38,11 @@ type shadowQueue struct {
 	since uint64
 	// syncRun is the sync run in progress here (syncing), hadSync that
 	// one ever ran: then acks of ids older than since may find a copy.
-	syncRun  uint64
-	syncing  bool
-	hadSync  bool
-	copied   int             // sync copies published in this run
-	keep     map[uint64]bool // the next purge keeps these (OpPurge)
+	syncRun uint64
+	syncing bool
+	hadSync bool
+	copied  int             // sync copies published in this run
+	keep    map[uint64]bool // the next purge keeps these (OpPurge)
 
 	// fifo is the held copies' ids in queue order (delivery order; a copy
 	// the broker gives back after an expiry requeue goes first again), for

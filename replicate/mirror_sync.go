@@ -270,23 +270,11 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 			})
 		}
 	}
-	type count struct {
-		ready uint32
-		err   error
-	}
-	var asked chan count
+	var asked <-chan readyCount
 read:
 	for {
 		if asked == nil && len(msgs) == 0 {
-			asked = make(chan count, 1)
-			go func(c chan count) {
-				ok, err := rot.rpc(ctx, &amqp.QueueDeclare{Queue: q.name, Passive: true})
-				if err != nil {
-					c <- count{err: err}
-					return
-				}
-				c <- count{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
-			}(asked)
+			asked = askReady(ctx, rot, q.name)
 		}
 		select {
 		case r := <-msgs:
