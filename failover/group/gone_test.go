@@ -8,10 +8,6 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/goleak"
-
-	"github.com/mirrorproxy/mirrorproxy/replicate"
-	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
 // An auto-delete queue mirrored to every node goes from the mirrors when
@@ -19,26 +15,7 @@ import (
 // and the master sends QueueGone), though each mirror's shadow consumer
 // would have kept its copy alive.
 func TestGroupQueueGone(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts RabbitMQ brokers")
-	}
-	env := testenv.Start(t, testenv.Options{Nodes: 3})
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the sidecars close
-
-	policies := &replicate.Policies{}
-	def, err := replicate.ParseDefinition(map[string]any{"ha-mode": "all"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := replicate.NewPolicy("/", "ha-all", `^gone\.`, replicate.ApplyTo("queues"), 0, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := policies.Set(p); err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecars(t, env, policies)
+	env, s := startGroup(t, policy(t, "ha-all", `^gone\.`, map[string]any{"ha-mode": "all"}))
 
 	conn := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
 	ch := channel(t, conn)

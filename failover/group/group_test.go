@@ -187,27 +187,42 @@ func publishConfirmed(t *testing.T, ch *amqp091.Channel, exchange, key string, b
 	}
 }
 
-func TestGroupBroker(t *testing.T) {
+// policy builds a queue policy of vhost "/".
+func policy(t *testing.T, name, pattern string, def map[string]any) replicate.Policy {
+	t.Helper()
+	d, err := replicate.ParseDefinition(def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := replicate.NewPolicy("/", name, pattern, replicate.ApplyTo("queues"), 0, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startGroup starts three brokers and their sidecars with the given
+// policies, and checks after the test (once the sidecars closed) that it
+// left no goroutine behind. Tests that start brokers skip with -short.
+func startGroup(t *testing.T, ps ...replicate.Policy) (*testenv.Group, *sidecars) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts RabbitMQ brokers")
 	}
 	env := testenv.Start(t, testenv.Options{Nodes: 3})
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the sidecars close
-
 	policies := &replicate.Policies{}
-	def, err := replicate.ParseDefinition(map[string]any{"ha-mode": "all"})
-	if err != nil {
-		t.Fatal(err)
+	for _, p := range ps {
+		if err := policies.Set(p); err != nil {
+			t.Fatal(err)
+		}
 	}
-	p, err := replicate.NewPolicy("/", "ha-all", `^ha\.`, replicate.ApplyTo("queues"), 0, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := policies.Set(p); err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecars(t, env, policies)
+	return env, startSidecars(t, env, policies)
+}
+
+func TestGroupBroker(t *testing.T) {
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
 	master := s.groups[0]
 	if !master.IsMaster() || s.groups[1].IsMaster() {
 		t.Fatalf("roles: node-0 master %v, node-1 master %v", master.IsMaster(), s.groups[1].IsMaster())

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/goleak"
 
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
@@ -61,26 +60,8 @@ func (p *parity) expect(name, death string, want ...string) {
 // Subtests that expose a bug not fixed yet are skipped (knownBug);
 // GROUP_TEST_BUGS=1 runs them.
 func TestGroupParity(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts RabbitMQ brokers")
-	}
-	env := testenv.Start(t, testenv.Options{Nodes: 3})
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the sidecars close
-
-	policies := &replicate.Policies{}
-	def, err := replicate.ParseDefinition(map[string]any{"ha-mode": "all"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := replicate.NewPolicy("/", "ha-all", `^ha\.`, replicate.ApplyTo("queues"), 0, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := policies.Set(pol); err != nil {
-		t.Fatal(err)
-	}
-	p := &parity{env: env, s: startSidecars(t, env, policies)}
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	p := &parity{env: env, s: s}
 	// The barrier queue that run publishes to; a declare is no publish.
 	c := dial(t, "amqp://guest:guest@"+p.s.clients[0]+"/")
 	declareQueue(t, channel(t, c), "ha.par.barrier", nil)

@@ -9,24 +9,9 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/goleak"
 
 	"github.com/mirrorproxy/mirrorproxy/replicate"
-	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
-
-func policy(t *testing.T, name, pattern string, def map[string]any) replicate.Policy {
-	t.Helper()
-	d, err := replicate.ParseDefinition(def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := replicate.NewPolicy("/", name, pattern, replicate.ApplyTo("queues"), 0, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // drain reads every message of queue on the broker at url, directly.
 func drain(t *testing.T, url, queue string) []string {
@@ -61,18 +46,7 @@ func bodies(prefix string, n int) []string {
 // after; sync_queue copies the older messages and makes it synced; every
 // broker then holds the master's messages in the master's order.
 func TestSyncNewMirror(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts RabbitMQ brokers")
-	}
-	env := testenv.Start(t, testenv.Options{Nodes: 3})
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-
-	policies := &replicate.Policies{}
-	if err := policies.Set(policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2})); err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecars(t, env, policies)
+	env, s := startGroup(t, policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2}))
 	master := s.groups[0]
 	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
 	ch := channel(t, c)
@@ -177,18 +151,7 @@ func TestSyncNewMirror(t *testing.T) {
 // TestSyncAutomatic: with ha-sync-mode automatic a mirror gained by a
 // policy change is synced without sync_queue.
 func TestSyncAutomatic(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts RabbitMQ brokers")
-	}
-	env := testenv.Start(t, testenv.Options{Nodes: 3})
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-
-	policies := &replicate.Policies{}
-	if err := policies.Set(policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "nodes", "ha-params": []any{"node-1"}, "ha-sync-mode": "automatic"})); err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecars(t, env, policies)
+	env, s := startGroup(t, policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "nodes", "ha-params": []any{"node-1"}, "ha-sync-mode": "automatic"}))
 	master := s.groups[0]
 	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
 	ch := channel(t, c)
@@ -219,18 +182,7 @@ func TestSyncAutomatic(t *testing.T) {
 // clients hold delivered and unacked; the mirrors keep their copies of
 // those, so a message requeued after the purge is on every broker.
 func TestPurgeKeepsUnacked(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts RabbitMQ brokers")
-	}
-	env := testenv.Start(t, testenv.Options{Nodes: 3})
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-
-	policies := &replicate.Policies{}
-	if err := policies.Set(policy(t, "ha", `^purge\.`, map[string]any{"ha-mode": "all"})); err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecars(t, env, policies)
+	env, s := startGroup(t, policy(t, "ha", `^purge\.`, map[string]any{"ha-mode": "all"}))
 	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
 	ch := channel(t, c)
 	if err := ch.Confirm(false); err != nil {
