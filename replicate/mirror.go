@@ -469,6 +469,10 @@ func (m *Mirror) applyChannelClosed(v *vhostMirror, err error) {
 // vhostFailed marks the vhost's connections as lost: every op not reported
 // yet, and every later op, fails. The mirror must be synced again.
 func (m *Mirror) vhostFailed(v *vhostMirror, err error) {
+	if m.ctx.Err() != nil && !errors.Is(err, ErrMirrorClosed) {
+		// Closing: requests were cancelled, nothing went wrong.
+		err = fmt.Errorf("%w (%v)", ErrMirrorClosed, err)
+	}
 	m.mu.Lock()
 	if v.err == nil {
 		v.err = fmt.Errorf("replicate: mirror broker connection for vhost %q lost: %w", v.name, err)

@@ -1,11 +1,13 @@
 package group
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/gm"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
 // opApplier is what the applier needs of a replicate.Mirror.
@@ -120,6 +122,11 @@ func (a *applier) run() {
 
 // finished records one op's done and reports the applied prefix to gm.
 func (a *applier) finished(e *entry, err error) {
+	if errors.Is(err, replicate.ErrMirrorClosed) {
+		// The node is closing: the op is not applied here and never
+		// counts as applied (no report either: this member leaves).
+		return
+	}
 	if err != nil && a.report != nil {
 		// The op counts as applied so the group goes on (the master's
 		// broker accepted it), but only once the master knows that this
