@@ -415,6 +415,11 @@ func (m *Master) startSync(vhost, name string) (*syncRun, error) {
 		m.mu.Unlock()
 		close(r.done)
 		m.changed()
+		if r.err == nil {
+			// Mirrors placed while this run copied (a member that joined)
+			// were not among its targets.
+			m.autoSync()
+		}
 	}()
 	return r, nil
 }

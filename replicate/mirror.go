@@ -68,6 +68,9 @@ type Mirror struct {
 	shut    bool   // Close has run
 	firstID uint64 // the first id published through this mirror (in the latest epoch)
 	maxID   uint64 // the highest id published through this mirror
+	// sinceUnset are queues started before this mirror saw any publish:
+	// their since is the next publish's id.
+	sinceUnset []*shadowQueue
 	expiry  expiryHeap
 	// expiryLimit is the heap size that triggers compactExpiry.
 	expiryLimit int
@@ -288,6 +291,11 @@ func (m *Mirror) openApplyChannel(ctx context.Context, v *vhostMirror) error {
 }
 
 func (m *Mirror) applyPublish(v *vhostMirror, op *Op, done func(error)) {
+	// Counted even when it goes nowhere here: a queue started after it
+	// takes it by sync (its id is below the queue's since).
+	m.mu.Lock()
+	m.sawPublish(op.ID)
+	m.mu.Unlock()
 	exists, err := m.exchangeExists(v, op.Exchange)
 	if err != nil {
 		m.completeNow(v, done, err)
@@ -339,9 +347,24 @@ func (m *Mirror) exchangeExists(v *vhostMirror, name string) (bool, error) {
 	return exists, nil
 }
 
+// sawPublish moves firstID and maxID for a replicated publish's id.
+// Called with m.mu held.
+func (m *Mirror) sawPublish(id uint64) {
+	if m.firstID == 0 || id>>40 > m.firstID>>40 {
+		m.firstID = id
+	}
+	m.maxID = max(m.maxID, id)
+	for _, q := range m.sinceUnset {
+		if q.since == 0 {
+			q.since = id
+		}
+	}
+	clear(m.sinceUnset)
+	m.sinceUnset = m.sinceUnset[:0]
+}
+
 // publish publishes on the apply channel; done runs on the broker's
-// confirm. id, when not 0, is a replicated publish's (it moves firstID
-// and maxID); sync copies and moved copies pass 0.
+// confirm. id is a replicated publish's, 0 for sync and moved copies.
 func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandatory bool, header, body []byte, done func(error)) {
 	m.mu.Lock()
 	for v.unconf >= m.cfg.MaxInFlight && v.err == nil && !m.closed {
@@ -365,12 +388,6 @@ func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandat
 			return
 		}
 		m.mu.Lock()
-	}
-	if id != 0 {
-		if m.firstID == 0 || id>>40 > m.firstID>>40 {
-			m.firstID = id
-		}
-		m.maxID = max(m.maxID, id)
 	}
 	v.seq++
 	v.unconf++
@@ -438,12 +455,21 @@ func (m *Mirror) report(v *vhostMirror) {
 	}
 	m.mu.Unlock()
 	for _, p := range ready {
-		p.done(p.err)
+		p.done(m.closingErr(p.err))
 	}
+}
+
+// closingErr makes an error caused by Close (cancelled requests) say so.
+func (m *Mirror) closingErr(err error) error {
+	if err != nil && m.ctx.Err() != nil && !errors.Is(err, ErrMirrorClosed) {
+		return fmt.Errorf("%w (%v)", ErrMirrorClosed, err)
+	}
+	return err
 }
 
 // completeNow queues an op that is already applied and reports it in order.
 func (m *Mirror) completeNow(v *vhostMirror, done func(error), err error) {
+	err = m.closingErr(err)
 	m.mu.Lock()
 	v.pending = append(v.pending, &pendingOp{done: done, complete: true, err: err})
 	m.mu.Unlock()
@@ -469,10 +495,7 @@ func (m *Mirror) applyChannelClosed(v *vhostMirror, err error) {
 // vhostFailed marks the vhost's connections as lost: every op not reported
 // yet, and every later op, fails. The mirror must be synced again.
 func (m *Mirror) vhostFailed(v *vhostMirror, err error) {
-	if m.ctx.Err() != nil && !errors.Is(err, ErrMirrorClosed) {
-		// Closing: requests were cancelled, nothing went wrong.
-		err = fmt.Errorf("%w (%v)", ErrMirrorClosed, err)
-	}
+	err = m.closingErr(err) // closing: requests were cancelled, nothing went wrong
 	m.mu.Lock()
 	if v.err == nil {
 		v.err = fmt.Errorf("replicate: mirror broker connection for vhost %q lost: %w", v.name, err)

@@ -34,13 +34,13 @@ type shadowQueue struct {
 
 	args amqp.Table // declare arguments (policy decisions)
 	// since is the first id this copy receives by routing: older messages
-	// reach it only by sync (docs/REPLICATION.md, "Sync").
+	// reach it only by sync (docs/REPLICATION.md, "Sync"). 0 until this
+	// mirror sees its first publish (old: every id).
 	since uint64
-	// syncRun is the sync run in progress here (syncing), hadSync that
-	// one ever ran: then acks of ids older than since may find a copy.
+	// syncRun is the sync run in progress here (syncing): while it runs,
+	// copies of ids older than since may still arrive.
 	syncRun uint64
 	syncing bool
-	hadSync bool
 	copied  int             // sync copies published in this run
 	keep    map[uint64]bool // the next purge keeps these (OpPurge)
 
@@ -196,10 +196,16 @@ func (m *Mirror) startShadow(ctx context.Context, v *vhostMirror, queue string, 
 	if m.known(v, queue) {
 		return nil
 	}
+	q := &shadowQueue{name: queue, ttl: -1, held: map[uint64]heldCopy{}, pending: map[uint64]bool{}, expired: map[uint64]int{}, args: args}
 	m.mu.Lock()
-	since := m.maxID + 1
+	if m.maxID != 0 {
+		q.since = m.maxID + 1
+	} else {
+		// No publish seen yet (a mirror that just joined): what was
+		// published before reaches this copy only by sync.
+		m.sinceUnset = append(m.sinceUnset, q)
+	}
 	m.mu.Unlock()
-	q := &shadowQueue{name: queue, ttl: -1, held: map[uint64]heldCopy{}, pending: map[uint64]bool{}, expired: map[uint64]int{}, args: args, since: since}
 	if t, ok := args.Get("x-message-ttl"); ok {
 		if n, ok := amqp.Int64(t); ok && n >= 0 {
 			q.ttl = n
@@ -385,7 +391,7 @@ func (m *Mirror) applyDisposition(v *vhostMirror, op *Op, done func(error)) {
 	q := v.queues[op.Queue]
 	if q != nil && !q.gone {
 		for _, id := range op.IDs {
-			if _, held := q.held[id]; !held && !m.mayArrive(id) && !q.hadSync {
+			if _, held := q.held[id]; !held && !q.mayArrive(m, id) {
 				continue
 			}
 			if _, dup := q.pending[id]; !dup {
@@ -434,6 +440,34 @@ func (m *Mirror) flush(q *shadowQueue) {
 // ignored rather than left waiting. Called with m.mu held.
 func (m *Mirror) mayArrive(id uint64) bool {
 	return m.firstID != 0 && id>>40 == m.firstID>>40 && id >= m.firstID
+}
+
+// mayArrive reports whether a copy of id not held yet can still reach
+// this copy of the queue: by routing (ids from since on, published through
+// this mirror), or by the sync in progress (older ids). A disposition of
+// one that cannot is ignored rather than left waiting, where it would hold
+// up every later one. Called with m.mu held.
+func (q *shadowQueue) mayArrive(m *Mirror, id uint64) bool {
+	if q.old(id) {
+		return q.syncing
+	}
+	return m.mayArrive(id)
+}
+
+// old reports whether id is older than what routing brings this copy.
+func (q *shadowQueue) old(id uint64) bool { return q.since == 0 || id < q.since }
+
+// dropOldPending forgets dispositions of ids older than since whose copies
+// are not held: after a sync (or its cancellation) they cannot arrive. The
+// caller has made sure every copy delivered so far has arrived. Called
+// with m.mu held.
+func (m *Mirror) dropOldPending(q *shadowQueue) {
+	for id := range q.pending {
+		if _, held := q.held[id]; !held && q.old(id) {
+			delete(q.pending, id)
+		}
+	}
+	m.flush(q)
 }
 
 // trimPending forgets the oldest remembered dispositions past MaxPending.

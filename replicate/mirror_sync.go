@@ -103,13 +103,13 @@ func (m *Mirror) applySyncStart(v *vhostMirror, op *Op, done func(error)) {
 	m.mu.Lock()
 	dropped := 0
 	for id, h := range q.held {
-		if id < q.since {
+		if q.old(id) {
 			delete(q.held, id)
 			m.dispose(q, id, h.tag, true)
 			dropped++
 		}
 	}
-	q.syncing, q.syncRun, q.hadSync, q.copied = true, op.ID, true, 0
+	q.syncing, q.syncRun, q.copied = true, op.ID, 0
 	m.mu.Unlock()
 	m.log.Info().Str("vhost", v.name).Str("queue", q.name).Uint64("sync", op.ID).Int("dropped", dropped).Msg("mirror: sync started")
 	m.completeNow(v, done, nil)
@@ -127,7 +127,7 @@ func (m *Mirror) applySyncCopy(v *vhostMirror, op *Op, done func(error)) {
 		m.completeNow(v, done, nil)
 		return
 	}
-	if id, _, err := mirrorID(op.Header); err == nil && id >= q.since {
+	if id, _, err := mirrorID(op.Header); err == nil && !q.old(id) {
 		m.completeNow(v, done, nil)
 		return
 	}
@@ -147,10 +147,7 @@ func (m *Mirror) applySyncEnd(v *vhostMirror, op *Op, done func(error)) {
 		q.syncing = false
 	}
 	m.mu.Unlock()
-	if !active || op.Cancelled {
-		if active {
-			m.log.Info().Str("vhost", v.name).Str("queue", q.name).Uint64("sync", op.ID).Msg("mirror: sync cancelled; this copy stays unsynced")
-		}
+	if !active {
 		m.completeNow(v, done, nil)
 		return
 	}
@@ -158,10 +155,24 @@ func (m *Mirror) applySyncEnd(v *vhostMirror, op *Op, done func(error)) {
 		m.completeNow(v, done, err)
 		return
 	}
-	err := m.rotate(v, q)
-	if err != nil {
+	var err error
+	if op.Cancelled {
+		m.log.Info().Str("vhost", v.name).Str("queue", q.name).Uint64("sync", op.ID).Msg("mirror: sync cancelled; this copy stays unsynced")
+	} else if err = m.rotate(v, q); err != nil {
 		err = fmt.Errorf("replicate: sync of queue %q: %w", q.name, err)
-	} else {
+	}
+	if err == nil {
+		// No older copy comes any more: acks waiting for one would hold
+		// up every later ack of the queue. After this round trip every
+		// copy delivered so far has arrived.
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
+		_, err = q.ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)})
+		cancel()
+		m.mu.Lock()
+		m.dropOldPending(q)
+		m.mu.Unlock()
+	}
+	if err == nil && !op.Cancelled {
 		m.log.Info().Str("vhost", v.name).Str("queue", q.name).Uint64("sync", op.ID).Msg("mirror: sync finished")
 	}
 	m.completeNow(v, done, err)
@@ -193,7 +204,7 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 	m.mu.Lock()
 	need := false
 	for id := range q.held {
-		if id >= q.since {
+		if !q.old(id) {
 			need = true
 			break
 		}
@@ -254,7 +265,7 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 	take := func(r rotMsg) {
 		id, _, err := mirrorID(r.header)
 		switch {
-		case err != nil || id < q.since:
+		case err != nil || q.old(id):
 			// a sync copy (or one without an id): stays where it is
 		case moved[id]:
 			seenMoved++ // the new copy at the tail
