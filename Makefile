@@ -24,7 +24,7 @@ verify: ## gofmt, vet, go.mod tidy, generated code current
 	$(GO) mod tidy -diff
 	$(GO) test -count=1 -run 'TestGeneratedCodeIsCurrent' ./proxy/amqp/...
 
-demo: build ## start a local RabbitMQ and a sidecar, run a client through it
+demo: build ## start a mirrored group (3 local RabbitMQ nodes and sidecars), run a client through it
 	$(GO) run ./cmd/mirrorproxy demo
 
 bench: build ## direct vs bare TCP hop vs proxy, interleaved (see docs/PERFORMANCE.md)

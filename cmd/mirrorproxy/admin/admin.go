@@ -114,6 +114,16 @@ type Queue struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Member is one member of the group in GET /api/nodes, in ring order.
+type Member struct {
+	Name string `json:"name"`
+	// Master is true for the node whose broker serves the clients.
+	Master bool `json:"master"`
+	// JoinEpoch is the view that admitted this incarnation (lower is
+	// older; elections prefer older).
+	JoinEpoch uint64 `json:"join_epoch"`
+}
+
 // PolicyBody is the body of PUT /api/policies/{vhost}/{name}, as in
 // RabbitMQ's HTTP API.
 type PolicyBody struct {
@@ -172,6 +182,10 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return false
 	}
 	switch {
+	case len(segs) == 2 && segs[0] == "api" && segs[1] == "nodes":
+		if route(http.MethodGet) {
+			a.nodes(w)
+		}
 	case len(segs) == 2 && segs[0] == "api" && segs[1] == "queues":
 		if route(http.MethodGet) {
 			a.queues(w, r, r.URL.Query().Get("vhost"))
@@ -259,6 +273,16 @@ func (a *api) queues(w http.ResponseWriter, r *http.Request, vhost string) {
 			}
 		}
 		out = append(out, q)
+	}
+	a.reply(w, http.StatusOK, out)
+}
+
+// nodes lists the group's members as this node's view has them.
+func (a *api) nodes(w http.ResponseWriter) {
+	g := a.cfg.Node.Group()
+	out := make([]Member, 0, len(g.Members))
+	for _, m := range g.Members {
+		out = append(out, Member{Name: m.Node, Master: m.Node == g.Master, JoinEpoch: m.JoinEpoch})
 	}
 	a.reply(w, http.StatusOK, out)
 }

@@ -149,6 +149,18 @@ func TestQueues(t *testing.T) {
 	}
 }
 
+func TestNodes(t *testing.T) {
+	srv, _ := newTestAPI(t, token)
+	code, body := do(t, "GET", srv.URL+"/api/nodes", "", "")
+	want := `[{"name":"a","master":true,"join_epoch":1},{"name":"b","master":false,"join_epoch":2},{"name":"c","master":false,"join_epoch":3}]` + "\n"
+	if code != http.StatusOK || body != want {
+		t.Fatalf("GET /api/nodes: %d %s, want %s", code, body, want)
+	}
+	if code, _ := do(t, "POST", srv.URL+"/api/nodes", token, ""); code != http.StatusMethodNotAllowed {
+		t.Fatalf("POST /api/nodes: %d", code)
+	}
+}
+
 func TestPolicyChangesNeedTheToken(t *testing.T) {
 	srv, ps := newTestAPI(t, token)
 	url := srv.URL + "/api/policies/%2F/new"
@@ -250,7 +262,7 @@ func TestListPolicies(t *testing.T) {
 
 func TestUnknownEndpoint(t *testing.T) {
 	srv, _ := newTestAPI(t, token)
-	if code, b := do(t, "GET", srv.URL+"/api/nodes", "", ""); code != http.StatusNotFound || !strings.Contains(b, "no endpoint GET /api/nodes") {
+	if code, b := do(t, "GET", srv.URL+"/api/overview", "", ""); code != http.StatusNotFound || !strings.Contains(b, "no endpoint GET /api/overview") {
 		t.Errorf("%d %s", code, b)
 	}
 	if code, _ := do(t, "POST", srv.URL+"/api/queues", "", ""); code != http.StatusMethodNotAllowed {

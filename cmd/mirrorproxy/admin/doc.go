@@ -3,6 +3,7 @@
 //
 // Endpoints (JSON):
 //
+//	GET    /api/nodes                   the group's members in ring order: name, master, join_epoch
 //	GET    /api/queues?vhost=V          mirrored queues this node knows, with messages,
 //	                                    slave_pids, synchronised_slave_pids, policy, syncing
 //	GET    /api/policies[?vhost=V]      policies (RabbitMQ's definitions-export form)

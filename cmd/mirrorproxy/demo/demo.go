@@ -1,20 +1,24 @@
-// Package demo is `mirrorproxy demo`: it starts a local RabbitMQ node and a
-// mirrorproxy sidecar in front of it (this same binary, as a separate
-// process), runs an unchanged amqp091-go client through the sidecar — the
-// example from the articles the product was conceived from — and prints what
-// happened.
+// Package demo is `mirrorproxy demo`: it starts a mirrored group on this
+// machine — three local RabbitMQ nodes, each with a mirrorproxy sidecar in
+// front of it (this same binary, as separate processes) — runs an unchanged
+// amqp091-go client through the master's sidecar with the example from the
+// articles the product was conceived from, and shows the copies on every
+// broker as the client publishes and consumes.
 package demo
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -29,10 +33,10 @@ import (
 func Command() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "start a local RabbitMQ and a sidecar, run a client through it, print what happened",
+		Usage: "start a mirrored group (3 local RabbitMQ nodes and sidecars), run a client through it, show the copies",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "messages", Value: 10000, Usage: "messages to publish and consume"},
-			&cli.BoolFlag{Name: "sidecar-logs", Usage: "show the sidecar's log lines"},
+			&cli.BoolFlag{Name: "sidecar-logs", Usage: "show the sidecars' log lines"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
@@ -42,58 +46,214 @@ func Command() *cli.Command {
 	}
 }
 
+// nodes is the size of the demo group.
+const nodes = 3
+
 func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	say := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	t0 := time.Now()
 
-	say("1. Starting a RabbitMQ node (local rabbitmq-server process, random ports)…")
-	g, err := testenv.StartGroup(ctx, testenv.Options{Nodes: 1})
+	say("1. Starting %d RabbitMQ nodes (local rabbitmq-server processes, random ports, not clustered)…", nodes)
+	g, err := testenv.StartGroup(ctx, testenv.Options{Nodes: nodes})
 	if err != nil {
 		return err
 	}
 	defer func() {
 		g.Close()
-		say("   broker stopped and its directories removed")
+		say("   brokers stopped and their directories removed")
 	}()
-	node := g.Nodes[0]
-	say("   broker %s listening on %s (%.1fs)", node.Name, node.AMQPAddr, time.Since(t0).Seconds())
+	for _, node := range g.Nodes {
+		say("   broker %s on %s", node.Name, node.AMQPAddr)
+	}
+	say("   (%.1fs)", time.Since(t0).Seconds())
 
-	say("2. Starting the mirrorproxy sidecar in front of it (a separate process of this binary)…")
-	listen, err := freeAddr()
+	say("2. Starting a mirrorproxy sidecar beside each (separate processes of this binary), as one group:")
+	dir, err := os.MkdirTemp("", "mirrorproxy-demo-")
 	if err != nil {
 		return err
 	}
-	sidecar, err := startSidecar(ctx, listen, node.AMQPAddr, w, sidecarLogs)
+	defer os.RemoveAll(dir)
+	cfgs, clients, admins, err := groupConfigs(dir, g)
 	if err != nil {
 		return err
 	}
-	defer sidecar.stop(say)
-	say("   sidecar pid %d: clients connect to %s, it carries them to %s", sidecar.cmd.Process.Pid, listen, node.AMQPAddr)
-
-	say("3. An unchanged amqp091-go client, connected to the sidecar:")
-	brokerView := func() {
-		say("4. What the broker sees while the client is connected (rabbitmqctl list_connections):")
-		out, err := node.Ctl(ctx, "list_connections", "user", "peer_host", "peer_port", "state")
+	var sidecars []*sidecarProc
+	defer func() {
+		for i := len(sidecars) - 1; i >= 0; i-- {
+			sidecars[i].stop(say)
+		}
+	}()
+	for i, cfg := range cfgs {
+		p, err := startSidecar(ctx, cfg, clients[i], w, sidecarLogs, fmt.Sprintf("node-%d", i))
 		if err != nil {
-			say("   (rabbitmqctl failed: %v)", err)
+			return err
+		}
+		sidecars = append(sidecars, p)
+		say("   node-%d: sidecar pid %d, clients on %s, broker %s", i, p.cmd.Process.Pid, clients[i], g.Nodes[i].AMQPAddr)
+	}
+	if err := waitMembers(ctx, admins[0], nodes); err != nil {
+		return err
+	}
+	say("   node-0 is the master: it serves clients; node-1 and node-2 hold copies. Policy ha-all mirrors ^hello-")
+
+	ctl := func(args ...string) {
+		exe, err := os.Executable()
+		if err != nil {
+			say("   (%v)", err)
 			return
 		}
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		out, err := exec.CommandContext(ctx, exe, append([]string{"ctl", "--config", cfgs[0]}, args...)...).CombinedOutput()
+		for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 			say("   %s", line)
 		}
-		say("   (the peer is the sidecar's side of its broker connection; the broker authenticated the client's own credentials)")
+		if err != nil {
+			say("   (mirrorproxy ctl: %v)", err)
+		}
 	}
-	if err := client(ctx, "amqp://guest:guest@"+listen+"/", n, say, brokerView); err != nil {
+	brokers := func() {
+		for i, node := range g.Nodes {
+			out, err := node.Ctl(ctx, "-q", "--no-table-headers", "list_queues", "name", "messages", "messages_unacknowledged", "consumers")
+			if err != nil {
+				say("   (rabbitmqctl on node-%d failed: %v)", i, err)
+				continue
+			}
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				if strings.HasPrefix(line, "hello-") {
+					f := strings.Fields(line)
+					if len(f) == 4 {
+						say("   node-%d's broker: %s holds %s messages (%s unacked), %s consumer(s)", i, f[0], f[1], f[2], f[3])
+					}
+				}
+			}
+		}
+	}
+	steps := demoSteps{
+		afterPublish: func() {
+			say("4. Where the messages are (mirrorproxy ctl list_queues, on the master's admin API):")
+			ctl("list_queues", "name", "messages", "slave_pids", "synchronised_slave_pids")
+			say("   and on each broker directly (rabbitmqctl list_queues): the master's broker has the queue,")
+			say("   each mirror's broker a copy its sidecar holds unacked")
+			brokers()
+		},
+		afterConsume: func() {
+			say("6. After the acks, on each broker: the copies went with the master's messages")
+			brokers()
+			say("   the brokers see the sidecars, which authenticated the client with its own credentials")
+			out, err := g.Nodes[0].Ctl(ctx, "-q", "--no-table-headers", "list_connections", "user", "peer_host", "state")
+			if err == nil {
+				for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+					say("   node-0's broker: connection %s", strings.Join(strings.Fields(line), " "))
+				}
+			}
+		},
+	}
+	say("3. An unchanged amqp091-go client publishes through the master's sidecar (node-0, %s):", clients[0])
+	say("   and consumes through a mirror's sidecar (node-2, %s), which carries it to the master", clients[2])
+	if err := client(ctx, "amqp://guest:guest@"+clients[0]+"/", "amqp://guest:guest@"+clients[2]+"/", n, say, steps); err != nil {
 		return err
 	}
-	say("5. Done in %.1fs.", time.Since(t0).Seconds())
+	say("7. Done in %.1fs.", time.Since(t0).Seconds())
 	return nil
+}
+
+// demoSteps are the demo's looks at the group between the client's steps.
+type demoSteps struct {
+	afterPublish, afterConsume func()
+}
+
+// groupConfigs writes one sidecar config per broker of g and returns their
+// paths, the sidecars' client addresses and admin addresses.
+func groupConfigs(dir string, g *testenv.Group) (cfgs, clients, admins []string, err error) {
+	type addrs struct{ client, gm, raft, admin string }
+	var as []addrs
+	for range g.Nodes {
+		var a addrs
+		for _, p := range []*string{&a.client, &a.gm, &a.raft, &a.admin} {
+			if *p, err = freeAddr(); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		as = append(as, a)
+	}
+	var peers strings.Builder
+	for i, a := range as {
+		fmt.Fprintf(&peers, "  - {name: node-%d, client_address: %q, gm_address: %q, raft_address: %q}\n", i, a.client, a.gm, a.raft)
+	}
+	for i, node := range g.Nodes {
+		cfg := fmt.Sprintf(`# written by mirrorproxy demo
+listen:
+  address: %q
+upstream:
+  address: %q
+shutdown_grace: 5s
+node:
+  name: node-%d
+peers:
+%sgm:
+  secret: mirrorproxy demo secret, not for production
+broker:
+  username: guest
+  password: guest
+policies:
+  - name: ha-all
+    pattern: ^hello-
+    apply-to: queues
+    definition: {ha-mode: all, ha-sync-mode: automatic}
+admin:
+  address: %q
+  token: mirrorproxy demo admin token
+`, as[i].client, node.AMQPAddr, i, peers.String(), as[i].admin)
+		path := filepath.Join(dir, fmt.Sprintf("node-%d.yaml", i))
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			return nil, nil, nil, err
+		}
+		cfgs = append(cfgs, path)
+		clients = append(clients, as[i].client)
+		admins = append(admins, as[i].admin)
+	}
+	return cfgs, clients, admins, nil
+}
+
+// waitMembers waits until a node's admin API lists n members: the group
+// has formed (the first node admits the others as they come up).
+func waitMembers(ctx context.Context, addr string, n int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if got, err := members(ctx, addr); err == nil && got == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the group did not form within 60s (node-0's admin API on %s)", addr)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func members(ctx context.Context, addr string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/nodes", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var ms []struct{ Name string }
+	if err := json.NewDecoder(resp.Body).Decode(&ms); err != nil {
+		return 0, err
+	}
+	return len(ms), nil
 }
 
 // client runs the articles' example: a durable direct exchange hello-exch,
 // a queue hello-queue declared with x-ha-policy all, persistent publishes
 // with routing key hala (with publisher confirms), consumed with manual acks.
-func client(ctx context.Context, url string, n int, say func(string, ...any), whileOpen func()) error {
+func client(ctx context.Context, url, consumeURL string, n int, say func(string, ...any), steps demoSteps) error {
 	conn, err := amqp091.Dial(url)
 	if err != nil {
 		return fmt.Errorf("client: dial the sidecar: %w", err)
@@ -150,10 +310,22 @@ func client(ctx context.Context, url string, n int, say func(string, ...any), wh
 	el := time.Since(start)
 	say("   published %d persistent 1 KiB messages with confirms: %d confirmed in %.2fs (%.0f msg/s)", n, acked, el.Seconds(), float64(n)/el.Seconds())
 
-	if err := ch.Qos(256, 0, false); err != nil {
+	steps.afterPublish()
+
+	say("5. The client consumes with manual acks, through node-2's sidecar:")
+	cconn, err := amqp091.Dial(consumeURL)
+	if err != nil {
+		return fmt.Errorf("client: dial node-2's sidecar: %w", err)
+	}
+	defer cconn.Close()
+	cch, err := cconn.Channel()
+	if err != nil {
 		return err
 	}
-	deliveries, err := ch.Consume("hello-queue", "", false, false, false, false, nil)
+	if err := cch.Qos(256, 0, false); err != nil {
+		return err
+	}
+	deliveries, err := cch.Consume("hello-queue", "", false, false, false, false, nil)
 	if err != nil {
 		return err
 	}
@@ -182,7 +354,7 @@ func client(ctx context.Context, url string, n int, say func(string, ...any), wh
 		return err
 	}
 	say("   hello-queue now holds %d messages", q.Messages)
-	whileOpen()
+	steps.afterConsume()
 	_, err = ch.QueueDelete("hello-queue", false, false, false)
 	if err == nil {
 		err = ch.ExchangeDelete("hello-exch", false, false)
@@ -195,12 +367,12 @@ type sidecarProc struct {
 	done chan error
 }
 
-func startSidecar(ctx context.Context, listen, upstream string, w io.Writer, showLogs bool) (*sidecarProc, error) {
+func startSidecar(ctx context.Context, cfg, listen string, w io.Writer, showLogs bool, name string) (*sidecarProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "run", "--listen", listen, "--upstream", upstream, "--log-format", "console")
+	cmd := exec.Command(exe, "run", "--config", cfg, "--log-format", "console")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -215,7 +387,7 @@ func startSidecar(ctx context.Context, listen, upstream string, w io.Writer, sho
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			if showLogs {
-				fmt.Fprintf(w, "   sidecar | %s\n", sc.Text())
+				fmt.Fprintf(w, "   %s | %s\n", name, sc.Text())
 			}
 		}
 	}()

@@ -9,11 +9,13 @@ import (
 	"time"
 )
 
-// The demo (what `make demo` runs) works end to end: broker, sidecar
-// process, client through it, clean stop of both.
+// The demo (what `make demo` runs) works end to end: three brokers, three
+// sidecar processes as a mirrored group, a client through the master's
+// sidecar (and a mirror's), copies on every broker while the messages are
+// queued and none after the acks, clean stop of all.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts a broker")
+		t.Skip("starts brokers")
 	}
 	bin := filepath.Join(t.TempDir(), "mirrorproxy")
 	if out, err := exec.Command("go", "build", "-o", bin, "..").CombinedOutput(); err != nil {
@@ -28,10 +30,16 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"500 confirmed",
+		"hello-queue\t500\t[node-1, node-2]\t[node-1, node-2]",
+		"node-0's broker: hello-queue holds 500 messages (0 unacked), 0 consumer(s)",
+		"node-1's broker: hello-queue holds 500 messages (500 unacked), 1 consumer(s)",
+		"node-2's broker: hello-queue holds 500 messages (500 unacked), 1 consumer(s)",
 		"consumed and acked 500 messages",
-		"guest\t127.0.0.1",
+		"node-1's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
+		"node-2's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
+		"connection guest 127.0.0.1",
 		"sidecar stopped on SIGTERM (exit 0)",
-		"broker stopped",
+		"brokers stopped",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the demo's output lacks %q", want)
