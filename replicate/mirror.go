@@ -71,7 +71,7 @@ type Mirror struct {
 	// sinceUnset are queues started before this mirror saw any publish:
 	// their since is the next publish's id.
 	sinceUnset []*shadowQueue
-	expiry  expiryHeap
+	expiry     expiryHeap
 	// expiryLimit is the heap size that triggers compactExpiry.
 	expiryLimit int
 	wake        chan struct{} // cap 1: the earliest expiry changed
