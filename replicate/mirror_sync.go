@@ -209,7 +209,11 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 			break
 		}
 	}
-	need = q.copied > 0 && (need || len(q.held) >= m.cfg.MaxHeld)
+	// With the shadow consumer at its prefetch the rest of the copy is
+	// ready and unseen: it may hold routed copies only if a publish was
+	// applied since the copy started (to this queue or another).
+	unseen := len(q.held) >= m.cfg.MaxHeld && q.since != 0 && m.maxID >= q.since
+	need = q.copied > 0 && (need || unseen)
 	if need {
 		q.rotating = true
 	}
