@@ -222,3 +222,91 @@ func TestPurgeKeepsUnacked(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncWhilePublishing: a client keeps publishing (with confirms) while
+// sync_queue copies the older messages to a new mirror; the copies routed
+// to the new mirror during the sync end up behind the sync's, so once the
+// client stops every broker holds the master's messages in its order.
+func TestSyncWhilePublishing(t *testing.T) {
+	env, s := startGroup(t, policy(t, "ha", `^busy\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2}))
+	master := s.groups[0]
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const q = "busy.q"
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := bodies("old", 3000)
+	publishConfirmed(t, ch, "", q, want...)
+	if err := master.SetPolicy(policy(t, "ha", `^busy\.`, map[string]any{"ha-mode": "all", "ha-sync-batch-size": 100})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node-2's copy", 30*time.Second, func() bool { return queueExists(t, env.Nodes[2].URL, q) })
+
+	// The publisher runs on its own connection until the sync is done.
+	pc := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	pch := channel(t, pc)
+	if err := pch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	published := make(chan []string, 1)
+	go func() {
+		var sent []string
+		defer func() { published <- sent }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b := fmt.Sprintf("new-%05d", i)
+			dc, err := pch.PublishWithDeferredConfirmWithContext(context.Background(), "", q, false, false,
+				amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte(b)})
+			if err != nil {
+				t.Errorf("publish during the sync: %v", err)
+				return
+			}
+			if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
+				t.Errorf("confirm during the sync: %v %v", ok, err)
+				return
+			}
+			sent = append(sent, b)
+		}
+	}()
+	// Some routed copies before the sync starts, more while it runs.
+	waitFor(t, "node-2 to receive routed copies", 30*time.Second, func() bool { return s.groups[2].Mirror().Held("/", q) >= 20 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := master.SyncQueue(ctx, "/", q); err != nil {
+		t.Fatalf("sync_queue: %v", err)
+	}
+	close(stop)
+	recent := <-published
+	if len(recent) < 20 {
+		t.Fatalf("only %d publishes during the test", len(recent))
+	}
+	want = append(want, recent...)
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1", "node-2"}) {
+		t.Fatalf("synced %v", got)
+	}
+	for i, g := range s.groups[1:] {
+		waitFor(t, fmt.Sprintf("node-%d to hold every message", i+1), 30*time.Second, func() bool { return g.Mirror().Held("/", q) == len(want) })
+	}
+	c.Close()
+	pc.Close()
+	s.close(t)()
+	for i, n := range env.Nodes {
+		if got := drain(t, n.URL, q); !slices.Equal(got, want) {
+			first := 0
+			for first < min(len(got), len(want)) && got[first] == want[first] {
+				first++
+			}
+			t.Fatalf("node-%d's queue: %d messages, want %d in the master's order; first difference at %d", i, len(got), len(want), first)
+		}
+	}
+	t.Logf("%d old messages synced while %d were published", 3000, len(recent))
+}
