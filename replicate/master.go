@@ -74,6 +74,7 @@ type Master struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	bg     sync.WaitGroup // syncs and other background work, until Close
+	gone   *goneWatcher   // set by NewMaster when there is a broker URL; never changes
 
 	// pol orders policy and membership changes against topology ops:
 	// Topology holds it shared, so a change sees a consistent catalog and

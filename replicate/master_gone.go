@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,10 +35,6 @@ const maxGoneBackoff = 30 * time.Second
 // the name is either seen by the second check (the queue exists: nothing
 // is reported) or is proposed after the QueueGone op (the mirrors delete
 // their copy, then declare the new queue).
-
-// goneWatchers maps a running *Master to its *goneWatcher, for
-// CheckQueues: Master has no field for it.
-var goneWatchers sync.Map
 
 // goneWatcher is the master's queue-gone watcher. Its fields other than
 // kick, rounds and conns belong to its goroutine.
@@ -73,7 +68,7 @@ func (m *Master) startGoneWatcher() {
 		interval = DefaultGoneInterval
 	}
 	w := &goneWatcher{m: m, kick: make(chan struct{}, 1), interval: interval, vhosts: map[string]*goneVhost{}}
-	goneWatchers.Store(m, w)
+	m.gone = w // before the goroutine: CheckQueues reads it without a lock
 	m.bg.Add(1)
 	go w.run()
 }
@@ -82,10 +77,10 @@ func (m *Master) startGoneWatcher() {
 // queues still exist on its broker (it does not wait for the check). The
 // mirrors are told of those that went away.
 func (m *Master) CheckQueues() {
-	if v, ok := goneWatchers.Load(m); ok {
+	if m.gone != nil {
 		select {
-		case v.(*goneWatcher).kick <- struct{}{}:
-		default: // a check is already due
+		case m.gone.kick <- struct{}{}:
+		default: // a check is already due, or the watcher has stopped
 		}
 	}
 }
@@ -93,7 +88,6 @@ func (m *Master) CheckQueues() {
 func (w *goneWatcher) run() {
 	m := w.m
 	defer m.bg.Done()
-	defer goneWatchers.Delete(m)
 	defer w.closeAll()
 	var timer *time.Timer
 	var tick <-chan time.Time

@@ -73,11 +73,10 @@ func (r *recRing) gone() []string {
 
 func watcherOf(t *testing.T, m *Master) *goneWatcher {
 	t.Helper()
-	v, ok := goneWatchers.Load(m)
-	if !ok {
+	if m.gone == nil {
 		t.Fatal("the master has no queue-gone watcher")
 	}
-	return v.(*goneWatcher)
+	return m.gone
 }
 
 // waitRounds waits until n more rounds of the watcher finished: with
@@ -290,7 +289,7 @@ func testQueueGoneOnDemand(t *testing.T, url string) {
 func testQueueGoneNoBroker(t *testing.T) {
 	checkLeaks(t)
 	m, _ := newGoneMaster(t, "", 0)
-	if _, ok := goneWatchers.Load(m); ok {
+	if m.gone != nil {
 		t.Fatal("a watcher runs without a broker URL")
 	}
 	m.CheckQueues()
