@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -94,7 +95,8 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	if err := waitMembers(ctx, admins[0], nodes); err != nil {
 		return err
 	}
-	say("   node-0 is the master: it serves clients; node-1 and node-2 hold copies. Policy ha-all mirrors ^hello-")
+	say("   node-0 is the master: it serves clients; the others hold copies of the queues the policies place on them.")
+	say("   Policy ha (in the config): ^hello- queues get exactly 2 copies — the master's and node-1's")
 
 	ctl := func(args ...string) {
 		exe, err := os.Executable()
@@ -110,33 +112,77 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 			say("   (mirrorproxy ctl: %v)", err)
 		}
 	}
-	brokers := func() {
-		for i, node := range g.Nodes {
-			out, err := node.Ctl(ctx, "-q", "--no-table-headers", "list_queues", "name", "messages", "messages_unacknowledged", "consumers")
-			if err != nil {
-				say("   (rabbitmqctl on node-%d failed: %v)", i, err)
-				continue
+	// queueOn returns the hello-queue row of a broker's list_queues.
+	queueOn := func(i int) (fields []string, err error) {
+		out, err := g.Nodes[i].Ctl(ctx, "-q", "--no-table-headers", "list_queues", "name", "messages", "messages_unacknowledged", "consumers")
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(line); len(f) == 4 && f[0] == "hello-queue" {
+				return f, nil
 			}
-			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-				if strings.HasPrefix(line, "hello-") {
-					f := strings.Fields(line)
-					if len(f) == 4 {
-						say("   node-%d's broker: %s holds %s messages (%s unacked), %s consumer(s)", i, f[0], f[1], f[2], f[3])
-					}
-				}
+		}
+		return nil, nil
+	}
+	brokers := func() {
+		for i := range g.Nodes {
+			f, err := queueOn(i)
+			switch {
+			case err != nil:
+				say("   (rabbitmqctl on node-%d failed: %v)", i, err)
+			case f == nil:
+				say("   node-%d's broker: no hello-queue", i)
+			default:
+				say("   node-%d's broker: %s holds %s messages (%s unacked), %s consumer(s)", i, f[0], f[1], f[2], f[3])
 			}
 		}
 	}
+	// settle waits (up to 30s) until broker i's copy holds want messages,
+	// all unacked (a mirror's sidecar takes its copies as they arrive):
+	// the demo shows the state the group converges to, not a moment of it.
+	settle := func(i int, want string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if f, _ := queueOn(i); f != nil && f[1] == want && f[2] == want {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	count := strconv.Itoa(n)
+	listQueues := func() { ctl("list_queues", "name", "messages", "slave_pids", "synchronised_slave_pids") }
 	steps := demoSteps{
 		afterPublish: func() {
 			say("4. Where the messages are (mirrorproxy ctl list_queues, on the master's admin API):")
-			ctl("list_queues", "name", "messages", "slave_pids", "synchronised_slave_pids")
+			settle(1, count)
+			listQueues()
 			say("   and on each broker directly (rabbitmqctl list_queues): the master's broker has the queue,")
-			say("   each mirror's broker a copy its sidecar holds unacked")
+			say("   node-1's a copy its sidecar holds unacked, node-2's none")
+			brokers()
+
+			say("5. An operator gives the queue a third copy: mirrorproxy ctl set_policy ha '^hello-' '{\"ha-mode\":\"all\"}'")
+			ctl("set_policy", "ha", "^hello-", `{"ha-mode":"all"}`)
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				if f, _ := queueOn(2); f != nil || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			say("   the master replicated the policy; node-2 declared its copy, which starts empty and unsynced:")
+			listQueues()
+			brokers()
+			say("   mirrorproxy ctl sync_queue hello-queue copies the older messages (the queue is blocked meanwhile):")
+			ctl("sync_queue", "hello-queue")
+			settle(2, count)
+			listQueues()
 			brokers()
 		},
 		afterConsume: func() {
-			say("6. After the acks, on each broker: the copies went with the master's messages")
+			say("7. After the acks, on each broker: the copies went with the master's messages")
+			settle(1, "0")
+			settle(2, "0")
 			brokers()
 			say("   the brokers see the sidecars, which authenticated the client with its own credentials")
 			out, err := g.Nodes[0].Ctl(ctx, "-q", "--no-table-headers", "list_connections", "user", "peer_host", "state")
@@ -152,7 +198,7 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	if err := client(ctx, "amqp://guest:guest@"+clients[0]+"/", "amqp://guest:guest@"+clients[2]+"/", n, say, steps); err != nil {
 		return err
 	}
-	say("7. Done in %.1fs.", time.Since(t0).Seconds())
+	say("8. Done in %.1fs.", time.Since(t0).Seconds())
 	return nil
 }
 
@@ -195,10 +241,10 @@ broker:
   username: guest
   password: guest
 policies:
-  - name: ha-all
+  - name: ha
     pattern: ^hello-
     apply-to: queues
-    definition: {ha-mode: all, ha-sync-mode: automatic}
+    definition: {ha-mode: exactly, ha-params: 2}
 admin:
   address: %q
   token: mirrorproxy demo admin token
@@ -312,7 +358,7 @@ func client(ctx context.Context, url, consumeURL string, n int, say func(string,
 
 	steps.afterPublish()
 
-	say("5. The client consumes with manual acks, through node-2's sidecar:")
+	say("6. The client consumes with manual acks, through node-2's sidecar:")
 	cconn, err := amqp091.Dial(consumeURL)
 	if err != nil {
 		return fmt.Errorf("client: dial node-2's sidecar: %w", err)

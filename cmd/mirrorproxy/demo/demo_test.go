@@ -11,8 +11,10 @@ import (
 
 // The demo (what `make demo` runs) works end to end: three brokers, three
 // sidecar processes as a mirrored group, a client through the master's
-// sidecar (and a mirror's), copies on every broker while the messages are
-// queued and none after the acks, clean stop of all.
+// sidecar (and a mirror's); a copy on the mirror the policy places; an
+// operator's set_policy adds a mirror, listed unsynced and empty; ctl
+// sync_queue makes it synced with every message, and list_queues shows
+// both; the acks empty every copy; everything stops cleanly.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts brokers")
@@ -30,9 +32,14 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"500 confirmed",
-		"hello-queue\t500\t[node-1, node-2]\t[node-1, node-2]",
+		"hello-queue\t500\t[node-1]\t[node-1]",
 		"node-0's broker: hello-queue holds 500 messages (0 unacked), 0 consumer(s)",
 		"node-1's broker: hello-queue holds 500 messages (500 unacked), 1 consumer(s)",
+		"node-2's broker: no hello-queue",
+		"hello-queue\t500\t[node-1, node-2]\t[node-1]",
+		"node-2's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
+		"Synchronising queue 'hello-queue' in vhost '/' ...",
+		"hello-queue\t500\t[node-1, node-2]\t[node-1, node-2]",
 		"node-2's broker: hello-queue holds 500 messages (500 unacked), 1 consumer(s)",
 		"consumed and acked 500 messages",
 		"node-1's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
