@@ -44,6 +44,11 @@ type shadowQueue struct {
 	copied  int             // sync copies published in this run
 	keep    map[uint64]bool // the next purge keeps these (OpPurge)
 
+	// oldPending are acks (true) and drops of older copies (ids below
+	// since) not held yet, in oldOrder; bounded by MaxPending.
+	oldPending map[uint64]bool
+	oldOrder   []uint64
+
 	// fifo is the held copies' ids in queue order (delivery order; a copy
 	// the broker gives back after an expiry requeue goes first again), for
 	// expiry at the head only: a broker expires a message when it reaches
@@ -283,6 +288,11 @@ func (m *Mirror) delivered(v *vhostMirror, q *shadowQueue, d *amqp.BasicDeliver,
 		m.dispose(q, id, d.DeliveryTag, true)
 		return
 	}
+	if ack, ok := q.oldPending[id]; ok {
+		delete(q.oldPending, id)
+		m.dispose(q, id, d.DeliveryTag, ack)
+		return
+	}
 	defer m.flush(q)
 	h := heldCopy{tag: d.DeliveryTag}
 	ttl := q.ttl
@@ -391,7 +401,16 @@ func (m *Mirror) applyDisposition(v *vhostMirror, op *Op, done func(error)) {
 	q := v.queues[op.Queue]
 	if q != nil && !q.gone {
 		for _, id := range op.IDs {
-			if _, held := q.held[id]; !held && !q.mayArrive(m, id) {
+			_, held := q.held[id]
+			if !held && q.old(id) {
+				// An older copy (sync) that has not reached the shadow
+				// consumer: it may be in the ready part beyond the
+				// prefetch, or never come. Kept apart, so it never holds
+				// up the dispositions after it; applied if it arrives.
+				m.rememberOld(q, id, ack)
+				continue
+			}
+			if !held && !m.mayArrive(id) {
 				continue
 			}
 			if _, dup := q.pending[id]; !dup {
@@ -442,32 +461,44 @@ func (m *Mirror) mayArrive(id uint64) bool {
 	return m.firstID != 0 && id>>40 == m.firstID>>40 && id >= m.firstID
 }
 
-// mayArrive reports whether a copy of id not held yet can still reach
-// this copy of the queue: by routing (ids from since on, published through
-// this mirror), or by the sync in progress (older ids). A disposition of
-// one that cannot is ignored rather than left waiting, where it would hold
-// up every later one. Called with m.mu held.
-func (q *shadowQueue) mayArrive(m *Mirror, id uint64) bool {
-	if q.old(id) {
-		return q.syncing
+// rememberOld keeps the disposition of an older copy not held yet, at most
+// MaxPending per queue (the oldest forgotten: its copy stays, a duplicate
+// after promotion, never a loss). Called with m.mu held.
+func (m *Mirror) rememberOld(q *shadowQueue, id uint64, ack bool) {
+	if q.oldPending == nil {
+		q.oldPending = map[uint64]bool{}
 	}
-	return m.mayArrive(id)
+	if _, dup := q.oldPending[id]; !dup {
+		q.oldOrder = append(q.oldOrder, id)
+	}
+	q.oldPending[id] = ack
+	for len(q.oldPending) > m.cfg.MaxPending && len(q.oldOrder) > 0 {
+		delete(q.oldPending, q.oldOrder[0])
+		q.oldOrder = q.oldOrder[1:]
+	}
+	if len(q.oldOrder) > 2*len(q.oldPending)+64 {
+		kept := q.oldOrder[:0]
+		for _, x := range q.oldOrder {
+			if _, ok := q.oldPending[x]; ok {
+				kept = append(kept, x)
+			}
+		}
+		q.oldOrder = kept
+	}
 }
 
 // old reports whether id is older than what routing brings this copy.
 func (q *shadowQueue) old(id uint64) bool { return q.since == 0 || id < q.since }
 
-// dropOldPending forgets dispositions of ids older than since whose copies
-// are not held: after a sync (or its cancellation) they cannot arrive. The
-// caller has made sure every copy delivered so far has arrived. Called
-// with m.mu held.
+// dropOldPending forgets the remembered dispositions of older copies when
+// none can arrive any more: every copy of the queue has reached the
+// shadow consumer (fewer held than its prefetch, and the caller made sure
+// every delivery so far has arrived). Called with m.mu held.
 func (m *Mirror) dropOldPending(q *shadowQueue) {
-	for id := range q.pending {
-		if _, held := q.held[id]; !held && q.old(id) {
-			delete(q.pending, id)
-		}
+	if len(q.held) < m.cfg.MaxHeld {
+		clear(q.oldPending)
+		q.oldOrder = nil
 	}
-	m.flush(q)
 }
 
 // trimPending forgets the oldest remembered dispositions past MaxPending.

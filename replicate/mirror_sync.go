@@ -110,6 +110,8 @@ func (m *Mirror) applySyncStart(v *vhostMirror, op *Op, done func(error)) {
 		}
 	}
 	q.syncing, q.syncRun, q.copied = true, op.ID, 0
+	clear(q.oldPending) // for copies of an earlier run, dropped above
+	q.oldOrder = nil
 	m.mu.Unlock()
 	m.log.Info().Str("vhost", v.name).Str("queue", q.name).Uint64("sync", op.ID).Int("dropped", dropped).Msg("mirror: sync started")
 	m.completeNow(v, done, nil)
@@ -162,9 +164,9 @@ func (m *Mirror) applySyncEnd(v *vhostMirror, op *Op, done func(error)) {
 		err = fmt.Errorf("replicate: sync of queue %q: %w", q.name, err)
 	}
 	if err == nil {
-		// No older copy comes any more: acks waiting for one would hold
-		// up every later ack of the queue. After this round trip every
-		// copy delivered so far has arrived.
+		// Older copies come no more once all of the copy has reached
+		// the shadow consumer: then the dispositions kept for them go.
+		// After this round trip every copy delivered so far has arrived.
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
 		_, err = q.ch.rpc(ctx, &amqp.BasicQos{PrefetchCount: uint16(m.cfg.MaxHeld)})
 		cancel()

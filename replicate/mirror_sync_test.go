@@ -75,3 +75,41 @@ func TestMirrorSyncJoinedMidStream(t *testing.T) {
 		t.Fatalf("the copy holds %v, want %v (sync copies first, then the routed ones)", got, want)
 	}
 }
+
+// TestMirrorSyncBeyondPrefetch: a synced copy larger than the shadow
+// consumer's prefetch keeps the rest ready; the master's acks of those
+// older messages arrive before their copies reach the shadow consumer, are
+// kept apart, and apply when the copies come — the copy empties as the
+// master's queue does, and no ack waiting for a copy holds up the others.
+func TestMirrorSyncBeyondPrefetch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts RabbitMQ brokers")
+	}
+	checkLeaks(t)
+	node := testenv.Start(t, testenv.Options{Nodes: 1}).Nodes[0]
+	const q, n = "sync.big", 40
+	id := func(i uint64) uint64 { return 1<<40 | i }
+	props := amqp.Properties{DeliveryMode: amqp.Persistent}
+	ops := [][]byte{
+		AppendOp(nil, &Op{Kind: OpTopology, Vhost: "/", Method: amqp.AppendMethod(nil, &amqp.QueueDeclare{Queue: q, Durable: true})}),
+		AppendOp(nil, &Op{Kind: OpSyncStart, Vhost: "/", Queue: q, ID: 1, Nodes: []string{"me"}}),
+	}
+	var ids []uint64
+	for i := uint64(1); i <= n; i++ {
+		ids = append(ids, id(i))
+		ops = append(ops, AppendOp(nil, &Op{Kind: OpSyncCopy, Vhost: "/", Queue: q, Header: stamp(id(i), props, 1), Body: []byte{'x'}}))
+	}
+	ops = append(ops, AppendOp(nil, &Op{Kind: OpSyncEnd, Vhost: "/", Queue: q, ID: 1}))
+	// The master's consumers ack everything, one by one.
+	for _, x := range ids {
+		ops = append(ops, AppendOp(nil, &Op{Kind: OpAck, Vhost: "/", Queue: q, IDs: []uint64{x}}))
+	}
+	m := newMirror(t, node.URL, MirrorConfig{Self: "me", MaxHeld: 8})
+	r := &recorder{}
+	for i, b := range ops {
+		m.Apply(b, r.done(i))
+	}
+	r.check(t, len(ops))
+	c := dialClient(t, node.URL)
+	waitFor(t, "the copy to empty", 30*time.Second, func() bool { return m.Held("/", q) == 0 && c.count(q) == 0 })
+}
