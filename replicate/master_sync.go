@@ -442,9 +442,13 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 	}
 	defer conn.close()
 	msgs := make(chan syncMsg, min(batch, 1024))
+	budget := newByteBudget(readBudget)
 	ch, err := conn.openChannel(ctx, chanHandlers{
 		keepBody: true,
 		deliver: func(_ *amqp.BasicDeliver, header, body []byte) {
+			if !budget.acquire(ctx, len(header)+len(body)) {
+				return
+			}
 			select {
 			case msgs <- syncMsg{slices.Clone(header), slices.Clone(body)}:
 			case <-ctx.Done():
@@ -514,6 +518,7 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 	sinceWait := 0
 	propose := func(s syncMsg) error {
 		seq, err := m.propose(&Op{Kind: OpSyncCopy, Vhost: e.Vhost, Queue: e.Name, Header: s.header, Body: s.body})
+		budget.release(len(s.header) + len(s.body)) // the op holds its own copy
 		if err != nil {
 			return err
 		}

@@ -240,9 +240,13 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 	m.mu.Unlock()
 
 	msgs := make(chan rotMsg, 1024)
+	budget := newByteBudget(readBudget)
 	rot, err := v.cons.openChannel(ctx, chanHandlers{
 		keepBody: true,
 		deliver: func(d *amqp.BasicDeliver, header, body []byte) {
+			if !budget.acquire(ctx, len(header)+len(body)) {
+				return
+			}
 			select {
 			case msgs <- rotMsg{d.DeliveryTag, slices.Clone(header), slices.Clone(body)}:
 			case <-ctx.Done():
@@ -269,6 +273,7 @@ func (m *Mirror) rotate(v *vhostMirror, q *shadowQueue) error {
 	var pubErr error
 	var errMu sync.Mutex
 	take := func(r rotMsg) {
+		defer budget.release(len(r.header) + len(r.body)) // publish has written them
 		id, _, err := mirrorID(r.header)
 		switch {
 		case err != nil || q.old(id):
