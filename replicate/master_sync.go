@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
@@ -20,6 +21,8 @@ var (
 	ErrNotSyncing = errors.New("replicate: queue is not being synchronised")
 	// ErrSyncCancelled: the sync was cancelled (cancel_sync_queue).
 	ErrSyncCancelled = errors.New("replicate: sync cancelled")
+	// ErrSyncFailed: a sync ended but some mirrors could not take it.
+	ErrSyncFailed = errors.New("replicate: sync failed on a mirror")
 	// ErrNoBroker: sync needs MasterConfig.BrokerURL.
 	ErrNoBroker = errors.New("replicate: the master has no broker URL to sync from")
 )
@@ -458,6 +461,16 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 	if err != nil {
 		return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, err)
 	}
+	// The queue's declare and bindings again first: a target whose
+	// declare failed before (a lost connection since restored) gets
+	// another chance to hold a copy; for the others it changes nothing.
+	m.mu.Lock()
+	var replay []*Op
+	for _, meth := range m.cat.replay(e.Vhost, func(q string) bool { return q == e.Name }) {
+		replay = append(replay, &Op{Kind: OpTopology, Vhost: e.Vhost, Method: meth})
+	}
+	m.mu.Unlock()
+	m.proposeAll(replay)
 	if _, err := m.propose(&Op{Kind: OpSyncStart, Vhost: e.Vhost, Queue: e.Name, ID: r.id, Nodes: r.targets}); err != nil {
 		return err
 	}
@@ -484,17 +497,24 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 			return
 		}
 		m.mu.Lock()
-		var synced []string
+		var synced, failed []string
 		if set := m.sy.synced[qkey{e.Vhost, e.Name}]; set != nil {
 			for _, n := range r.targets {
-				if !r.lost[n] && slices.ContainsFunc(m.sy.members, func(x Member) bool { return x.Node == n }) {
+				switch {
+				case r.lost[n]:
+					failed = append(failed, n)
+				case slices.ContainsFunc(m.sy.members, func(x Member) bool { return x.Node == n }):
 					set[n] = true
 					synced = append(synced, n)
 				}
 			}
 		}
 		m.mu.Unlock()
-		log.Info().Int("copied", copied).Dur("took", time.Since(start)).Strs("synced", synced).Msg("sync finished")
+		log.Info().Int("copied", copied).Dur("took", time.Since(start)).Strs("synced", synced).Strs("failed", failed).Msg("sync finished")
+		if len(failed) > 0 {
+			err = fmt.Errorf("%w: %s could not take the copies of queue %q (see their logs); they stay unsynced",
+				ErrSyncFailed, strings.Join(failed, ", "), e.Name)
+		}
 	}()
 	if _, err := ch.rpc(ctx, &amqp.BasicQos{}); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -309,4 +310,51 @@ func TestSyncWhilePublishing(t *testing.T) {
 		}
 	}
 	t.Logf("%d old messages synced while %d were published", 3000, len(recent))
+}
+
+// TestMirrorFailureLeavesSyncedSet: a mirror whose broker refuses an op
+// (here a queue declare: its broker already has a queue of that name with
+// other arguments) reports it; the master drops it from the queue's synced
+// set before anything later is confirmed, the group goes on confirming,
+// and a sync_queue that the mirror cannot take says so and leaves it
+// unsynced.
+func TestMirrorFailureLeavesSyncedSet(t *testing.T) {
+	env, s := startGroup(t, policy(t, "ha", `^fail\.`, map[string]any{"ha-mode": "all"}))
+	master := s.groups[0]
+	const q = "fail.q"
+	// node-2's broker has its own fail.q, which the mirror's declare
+	// cannot match (406 inequivalent arg).
+	d := dial(t, env.Nodes[2].URL)
+	if _, err := channel(t, d).QueueDeclare(q, true, false, false, false, amqp091.Table{"x-max-length": int32(5)}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "", q, bodies("f", 10)...)
+	// The failure report was stable before the publishes after it were.
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1"}) {
+		t.Fatalf("synced %v, want only node-1: node-2 failed the declare", got)
+	}
+	if s.groups[2].ApplyFailures() == 0 {
+		t.Fatal("node-2 counted no failure")
+	}
+	waitFor(t, "node-1's copies", 30*time.Second, func() bool { return s.groups[1].Mirror().Held("/", q) == 10 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := master.SyncQueue(ctx, "/", q)
+	if !errors.Is(err, replicate.ErrSyncFailed) || !strings.Contains(err.Error(), "node-2") {
+		t.Fatalf("sync_queue: %v, want ErrSyncFailed naming node-2", err)
+	}
+	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1"}) {
+		t.Fatalf("after the failed sync synced %v", got)
+	}
 }

@@ -422,6 +422,8 @@ func (a *api) failChange(w http.ResponseWriter, err error) {
 		status, kind = http.StatusConflict, "not_syncing"
 	case errors.Is(err, replicate.ErrSyncCancelled):
 		status, kind = http.StatusConflict, "cancelled"
+	case errors.Is(err, replicate.ErrSyncFailed):
+		status, kind = http.StatusBadGateway, "sync_failed"
 	case errors.Is(err, replicate.ErrStopped), errors.Is(err, replicate.ErrNoBroker):
 		status, kind = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, replicate.ErrInvalidPolicy):
