@@ -14,6 +14,21 @@ import (
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
+// masterQueue connects a client to the master's sidecar, puts a channel in
+// confirm mode and declares a durable queue there.
+func masterQueue(t *testing.T, s *sidecars, q string, args amqp091.Table) (*amqp091.Connection, *amqp091.Channel) {
+	t.Helper()
+	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
+	ch := channel(t, c)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
+		t.Fatal(err)
+	}
+	return c, ch
+}
+
 // drain reads every message of queue on the broker at url, directly.
 func drain(t *testing.T, url, queue string) []string {
 	t.Helper()
@@ -49,15 +64,8 @@ func bodies(prefix string, n int) []string {
 func TestSyncNewMirror(t *testing.T) {
 	env, s := startGroup(t, policy(t, "ha", `^sync\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2}))
 	master := s.groups[0]
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
 	const q = "sync.q"
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	c, ch := masterQueue(t, s, q, nil)
 	old := bodies("old", 150)
 	publishConfirmed(t, ch, "", q, old...)
 
@@ -154,15 +162,8 @@ func TestSyncNewMirror(t *testing.T) {
 func TestSyncAutomatic(t *testing.T) {
 	env, s := startGroup(t, policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "nodes", "ha-params": []any{"node-1"}, "ha-sync-mode": "automatic"}))
 	master := s.groups[0]
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
 	const q = "auto.q"
-	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp091.Table{"x-queue-mode": "default"}); err != nil {
-		t.Fatal(err)
-	}
+	c, ch := masterQueue(t, s, q, amqp091.Table{"x-queue-mode": "default"})
 	msgs := bodies("m", 40)
 	publishConfirmed(t, ch, "", q, msgs...)
 	if err := master.SetPolicy(policy(t, "ha", `^auto\.`, map[string]any{"ha-mode": "all", "ha-sync-mode": "automatic", "ha-sync-batch-size": 7})); err != nil {
@@ -184,15 +185,8 @@ func TestSyncAutomatic(t *testing.T) {
 // those, so a message requeued after the purge is on every broker.
 func TestPurgeKeepsUnacked(t *testing.T) {
 	env, s := startGroup(t, policy(t, "ha", `^purge\.`, map[string]any{"ha-mode": "all"}))
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
 	const q = "purge.q"
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	c, ch := masterQueue(t, s, q, nil)
 	publishConfirmed(t, ch, "", q, bodies("p", 10)...)
 	cons := channel(t, c)
 	if err := cons.Qos(1, 0, false); err != nil {
@@ -231,15 +225,8 @@ func TestPurgeKeepsUnacked(t *testing.T) {
 func TestSyncWhilePublishing(t *testing.T) {
 	env, s := startGroup(t, policy(t, "ha", `^busy\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2}))
 	master := s.groups[0]
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
 	const q = "busy.q"
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	c, ch := masterQueue(t, s, q, nil)
 	want := bodies("old", 3000)
 	publishConfirmed(t, ch, "", q, want...)
 	if err := master.SetPolicy(policy(t, "ha", `^busy\.`, map[string]any{"ha-mode": "all", "ha-sync-batch-size": 100})); err != nil {
@@ -330,14 +317,7 @@ func TestMirrorFailureLeavesSyncedSet(t *testing.T) {
 	}
 	d.Close()
 
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, ch := masterQueue(t, s, q, nil)
 	publishConfirmed(t, ch, "", q, bodies("f", 10)...)
 	// The failure report was stable before the publishes after it were.
 	if got := master.Synced("/", q); !slices.Equal(got, []string{"node-1"}) {

@@ -21,15 +21,8 @@ func TestSyncRate(t *testing.T) {
 	}
 	env, s := startGroup(t, policy(t, "ha", `^rate\.`, map[string]any{"ha-mode": "exactly", "ha-params": 2}))
 	master := s.groups[0]
-	c := dial(t, "amqp://guest:guest@"+s.clients[0]+"/")
-	ch := channel(t, c)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
 	const q = "rate.q"
-	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, ch := masterQueue(t, s, q, nil)
 	body := string(make([]byte, 1024))
 	for done := 0; done < n; done += 1000 {
 		batch := make([]string, min(1000, n-done))
