@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -80,23 +79,7 @@ admin:
 		t.Fatalf("list_queues: exit %d %q %q", code, out, errs)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	for text := range lines {
-		var l logLine
-		if json.Unmarshal([]byte(text), &l) == nil {
-			msgs = append(msgs, l.msg())
-		}
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v; log: %q", err, msgs)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("not reaped")
-	}
+	msgs = stopBinary(t, cmd, lines, exited, msgs, 10*time.Second)
 	joined := strings.Join(msgs, "|")
 	if !strings.Contains(joined, "policy set (group-wide)") || !strings.Contains(joined, "admin change refused: missing or wrong token") {
 		t.Errorf("log should show the refused and the accepted change: %q", msgs)

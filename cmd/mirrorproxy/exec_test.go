@@ -189,6 +189,31 @@ func TestExecRunSIGTERM(t *testing.T) {
 // stderr line by line into lines (closed at the end of the stream), then
 // reaps the process and sends its exit on exited. The process is killed at
 // test end if it is still running.
+// stopBinary sends SIGTERM to a binary startBinary started, appends the
+// messages of its remaining JSON log lines to msgs, and checks that it
+// exits 0 within wait.
+func stopBinary(t *testing.T, cmd *exec.Cmd, lines <-chan string, exited <-chan error, msgs []string, wait time.Duration) []string {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for text := range lines {
+		var l logLine
+		if json.Unmarshal([]byte(text), &l) == nil {
+			msgs = append(msgs, l.msg())
+		}
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; log: %q", err, msgs)
+		}
+	case <-time.After(wait):
+		t.Fatal("not reaped")
+	}
+	return msgs
+}
+
 func startBinary(t *testing.T, args ...string) (*exec.Cmd, <-chan string, <-chan error) {
 	t.Helper()
 	cmd := exec.Command(binPath, args...)

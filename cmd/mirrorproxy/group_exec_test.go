@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -73,23 +72,7 @@ admin:
 		}
 	}
 	waitMsg("serving as the master")
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	for text := range lines {
-		var l logLine
-		if json.Unmarshal([]byte(text), &l) == nil {
-			msgs = append(msgs, l.msg())
-		}
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v; log: %q", err, msgs)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("not reaped")
-	}
+	msgs = stopBinary(t, cmd, lines, exited, msgs, 10*time.Second)
 	if msgs[len(msgs)-1] != "stopped" || !strings.Contains(strings.Join(msgs, "|"), "view committed") {
 		t.Errorf("log should show a committed view and end with stopped: %q", msgs)
 	}
