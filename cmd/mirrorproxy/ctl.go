@@ -74,14 +74,14 @@ func ctlCommand() *cli.Command {
 				ArgsUsage: "QUEUE",
 				Flags: []cli.Flag{vhost, quiet,
 					&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Usage: "stop waiting after `SECONDS` (default 600; the sync goes on)"}},
-				Action: ctlSyncQueue,
+				Action: queueAction("sync", "Synchronising queue '%s' in vhost '%s' ...", syncTimeoutSecs),
 			},
 			{
 				Name:      "cancel_sync_queue",
 				Usage:     "stop a mirrored queue's running synchronisation",
 				ArgsUsage: "QUEUE",
 				Flags:     []cli.Flag{vhost, quiet},
-				Action:    ctlCancelSyncQueue,
+				Action:    queueAction("cancel_sync", "Stopping synchronising queue '%s' in vhost '%s' ...", ctlTimeoutSecs),
 			},
 		},
 	}
@@ -445,45 +445,30 @@ func queueActionPath(vhost, queue string) string {
 	return "/api/queues/" + url.PathEscape(vhost) + "/" + url.PathEscape(queue) + "/actions"
 }
 
-func ctlSyncQueue(c *cli.Context) error {
-	vhost, queue, err := queueArg(c)
-	if err != nil {
-		return ctlExit(err, 64)
-	}
-	cl, err := newCtlClient(c, syncTimeoutSecs)
-	if err != nil {
-		return ctlExit(err, 64)
-	}
-	if !c.Bool("quiet") {
-		fmt.Fprintf(c.App.Writer, "Synchronising queue '%s' in vhost '%s' ...\n", queue, vhost)
-	}
-	ctx, cancel := cl.ctx(c)
-	defer cancel()
-	if err := cl.call(ctx, http.MethodPost, queueActionPath(vhost, queue), admin.ActionBody{Action: "sync"}, nil); err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("Error: gave up waiting after %v; the sync goes on (list_queues name state synchronised_slave_pids shows it)", cl.timeout)
+// queueAction is sync_queue and cancel_sync_queue: it prints banner (as
+// rabbitmqctl does) and posts action to the queue's actions endpoint,
+// waiting at most timeoutSecs unless --timeout says otherwise.
+func queueAction(action, banner string, timeoutSecs int) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		vhost, queue, err := queueArg(c)
+		if err != nil {
+			return ctlExit(err, 64)
 		}
-		return ctlExit(err, 69)
+		cl, err := newCtlClient(c, timeoutSecs)
+		if err != nil {
+			return ctlExit(err, 64)
+		}
+		if !c.Bool("quiet") {
+			fmt.Fprintf(c.App.Writer, banner+"\n", queue, vhost)
+		}
+		ctx, cancel := cl.ctx(c)
+		defer cancel()
+		if err := cl.call(ctx, http.MethodPost, queueActionPath(vhost, queue), admin.ActionBody{Action: action}, nil); err != nil {
+			if ctx.Err() != nil && action == "sync" {
+				err = fmt.Errorf("Error: gave up waiting after %v; the sync goes on (list_queues name state synchronised_slave_pids shows it)", cl.timeout)
+			}
+			return ctlExit(err, 69)
+		}
+		return nil
 	}
-	return nil
-}
-
-func ctlCancelSyncQueue(c *cli.Context) error {
-	vhost, queue, err := queueArg(c)
-	if err != nil {
-		return ctlExit(err, 64)
-	}
-	cl, err := newCtlClient(c, ctlTimeoutSecs)
-	if err != nil {
-		return ctlExit(err, 64)
-	}
-	if !c.Bool("quiet") {
-		fmt.Fprintf(c.App.Writer, "Stopping synchronising queue '%s' in vhost '%s' ...\n", queue, vhost)
-	}
-	ctx, cancel := cl.ctx(c)
-	defer cancel()
-	if err := cl.call(ctx, http.MethodPost, queueActionPath(vhost, queue), admin.ActionBody{Action: "cancel_sync"}, nil); err != nil {
-		return ctlExit(err, 69)
-	}
-	return nil
 }
