@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,47 +11,8 @@ import (
 // the configured policy is listed, a change without the token is refused,
 // set_policy and clear_policy with it take effect, list_queues answers.
 func TestExecCtlGroupOfOne(t *testing.T) {
-	client, gmAddr, raftAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
-  address: %s
-upstream:
-  address: 127.0.0.1:1
-shutdown_grace: 3s
-node:
-  name: solo
-peers:
-  - {name: solo, client_address: %s, gm_address: %s, raft_address: %s}
-gm:
-  secret: exec test secret, long enough
-broker:
-  username: guest
-  password: guest
-policies:
-  - {name: ha-all, pattern: ^ha\., definition: {ha-mode: all}}
-admin:
-  address: %s
-  token: %s
-`, client, client, gmAddr, raftAddr, adminAddr, ctlToken))
-	cmd, lines, exited := startBinary(t, "run", "--config", cfg, "--log-format", "json")
-	var msgs []string
-	deadline := time.After(30 * time.Second)
-	for seen := 0; seen < 2; {
-		select {
-		case text, ok := <-lines:
-			if !ok {
-				t.Fatalf("sidecar exited early: %q", msgs)
-			}
-			var l logLine
-			if json.Unmarshal([]byte(text), &l) == nil {
-				msgs = append(msgs, l.msg())
-				if l.msg() == "admin API listening" || l.msg() == "serving as the master" {
-					seen++
-				}
-			}
-		case <-deadline:
-			t.Fatalf("no admin API and master within 30s: %q", msgs)
-		}
-	}
+	solo := startSolo(t, "policies:\n  - {name: ha-all, pattern: ^ha\\., definition: {ha-mode: all}}\n")
+	cfg, adminAddr := solo.cfg, solo.adminAddr
 
 	code, out, errs := runCLI("ctl", "--config", cfg, "list_policies", "-q")
 	if code != 0 || out != "/\tha-all\t^ha\\.\tall\t{\"ha-mode\":\"all\"}\t0\n" {
@@ -79,7 +38,7 @@ admin:
 		t.Fatalf("list_queues: exit %d %q %q", code, out, errs)
 	}
 
-	msgs = stopBinary(t, cmd, lines, exited, msgs, 10*time.Second)
+	msgs := solo.stop(t, 10*time.Second)
 	joined := strings.Join(msgs, "|")
 	if !strings.Contains(joined, "policy set (group-wide)") || !strings.Contains(joined, "admin change refused: missing or wrong token") {
 		t.Errorf("log should show the refused and the accepted change: %q", msgs)

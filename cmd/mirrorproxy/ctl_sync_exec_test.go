@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -14,45 +12,8 @@ import (
 // declared answer 404 with the API's reason, set_policy goes through the
 // group, and list_queues takes the state column.
 func TestExecCtlSyncGroupOfOne(t *testing.T) {
-	client, gmAddr, raftAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
-  address: %s
-upstream:
-  address: 127.0.0.1:1
-shutdown_grace: 3s
-node:
-  name: solo
-peers:
-  - {name: solo, client_address: %s, gm_address: %s, raft_address: %s}
-gm:
-  secret: exec test secret, long enough
-broker:
-  username: guest
-  password: guest
-admin:
-  address: %s
-  token: %s
-`, client, client, gmAddr, raftAddr, adminAddr, ctlToken))
-	cmd, lines, exited := startBinary(t, "run", "--config", cfg, "--log-format", "json")
-	var msgs []string
-	deadline := time.After(60 * time.Second)
-	for seen := 0; seen < 2; {
-		select {
-		case text, ok := <-lines:
-			if !ok {
-				t.Fatalf("sidecar exited early: %q", msgs)
-			}
-			var l logLine
-			if json.Unmarshal([]byte(text), &l) == nil {
-				msgs = append(msgs, l.msg())
-				if l.msg() == "admin API listening" || l.msg() == "serving as the master" {
-					seen++
-				}
-			}
-		case <-deadline:
-			t.Fatalf("no admin API and master within 60s: %q", msgs)
-		}
-	}
+	solo := startSolo(t, "")
+	cfg, adminAddr := solo.cfg, solo.adminAddr
 
 	code, out, errs := runCLI("ctl", "--config", cfg, "sync_queue", "-p", "v1", "no.such")
 	if code != 69 || out != "Synchronising queue 'no.such' in vhost 'v1' ...\n" ||
@@ -74,7 +35,7 @@ admin:
 		t.Fatalf("list_queues: exit %d %q %q", code, out, errs)
 	}
 
-	msgs = stopBinary(t, cmd, lines, exited, msgs, 30*time.Second)
+	msgs := solo.stop(t, 30*time.Second)
 	if joined := strings.Join(msgs, "|"); !strings.Contains(joined, "policy set (group-wide)") || !strings.Contains(joined, "queue sync requested") {
 		t.Errorf("log should show the group-wide policy change and the sync request: %q", msgs)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -76,4 +77,67 @@ admin:
 	if msgs[len(msgs)-1] != "stopped" || !strings.Contains(strings.Join(msgs, "|"), "view committed") {
 		t.Errorf("log should show a committed view and end with stopped: %q", msgs)
 	}
+}
+
+// soloNode is a sidecar binary running as the only node (so the master)
+// of a group, with its admin API on a loopback port.
+type soloNode struct {
+	cfg, adminAddr string
+	cmd            *exec.Cmd
+	lines          <-chan string
+	exited         <-chan error
+	msgs           []string // the messages of its log lines read so far
+}
+
+// startSolo starts a soloNode whose config adds extra (YAML, e.g. a
+// policies list), and waits until its admin API listens and it serves as
+// the master.
+func startSolo(t *testing.T, extra string) *soloNode {
+	t.Helper()
+	client, gmAddr, raftAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
+  address: %s
+upstream:
+  address: 127.0.0.1:1
+shutdown_grace: 3s
+node:
+  name: solo
+peers:
+  - {name: solo, client_address: %s, gm_address: %s, raft_address: %s}
+gm:
+  secret: exec test secret, long enough
+broker:
+  username: guest
+  password: guest
+admin:
+  address: %s
+  token: %s
+%s`, client, client, gmAddr, raftAddr, adminAddr, ctlToken, extra))
+	n := &soloNode{cfg: cfg, adminAddr: adminAddr}
+	n.cmd, n.lines, n.exited = startBinary(t, "run", "--config", cfg, "--log-format", "json")
+	deadline := time.After(60 * time.Second)
+	for seen := 0; seen < 2; {
+		select {
+		case text, ok := <-n.lines:
+			if !ok {
+				t.Fatalf("sidecar exited early: %q", n.msgs)
+			}
+			var l logLine
+			if json.Unmarshal([]byte(text), &l) == nil {
+				n.msgs = append(n.msgs, l.msg())
+				if l.msg() == "admin API listening" || l.msg() == "serving as the master" {
+					seen++
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no admin API and master within 60s: %q", n.msgs)
+		}
+	}
+	return n
+}
+
+// stop stops the node (stopBinary) and returns all its log messages.
+func (n *soloNode) stop(t *testing.T, wait time.Duration) []string {
+	t.Helper()
+	return stopBinary(t, n.cmd, n.lines, n.exited, n.msgs, wait)
 }
