@@ -170,11 +170,7 @@ func AppendOp(dst []byte, op *Op) []byte {
 	switch op.Kind {
 	case OpPublish:
 		dst = binary.BigEndian.AppendUint64(dst, op.ID)
-		var flags byte
-		if op.Mandatory {
-			flags = 1
-		}
-		dst = append(dst, flags)
+		dst = appendFlag(dst, op.Mandatory)
 		dst = appendShort(dst, op.Exchange)
 		dst = appendShort(dst, op.RoutingKey)
 		dst = appendLong(dst, op.Header)
@@ -200,11 +196,7 @@ func AppendOp(dst []byte, op *Op) []byte {
 	case OpSyncEnd:
 		dst = appendShort(dst, op.Queue)
 		dst = binary.BigEndian.AppendUint64(dst, op.ID)
-		var flags byte
-		if op.Cancelled {
-			flags = 1
-		}
-		dst = append(dst, flags)
+		dst = appendFlag(dst, op.Cancelled)
 	case OpPolicy:
 		dst = appendShort(dst, op.Name)
 		dst = appendLong(dst, op.Data)
@@ -213,6 +205,14 @@ func AppendOp(dst []byte, op *Op) []byte {
 		dst = appendNodes(dst, op.Nodes)
 	}
 	return dst
+}
+
+// appendFlag appends a flags octet with bit 0 set when f is.
+func appendFlag(dst []byte, f bool) []byte {
+	if f {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
 }
 
 func appendNodes(dst []byte, nodes []string) []byte {
@@ -286,13 +286,7 @@ func ParseOp(b []byte) (Op, error) {
 	switch kind {
 	case OpPublish:
 		op.ID = r.u64("id")
-		switch flags := r.u8("flags"); flags {
-		case 0:
-		case 1:
-			op.Mandatory = true
-		default:
-			r.fail("flags 0x%02x: only bit 0 (mandatory) is defined", flags)
-		}
+		op.Mandatory = r.flag("mandatory")
 		op.Exchange = r.short("exchange")
 		op.RoutingKey = r.short("routing key")
 		op.Header = r.long("header")
@@ -328,13 +322,7 @@ func ParseOp(b []byte) (Op, error) {
 	case OpSyncEnd:
 		op.Queue = r.short("queue")
 		op.ID = r.u64("run id")
-		switch flags := r.u8("flags"); flags {
-		case 0:
-		case 1:
-			op.Cancelled = true
-		default:
-			r.fail("flags 0x%02x: only bit 0 (cancelled) is defined", flags)
-		}
+		op.Cancelled = r.flag("cancelled")
 	case OpPolicy:
 		op.Name = r.short("name")
 		op.Data = r.long("data")
@@ -378,6 +366,19 @@ func (r *opReader) needOf(field, suffix string, n uint64) bool {
 		return false
 	}
 	return true
+}
+
+// flag reads a flags octet whose only defined bit 0 is the named flag.
+func (r *opReader) flag(name string) bool {
+	switch flags := r.u8("flags"); flags {
+	case 0:
+		return false
+	case 1:
+		return true
+	default:
+		r.fail("flags 0x%02x: only bit 0 (%s) is defined", flags, name)
+		return false
+	}
 }
 
 func (r *opReader) u8(field string) byte {
