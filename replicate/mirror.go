@@ -291,20 +291,16 @@ func (m *Mirror) openApplyChannel(ctx context.Context, v *vhostMirror) error {
 }
 
 func (m *Mirror) applyPublish(v *vhostMirror, op *Op, done func(error)) {
-	// Counted even when it goes nowhere here: a queue started after it
-	// takes it by sync (its id is below the queue's since).
-	m.mu.Lock()
-	m.sawPublish(op.ID)
-	m.mu.Unlock()
 	exists, err := m.exchangeExists(v, op.Exchange)
-	if err != nil {
+	if err != nil || !exists {
+		// Not published here, but counted: a queue started after it takes
+		// it by sync (its id is below the queue's since). A missing
+		// exchange: the master's broker refused it too (404, channel
+		// closed there), so the message went nowhere, as here.
+		m.mu.Lock()
+		m.sawPublish(op.ID)
+		m.mu.Unlock()
 		m.completeNow(v, done, err)
-		return
-	}
-	if !exists {
-		// The master's broker refused it (404, channel closed there): the
-		// message went nowhere, on the master as here.
-		m.completeNow(v, done, nil)
 		return
 	}
 	m.publish(v, op.ID, op.Exchange, op.RoutingKey, op.Mandatory, op.Header, op.Body, done)
@@ -364,11 +360,15 @@ func (m *Mirror) sawPublish(id uint64) {
 }
 
 // publish publishes on the apply channel; done runs on the broker's
-// confirm. id is a replicated publish's, 0 for sync and moved copies.
+// confirm. id is a replicated publish's (counted by sawPublish), 0 for
+// sync and moved copies.
 func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandatory bool, header, body []byte, done func(error)) {
 	m.mu.Lock()
 	for v.unconf >= m.cfg.MaxInFlight && v.err == nil && !m.closed {
 		m.cond.Wait()
+	}
+	if id != 0 {
+		m.sawPublish(id)
 	}
 	if err := m.failedLocked(v); err != nil {
 		m.mu.Unlock()
