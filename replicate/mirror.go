@@ -272,6 +272,26 @@ func (m *Mirror) connect(name string) (*vhostMirror, error) {
 	return v, nil
 }
 
+// applyChannel returns the vhost's apply channel, opening a new one when
+// the broker closed it (it refused a publish or a method): what was in
+// flight on the old one has failed and been reported; later ops go on the
+// new one. Applier goroutine only.
+func (m *Mirror) applyChannel(ctx context.Context, v *vhostMirror) (*brokerChan, error) {
+	m.mu.Lock()
+	ch := v.ch
+	m.mu.Unlock()
+	if ch.Err() == nil {
+		return ch, nil
+	}
+	if err := m.openApplyChannel(ctx, v); err != nil {
+		m.vhostFailed(v, err)
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return v.ch, nil
+}
+
 // openApplyChannel opens the vhost's apply channel in confirm mode.
 func (m *Mirror) openApplyChannel(ctx context.Context, v *vhostMirror) error {
 	ch, err := v.pub.openChannel(ctx, chanHandlers{
@@ -376,14 +396,11 @@ func (m *Mirror) publish(v *vhostMirror, id uint64, exchange, key string, mandat
 		return
 	}
 	if v.ch.Err() != nil {
-		// The broker closed the apply channel (it refused a publish): what
-		// was in flight on it has failed; later ops go on a new one.
 		m.mu.Unlock()
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
-		err := m.openApplyChannel(ctx, v)
+		_, err := m.applyChannel(ctx, v)
 		cancel()
 		if err != nil {
-			m.vhostFailed(v, err)
 			done(err)
 			return
 		}

@@ -133,19 +133,9 @@ func (m *Mirror) runTopology(v *vhostMirror, meth amqp.Method) error {
 	default:
 		return fmt.Errorf("replicate: topology op carries %s, not a topology method", meth.Name())
 	}
-	m.mu.Lock()
-	ch := v.ch
-	m.mu.Unlock()
-	if ch.Err() != nil {
-		// Closed by the broker after an earlier refusal (a publish): the
-		// failed ops were reported; this one gets a new channel.
-		if err := m.openApplyChannel(ctx, v); err != nil {
-			m.vhostFailed(v, err)
-			return fmt.Errorf("replicate: %s on the mirror broker: %w", meth.Name(), err)
-		}
-		m.mu.Lock()
-		ch = v.ch
-		m.mu.Unlock()
+	ch, err := m.applyChannel(ctx, v)
+	if err != nil {
+		return fmt.Errorf("replicate: %s on the mirror broker: %w", meth.Name(), err)
 	}
 	fresh := false
 	if d, ok := meth.(*amqp.QueueDeclare); ok {
