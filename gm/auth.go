@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -50,22 +52,32 @@ func (c AuthConfig) Validate() error {
 // It returns the connection to use (TLS-wrapped when configured) and the
 // peer's ID. On error conn is closed.
 func AuthDial(conn net.Conn, cfg AuthConfig, self, purpose string) (net.Conn, string, error) {
-	return authenticate(conn, cfg, self, purpose, true)
+	c, peer, _, err := authenticate(conn, cfg, self, []string{purpose}, true)
+	return c, peer, err
 }
 
 // AuthAccept runs the accepting side of the handshake; see AuthDial.
 func AuthAccept(conn net.Conn, cfg AuthConfig, self, purpose string) (net.Conn, string, error) {
-	return authenticate(conn, cfg, self, purpose, false)
+	c, peer, _, err := AuthAcceptAny(conn, cfg, self, purpose)
+	return c, peer, err
 }
 
-func authenticate(conn net.Conn, cfg AuthConfig, self, purpose string, dialer bool) (net.Conn, string, error) {
+// AuthAcceptAny runs the accepting side of the handshake for a listener
+// shared by several purposes: the dialer's purpose must be one of purposes,
+// and is returned with the connection and the peer's ID. On error conn is
+// closed.
+func AuthAcceptAny(conn net.Conn, cfg AuthConfig, self string, purposes ...string) (net.Conn, string, string, error) {
+	return authenticate(conn, cfg, self, purposes, false)
+}
+
+func authenticate(conn net.Conn, cfg AuthConfig, self string, purposes []string, dialer bool) (net.Conn, string, string, error) {
 	if err := cfg.Validate(); err != nil {
 		conn.Close()
-		return nil, "", err
+		return nil, "", "", err
 	}
 	if len(self) == 0 || len(self) > maxIDOnWire {
 		conn.Close()
-		return nil, "", fmt.Errorf("gm: bad local peer id %q", self)
+		return nil, "", "", fmt.Errorf("gm: bad local peer id %q", self)
 	}
 	timeout := cfg.Timeout
 	if timeout <= 0 {
@@ -82,55 +94,72 @@ func authenticate(conn net.Conn, cfg AuthConfig, self, purpose string, dialer bo
 		}
 		if err := tc.Handshake(); err != nil {
 			conn.Close()
-			return nil, "", fmt.Errorf("%w: tls: %v", ErrAuth, err)
+			return nil, "", "", fmt.Errorf("%w: tls: %v", ErrAuth, err)
 		}
 		c = tc
 	}
-	peer, err := challenge(c, cfg.Secret, self, purpose, dialer)
+	peer, purpose, err := challenge(c, cfg.Secret, self, purposes, dialer)
 	if err != nil {
 		c.Close()
-		return nil, "", err
+		return nil, "", "", err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, peer, nil
+	return c, peer, purpose, nil
 }
 
-// challenge: both sides send magic|purpose|id|nonce, then each proves it
-// knows the secret with HMAC(secret, role|purpose|theirNonce|ourNonce|ourID|theirID).
+// challenge: both sides send magic|purpose|id|nonce (the dialer first; the
+// acceptor answers with the purpose the dialer asked for, if it is one of
+// its own), then each proves it knows the secret with
+// HMAC(secret, role|purpose|theirNonce|ourNonce|ourID|theirID).
 // Without a secret (TLS only) the proofs are skipped.
-func challenge(c net.Conn, secret []byte, self, purpose string, dialer bool) (string, error) {
+func challenge(c net.Conn, secret []byte, self string, purposes []string, dialer bool) (peer, purpose string, err error) {
 	var nonce [nonceLen]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
-		return "", fmt.Errorf("gm: nonce: %w", err)
+		return "", "", fmt.Errorf("gm: nonce: %w", err)
 	}
-	hello := make([]byte, 0, len(authMagic)+2+len(purpose)+len(self)+nonceLen)
-	hello = append(hello, authMagic...)
-	hello = append(hello, byte(len(purpose)))
-	hello = append(hello, purpose...)
-	hello = append(hello, byte(len(self)))
-	hello = append(hello, self...)
-	hello = append(hello, nonce[:]...)
-	if _, err := c.Write(hello); err != nil {
-		return "", fmt.Errorf("%w: send hello: %v", ErrAuth, err)
+	sendHello := func(purpose string) error {
+		hello := make([]byte, 0, len(authMagic)+2+len(purpose)+len(self)+nonceLen)
+		hello = append(hello, authMagic...)
+		hello = append(hello, byte(len(purpose)))
+		hello = append(hello, purpose...)
+		hello = append(hello, byte(len(self)))
+		hello = append(hello, self...)
+		hello = append(hello, nonce[:]...)
+		if _, err := c.Write(hello); err != nil {
+			return fmt.Errorf("%w: send hello: %v", ErrAuth, err)
+		}
+		return nil
+	}
+	if dialer {
+		purpose = purposes[0]
+		if err := sendHello(purpose); err != nil {
+			return "", "", err
+		}
 	}
 	var magic [len(authMagic)]byte
 	if _, err := io.ReadFull(c, magic[:]); err != nil || string(magic[:]) != authMagic {
-		return "", fmt.Errorf("%w: peer did not send the handshake", ErrAuth)
+		return "", "", fmt.Errorf("%w: peer did not send the handshake", ErrAuth)
 	}
 	theirPurpose, err := readShort(c)
-	if err != nil || theirPurpose != purpose {
-		return "", fmt.Errorf("%w: peer speaks %q, want %q", ErrAuth, theirPurpose, purpose)
+	if err != nil || !slices.Contains(purposes, theirPurpose) {
+		return "", "", fmt.Errorf("%w: peer speaks %q, want %q", ErrAuth, theirPurpose, strings.Join(purposes, `" or "`))
 	}
-	peer, err := readShort(c)
+	peer, err = readShort(c)
 	if err != nil || peer == "" {
-		return "", fmt.Errorf("%w: bad peer id", ErrAuth)
+		return "", "", fmt.Errorf("%w: bad peer id", ErrAuth)
 	}
 	var theirNonce [nonceLen]byte
 	if _, err := io.ReadFull(c, theirNonce[:]); err != nil {
-		return "", fmt.Errorf("%w: short nonce", ErrAuth)
+		return "", "", fmt.Errorf("%w: short nonce", ErrAuth)
+	}
+	if !dialer {
+		purpose = theirPurpose
+		if err := sendHello(purpose); err != nil {
+			return "", "", err
+		}
 	}
 	if len(secret) == 0 {
-		return peer, nil
+		return peer, purpose, nil
 	}
 	role, theirRole := "dial", "accept"
 	if !dialer {
@@ -138,16 +167,16 @@ func challenge(c net.Conn, secret []byte, self, purpose string, dialer bool) (st
 	}
 	mine := proof(secret, role, purpose, theirNonce[:], nonce[:], self, peer)
 	if _, err := c.Write(mine); err != nil {
-		return "", fmt.Errorf("%w: send proof: %v", ErrAuth, err)
+		return "", "", fmt.Errorf("%w: send proof: %v", ErrAuth, err)
 	}
 	got := make([]byte, sha256.Size)
 	if _, err := io.ReadFull(c, got); err != nil {
-		return "", fmt.Errorf("%w: peer %q sent no proof", ErrAuth, peer)
+		return "", "", fmt.Errorf("%w: peer %q sent no proof", ErrAuth, peer)
 	}
 	if !hmac.Equal(got, proof(secret, theirRole, purpose, nonce[:], theirNonce[:], peer, self)) {
-		return "", fmt.Errorf("%w: peer %q does not know the shared secret", ErrAuth, peer)
+		return "", "", fmt.Errorf("%w: peer %q does not know the shared secret", ErrAuth, peer)
 	}
-	return peer, nil
+	return peer, purpose, nil
 }
 
 func proof(secret []byte, role, purpose string, challenge, own []byte, id, peer string) []byte {

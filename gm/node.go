@@ -38,6 +38,12 @@ type NodeConfig struct {
 	// this node as a new incarnation: the ring starts afresh and the
 	// application must discard what it applied before.
 	OnReset func(self Member)
+	// Handoff takes connections on the ring's listener that authenticated
+	// for another purpose (the sidecars' peer link shares the gm port): the
+	// handler owns conn from then on and runs on the connection's
+	// goroutine; the node closes conn when it closes. The key "gm" is
+	// the ring's own and cannot be handed off.
+	Handoff map[string]func(conn net.Conn, peer string)
 
 	TickInterval      time.Duration // Ring.Tick period (default 10ms)
 	HeartbeatInterval time.Duration // heartbeat frames to every peer (default 100ms)
@@ -80,11 +86,12 @@ func (c *NodeConfig) fill() error {
 // reader per accepted connection and one writer per peer; Close stops and
 // waits for all of them.
 type Node struct {
-	cfg    NodeConfig
-	log    zerolog.Logger
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cfg      NodeConfig
+	purposes []string // accepted on the listener: "gm" and cfg.Handoff's
+	log      zerolog.Logger
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 
 	inbox chan Message
 	wake  chan struct{}
@@ -135,6 +142,12 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		stableCh:  make(chan struct{}),
 		lastHeard: map[string]time.Time{},
 		writers:   map[string]*writerHandle{},
+		purposes:  []string{"gm"},
+	}
+	for p := range cfg.Handoff {
+		if p != "gm" {
+			n.purposes = append(n.purposes, p)
+		}
 	}
 	n.wg.Add(2)
 	go func() {

@@ -162,12 +162,16 @@ func (n *Node) serveConn(ctx context.Context, raw net.Conn) {
 	log := n.log.With().Str("remote", raw.RemoteAddr().String()).Logger()
 	stopRaw := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stopRaw()
-	conn, peer, err := AuthAccept(raw, n.cfg.Auth, n.cfg.ID, "gm")
+	conn, peer, purpose, err := AuthAcceptAny(raw, n.cfg.Auth, n.cfg.ID, n.purposes...)
 	if err != nil {
 		log.Warn().Err(err).Msg("gm peer refused")
 		return
 	}
 	defer conn.Close()
+	if purpose != "gm" {
+		n.cfg.Handoff[purpose](conn, peer)
+		return
+	}
 	log = log.With().Str("peer", peer).Logger()
 	br := bufio.NewReaderSize(conn, 64<<10)
 	for {

@@ -23,8 +23,12 @@ const (
 // Options are a Server's settings. The zero value of every field but Upstream
 // means "the default" (see DefaultOptions).
 type Options struct {
-	// Upstream is the broker's address, host:port.
+	// Upstream is the broker's address, host:port. It may be empty when
+	// Core is set.
 	Upstream string
+	// Core opens each session's broker-side leg; nil means a BrokerCore
+	// to Upstream with DialTimeout and SendProxyProtocol.
+	Core Core
 	// DialTimeout bounds connecting to the broker.
 	DialTimeout time.Duration
 	// HandshakeTimeout bounds a client's protocol header, PROXY header and

@@ -38,11 +38,13 @@ type Server struct {
 
 // NewServer checks opts and returns a Server. It does not listen.
 func NewServer(opts Options) (*Server, error) {
-	if opts.Upstream == "" {
+	if opts.Upstream == "" && opts.Core == nil {
 		return nil, errors.New("proxy: Options.Upstream is empty: give the broker's host:port")
 	}
-	if _, _, err := net.SplitHostPort(opts.Upstream); err != nil {
-		return nil, fmt.Errorf("proxy: Options.Upstream %q: %w", opts.Upstream, err)
+	if opts.Core == nil {
+		if _, _, err := net.SplitHostPort(opts.Upstream); err != nil {
+			return nil, fmt.Errorf("proxy: Options.Upstream %q: %w", opts.Upstream, err)
+		}
 	}
 	d := DefaultOptions
 	setDefault(&opts.DialTimeout, d.DialTimeout)
@@ -65,6 +67,9 @@ func NewServer(opts Options) (*Server, error) {
 	case "", "v1", "v2":
 	default:
 		return nil, fmt.Errorf("proxy: Options.SendProxyProtocol %q: want \"\", v1 or v2", opts.SendProxyProtocol)
+	}
+	if opts.Core == nil {
+		opts.Core = BrokerCore{Addr: opts.Upstream, DialTimeout: opts.DialTimeout, SendProxyProtocol: opts.SendProxyProtocol}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -125,7 +130,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	s.log.Info().Str("listen", ln.Addr().String()).Str("upstream", s.opts.Upstream).Msg("accepting AMQP clients")
+	s.log.Info().Str("listen", ln.Addr().String()).Stringer("core", s.opts.Core).Msg("accepting AMQP clients")
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -141,11 +146,29 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.startSession(c)
+		s.startSession(c, false)
 	}
 }
 
-func (s *Server) startSession(c net.Conn) {
+// ServeConn serves one client connection accepted elsewhere — a session's
+// leg from another sidecar's front over the peer link — until it ends. c's
+// RemoteAddr is the client's own address (the peer link carries it). No
+// PROXY header is read. After Shutdown or Close it closes c and returns
+// ErrServerClosed.
+func (s *Server) ServeConn(c net.Conn) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return ErrServerClosed
+	}
+	s.sessions.Add(1) // under mu: never after Shutdown started waiting
+	s.mu.Unlock()
+	s.startSession(c, true)
+	return nil
+}
+
+func (s *Server) startSession(c net.Conn, counted bool) {
 	if tc, ok := rawConn(c).(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
@@ -157,7 +180,9 @@ func (s *Server) startSession(c net.Conn) {
 		done: make(chan struct{}),
 	}
 	sess.client = c
-	s.sessions.Add(1)
+	if !counted {
+		s.sessions.Add(1)
+	}
 	s.active.Add(1)
 	s.mu.Lock()
 	s.live[id] = sess

@@ -156,7 +156,7 @@ func (s *session) serve(ctx context.Context) {
 	}
 
 	if err := s.dialUpstream(ctx); err != nil {
-		s.log.Error().Err(err).Str("upstream", opts.Upstream).Msg("cannot reach the broker; closing the client")
+		s.log.Error().Err(err).Stringer("core", opts.Core).Msg("cannot reach the broker; closing the client")
 		return
 	}
 	defer s.up.Close()
@@ -221,33 +221,6 @@ func (s *session) safely(fn func() error) (err error) {
 // sendTimeout bounds one write to a peer that does not read, as RabbitMQ's
 // default tcp send_timeout does.
 const sendTimeout = 15 * time.Second
-
-func (s *session) dialUpstream(ctx context.Context) error {
-	opts := &s.srv.opts
-	d := net.Dialer{Timeout: opts.DialTimeout}
-	c, err := d.DialContext(ctx, "tcp", opts.Upstream)
-	if err != nil {
-		return err
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
-	c.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
-	if opts.SendProxyProtocol != "" {
-		if err := writeProxyHeader(c, opts.SendProxyProtocol, s.client.RemoteAddr(), s.client.LocalAddr()); err != nil {
-			c.Close()
-			return fmt.Errorf("writing PROXY header to the broker: %w", err)
-		}
-	}
-	if _, err := c.Write(amqp.ProtocolHeader[:]); err != nil {
-		c.Close()
-		return err
-	}
-	s.up = c
-	s.ur = amqp.NewReader(c, opts.ReadBufferSize)
-	s.uout = newOut(c, sendTimeout)
-	return nil
-}
 
 // clientPump forwards the client's frames to the broker.
 func (s *session) clientPump() error {

@@ -465,7 +465,7 @@ func testConfirmWaitsForMirror(t *testing.T, env *testenv.Group, s *sidecars) {
 		func() bool { return s.groups[2].Mirror().Held("/", "hello-queue") == 1 })
 }
 
-// A client of a mirror's sidecar is forwarded to the master's: what it
+// A client of a mirror's sidecar is carried over the peer link to the master's core: what it
 // publishes lands in the master's broker and is mirrored.
 func testForwardedClient(t *testing.T, env *testenv.Group, s *sidecars) {
 	conn := dial(t, "amqp://guest:guest@"+s.clients[1]+"/")

@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
+)
+
+// Core opens the broker-side leg of a session (DESIGN §4). The front keeps
+// the client's connection and the session's replayable state; the leg
+// carries the session to the master's broker: straight to the broker when
+// this sidecar is the master (BrokerCore), or over the peer link to the
+// master's sidecar, whose own server serves the leg as a client.
+//
+// Open is called from the session's goroutine, once per leg, concurrently
+// for different sessions.
+type Core interface {
+	// Open returns a connection on which the session writes the AMQP
+	// protocol header next. client and local are the client connection's
+	// addresses (PROXY headers, logs).
+	Open(ctx context.Context, client, local net.Addr) (net.Conn, error)
+	// String names where legs go, for logs.
+	String() string
+}
+
+// BrokerCore opens legs as TCP connections to a broker.
+type BrokerCore struct {
+	// Addr is the broker's host:port.
+	Addr        string
+	DialTimeout time.Duration
+	// SendProxyProtocol is "", "v1" or "v2": a PROXY header written first
+	// so the broker sees the client's address.
+	SendProxyProtocol string
+}
+
+// Open implements Core.
+func (b BrokerCore) Open(ctx context.Context, client, local net.Addr) (net.Conn, error) {
+	d := net.Dialer{Timeout: b.DialTimeout}
+	c, err := d.DialContext(ctx, "tcp", b.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	if b.SendProxyProtocol != "" {
+		if dl, ok := ctx.Deadline(); ok {
+			c.SetWriteDeadline(dl)
+		}
+		if err := writeProxyHeader(c, b.SendProxyProtocol, client, local); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("writing PROXY header to the broker: %w", err)
+		}
+		c.SetWriteDeadline(time.Time{})
+	}
+	return c, nil
+}
+
+func (b BrokerCore) String() string { return "broker " + b.Addr }
+
+// dialUpstream opens the session's leg through the server's core and sends
+// the protocol header on it.
+func (s *session) dialUpstream(ctx context.Context) error {
+	opts := &s.srv.opts
+	ctx, cancel := context.WithTimeout(ctx, opts.HandshakeTimeout)
+	defer cancel()
+	c, err := opts.Core.Open(ctx, s.client.RemoteAddr(), s.client.LocalAddr())
+	if err != nil {
+		return err
+	}
+	c.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
+	if _, err := c.Write(amqp.ProtocolHeader[:]); err != nil {
+		c.Close()
+		return err
+	}
+	s.up = c
+	s.ur = amqp.NewReader(c, opts.ReadBufferSize)
+	s.uout = newOut(c, sendTimeout)
+	return nil
+}
