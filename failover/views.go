@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,9 +29,19 @@ type Config struct {
 	// Auth authenticates raft peers (the same handshake as gm links).
 	Auth gm.AuthConfig
 	// Bootstrap, set on exactly one voter of a new group, starts the raft
-	// cluster with Voters (this voter must be among them).
+	// cluster with Voters (this voter must be among them). A voter that
+	// finds raft state in DataDir never bootstraps again.
 	Bootstrap bool
 	Voters    []Voter
+	// DataDir, if set, keeps this voter's raft state on disk: log and
+	// stable store (term, vote) in DataDir/raft.db (raft-boltdb), snapshots
+	// under DataDir/snapshots (the last 2). The dir is created 0700 and
+	// belongs to this voter ID. A voter restarted on its DataDir and its
+	// raft address is the same voter: it catches up on the views committed
+	// meanwhile, and a whole group restarted keeps its last view. Empty
+	// keeps everything in memory: a restarted voter comes back as a new
+	// voter (see docs/views.md).
+	DataDir string
 	// FailureTimeout: a member not heard from for this long is suspected
 	// and removed from the view by the leader (default 2s). It must exceed
 	// LeaseDuration so a cut-off master has fenced itself first.
@@ -69,8 +80,9 @@ var (
 )
 
 // Service keeps the view in raft, detects failed members from heartbeats
-// and, on the leader, commits the next view. Stores are in memory: a voter
-// that restarts comes back as a new voter (see docs/views.md).
+// and, on the leader, commits the next view. Its raft state is on disk with
+// Config.DataDir, else in memory (a voter that restarts then comes back as
+// a new voter; see docs/views.md).
 type Service struct {
 	cfg    Config
 	log    zerolog.Logger
@@ -78,13 +90,24 @@ type Service struct {
 	raft   *raft.Raft
 	trans  *raft.NetworkTransport
 	stream *authStream
+	stores *raftStores
 
 	mu  sync.Mutex
 	det *Detector
 
+	// caughtUpTerm is the raft term in which this voter, as leader, saw its
+	// FSM apply every entry committed before (a barrier): IsLeader holds
+	// only then, so a leader's decisions never rest on a view it has not
+	// caught up to (after a restart, the FSM replays the log only once the
+	// commit index is known).
+	caughtUpTerm atomic.Uint64
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Start starts the voter.
@@ -124,14 +147,34 @@ func Start(cfg Config) (*Service, error) {
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: s.stream, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
 	})
-	store := raft.NewInmemStore()
-	r, err := raft.NewRaft(rc, s.fsm, store, store, raft.NewInmemSnapshotStore(), s.trans)
+	stores, err := openRaftStores(cfg.DataDir, cfg.ID, hl)
 	if err != nil {
 		s.trans.Close()
+		return nil, err
+	}
+	s.stores = stores
+	existing, err := stores.existing()
+	if err != nil {
+		s.trans.Close()
+		stores.close()
+		return nil, err
+	}
+	// With existing state, NewRaft restores the latest snapshot into the
+	// FSM (OnView sees its view); later entries are applied once this
+	// voter learns the commit index from a leader, or as leader.
+	r, err := raft.NewRaft(rc, s.fsm, stores.logs, stores.stable, stores.snaps, s.trans)
+	if err != nil {
+		s.trans.Close()
+		stores.close()
 		return nil, fmt.Errorf("failover: start raft: %w", err)
 	}
 	s.raft = r
-	if cfg.Bootstrap {
+	if existing {
+		log.Info().Str("data_dir", cfg.DataDir).Bool("bootstrap_voter", cfg.Bootstrap).
+			Uint64("view_epoch", s.fsm.View().Epoch).
+			Msg("raft state found: rejoining as the same voter, not bootstrapping")
+	}
+	if cfg.Bootstrap && !existing {
 		var servers []raft.Server
 		for _, v := range cfg.Voters {
 			servers = append(servers, raft.Server{ID: raft.ServerID(v.ID), Address: raft.ServerAddress(v.RaftAddr)})
@@ -150,17 +193,24 @@ func Start(cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// Close shuts raft down and waits for the service's goroutines.
+// Close shuts raft down, waits for the service's goroutines and closes
+// the raft store. Closing twice returns the first result.
 func (s *Service) Close() error {
-	if s.cancel != nil {
-		s.cancel()
-	}
-	s.wg.Wait()
-	err := s.raft.Shutdown().Error()
-	if cerr := s.trans.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	s.closeOnce.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.wg.Wait()
+		err := s.raft.Shutdown().Error()
+		if cerr := s.trans.Close(); err == nil {
+			err = cerr
+		}
+		if cerr := s.stores.close(); err == nil {
+			err = cerr
+		}
+		s.closeErr = err
+	})
+	return s.closeErr
 }
 
 // View returns the latest view this voter applied.
@@ -173,8 +223,14 @@ func (s *Service) Lease() Lease {
 	}}
 }
 
-// IsLeader reports whether this voter is the raft leader.
-func (s *Service) IsLeader() bool { return s.raft.State() == raft.Leader }
+// IsLeader reports whether this voter is the raft leader and has applied
+// every view committed before its leadership, so View is the group's latest
+// (the leader loop checks within CheckInterval and catches up with one
+// commit, a barrier; until then IsLeader is false and Leader may already
+// name this voter).
+func (s *Service) IsLeader() bool { return s.raft.State() == raft.Leader && s.caughtUp() }
+
+func (s *Service) caughtUp() bool { return s.caughtUpTerm.Load() == s.raft.CurrentTerm() }
 
 // Leader returns the leader's raft address and ID, if known.
 func (s *Service) Leader() (string, string) {
@@ -287,6 +343,15 @@ func (s *Service) leaderLoop() {
 		wasLeader = leader
 		if !leader {
 			continue
+		}
+		if !s.caughtUp() {
+			// Apply everything committed before deciding on the view.
+			term := s.raft.CurrentTerm()
+			if err := s.raft.Barrier(s.cfg.FailureTimeout).Error(); err != nil {
+				s.log.Debug().Err(err).Msg("new raft leader could not catch up with the log; retrying")
+				continue
+			}
+			s.caughtUpTerm.Store(term)
 		}
 		if s.cfg.Witness {
 			// A witness cannot tell who is alive: leave the leading to a

@@ -3,7 +3,10 @@ package failover
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,9 +39,15 @@ func (l *lockedBuf) Contains(s string) bool {
 
 type group struct {
 	t      *testing.T
+	ids    []string
+	mu     sync.Mutex // guards svcs against restart while the pump reads it
 	svcs   map[string]*Service
 	voters []Voter
 	lns    map[string]net.Listener
+	// dirs are the voters' DataDirs (persistent groups only); logs their
+	// log output.
+	dirs map[string]string
+	logs map[string]*lockedBuf
 	// heartbeat pump: live members "send" heartbeats to every voter
 	alive  sync.Map
 	stop   chan struct{}
@@ -53,25 +62,30 @@ func listen(t *testing.T) net.Listener {
 	return ln
 }
 
-func newGroup(t *testing.T, ids ...string) *group {
-	g := &group{t: t, svcs: map[string]*Service{}, lns: map[string]net.Listener{}, stop: make(chan struct{})}
+// newGroup starts voters ids (the first bootstraps) with in-memory raft
+// state.
+func newGroup(t *testing.T, ids ...string) *group { return startGroup(t, false, ids...) }
+
+// newPersistentGroup is newGroup with each voter's raft state in its own
+// DataDir.
+func newPersistentGroup(t *testing.T, ids ...string) *group { return startGroup(t, true, ids...) }
+
+func startGroup(t *testing.T, persist bool, ids ...string) *group {
+	g := &group{t: t, ids: ids, svcs: map[string]*Service{}, lns: map[string]net.Listener{},
+		logs: map[string]*lockedBuf{}, stop: make(chan struct{})}
+	if persist {
+		g.dirs = map[string]string{}
+	}
 	for _, id := range ids {
 		ln := listen(t)
 		g.lns[id] = ln
 		g.voters = append(g.voters, Voter{ID: id, RaftAddr: ln.Addr().String()})
-	}
-	for i, id := range ids {
-		s, err := Start(Config{
-			ID: id, RaftListener: g.lns[id], Auth: gm.AuthConfig{Secret: secret},
-			Bootstrap: i == 0, Voters: g.voters,
-			FailureTimeout: 600 * time.Millisecond, LeaseDuration: 300 * time.Millisecond,
-			CheckInterval: 20 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatal(err)
+		if persist {
+			g.dirs[id] = t.TempDir()
 		}
-		g.svcs[id] = s
-		g.alive.Store(id, true)
+	}
+	for _, id := range ids {
+		g.start(id, g.lns[id])
 	}
 	g.pumpWG.Add(1)
 	go func() { // stands in for gm heartbeats between live members
@@ -95,7 +109,55 @@ func newGroup(t *testing.T, ids ...string) *group {
 	return g
 }
 
+// start starts voter id on ln (its DataDir, if any) and counts it alive.
+func (g *group) start(id string, ln net.Listener) *Service {
+	g.t.Helper()
+	logs := &lockedBuf{}
+	s, err := Start(Config{
+		ID: id, RaftListener: ln, Auth: gm.AuthConfig{Secret: secret},
+		Bootstrap: id == g.ids[0], Voters: g.voters, DataDir: g.dirs[id],
+		FailureTimeout: 600 * time.Millisecond, LeaseDuration: 300 * time.Millisecond,
+		CheckInterval: 20 * time.Millisecond, Logger: zerolog.New(logs),
+	})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.mu.Lock()
+	g.svcs[id] = s
+	g.logs[id] = logs
+	g.mu.Unlock()
+	g.alive.Store(id, true)
+	return s
+}
+
+// restart starts a killed voter again as itself: its DataDir, and a new
+// listener on the raft address the raft configuration has for it.
+func (g *group) restart(id string) *Service {
+	g.t.Helper()
+	var addr string
+	for _, v := range g.voters {
+		if v.ID == id {
+			addr = v.RaftAddr
+		}
+	}
+	var ln net.Listener
+	waitFor(g.t, 10*time.Second, "listening again on "+addr, func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	return g.start(id, ln)
+}
+
+func (g *group) svc(id string) *Service {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.svcs[id]
+}
+
 func (g *group) liveSvcs() []*Service {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	var out []*Service
 	g.alive.Range(func(k, _ any) bool {
 		out = append(out, g.svcs[k.(string)])
@@ -106,14 +168,16 @@ func (g *group) liveSvcs() []*Service {
 
 func (g *group) kill(id string) {
 	g.alive.Delete(id)
-	g.svcs[id].Close()
+	if err := g.svc(id).Close(); err != nil {
+		g.t.Errorf("closing %s: %v", id, err)
+	}
 }
 
 func (g *group) close() {
 	close(g.stop)
 	g.pumpWG.Wait()
 	g.alive.Range(func(k, _ any) bool {
-		g.svcs[k.(string)].Close()
+		g.svc(k.(string)).Close()
 		return true
 	})
 }
@@ -353,5 +417,200 @@ func TestWitnessVotesButNeverLeads(t *testing.T) {
 	})
 	if svcs["w"].IsLeader() {
 		t.Fatal("the witness leads")
+	}
+}
+
+// waitView waits until s's view is want.
+func waitView(t *testing.T, id string, s *Service, want View) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("%s at view %+v (has %+v)", id, want, s.View()), func() bool {
+		return reflect.DeepEqual(s.View(), want)
+	})
+}
+
+// checkVoters checks that s's raft configuration is the group's voters,
+// at their addresses.
+func (g *group) checkVoters(id string) {
+	g.t.Helper()
+	f := g.svc(id).raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		g.t.Fatal(err)
+	}
+	var got []Voter
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage != raft.Voter {
+			g.t.Errorf("%s: server %s is %v", id, srv.ID, srv.Suffrage)
+		}
+		got = append(got, Voter{ID: string(srv.ID), RaftAddr: string(srv.Address)})
+	}
+	if !reflect.DeepEqual(got, g.voters) {
+		g.t.Fatalf("%s: raft configuration %+v, want %+v", id, got, g.voters)
+	}
+}
+
+// A voter closed and started again on its DataDir and raft address is the
+// same voter: the bootstrap voter does not bootstrap again, it catches up on
+// the view committed while it was down without being added again, and it
+// counts in the majority.
+func TestRestartedVoterRejoinsAsItself(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	g := newPersistentGroup(t, "a", "b", "c")
+	defer g.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := g.leader()
+	for _, id := range g.ids {
+		if _, err := l.Join(ctx, Member{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := l.Apply(ctx, Command{Kind: CmdSetSynced, Queue: "q1", IDs: []string{"a", "b", "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range g.ids {
+		waitView(t, id, g.svc(id), v)
+	}
+	// a, the bootstrap voter and master, stops; b and c commit a view
+	// without it (b, the oldest synced, becomes master).
+	g.kill("a")
+	waitFor(t, 10*time.Second, "a view without a", func() bool {
+		_, in := g.svc("b").View().Member("a")
+		return !in
+	})
+	down := g.svc("b").View()
+	if down.Epoch != 4 || down.Master != "b" {
+		t.Fatalf("view without a: %+v", down)
+	}
+	waitView(t, "c", g.svc("c"), down)
+
+	a := g.restart("a")
+	if !g.logs["a"].Contains("not bootstrapping") {
+		t.Fatal("the restarted bootstrap voter did not report its raft state")
+	}
+	waitView(t, "a", a, down)
+	for _, id := range g.ids {
+		g.checkVoters(id)
+	}
+	// It is a voter of the majority: its member rejoins the view (a new
+	// incarnation, as gm needs), then b stops and a and c alone commit
+	// the view without b, whoever leads.
+	l = g.leader()
+	if _, err := l.Join(ctx, Member{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	g.kill("b")
+	waitFor(t, 10*time.Second, "a and c commit a view without b", func() bool {
+		v := a.View()
+		_, in := v.Member("b")
+		return !in && v.Epoch == 6
+	})
+	after := a.View()
+	if m, _ := after.Member("a"); after.Master != "c" || len(after.Members) != 2 || m.JoinEpoch != 5 {
+		t.Fatalf("view after b stopped: %+v", after)
+	}
+	waitView(t, "c", g.svc("c"), after)
+}
+
+// A group stopped whole and started again on its DataDirs keeps its last
+// view (epoch, members, master, synced sets) and does not bootstrap again:
+// one voter restores it from a snapshot at once, the others from their logs
+// once a leader is elected.
+func TestWholeGroupRestartKeepsView(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	g := newPersistentGroup(t, "a", "b", "c")
+	defer g.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := g.leader()
+	for _, id := range g.ids {
+		if _, err := l.Join(ctx, Member{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Apply(ctx, Command{Kind: CmdSetSynced, Queue: "q1", IDs: []string{"a", "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	want, err := l.Apply(ctx, Command{Kind: CmdHandover, IDs: []string{"b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Epoch != 4 || want.Master != "b" {
+		t.Fatalf("view before the restart: %+v", want)
+	}
+	for _, id := range g.ids {
+		waitView(t, id, g.svc(id), want)
+	}
+	if err := g.svc("c").raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range g.ids {
+		g.kill(id)
+	}
+
+	// c alone has no leader to learn the commit index from: the view it
+	// has at once is its snapshot's.
+	c := g.restart("c")
+	if v := c.View(); !reflect.DeepEqual(v, want) {
+		t.Fatalf("c restored %+v from its snapshot, want %+v", v, want)
+	}
+	g.restart("a")
+	g.restart("b")
+	for _, id := range g.ids {
+		if !g.logs[id].Contains("not bootstrapping") {
+			t.Fatalf("%s did not find its raft state", id)
+		}
+	}
+	// The voters' views start empty (or at c's snapshot) and catch up once
+	// a leader commits; IsLeader holds only for a leader that has caught up,
+	// so a leader never decides on the stale view.
+	l = nil
+	waitFor(t, 10*time.Second, "a raft leader", func() bool {
+		for _, id := range g.ids {
+			s := g.svc(id)
+			if !s.IsLeader() {
+				continue
+			}
+			if v := s.View(); !reflect.DeepEqual(v, want) {
+				t.Fatalf("leader %s has view %+v, want %+v", id, v, want)
+			}
+			l = s
+		}
+		return l != nil
+	})
+	for _, id := range g.ids {
+		waitView(t, id, g.svc(id), want)
+		g.checkVoters(id)
+	}
+	// The group goes on from the kept view.
+	next, err := l.Apply(ctx, Command{Kind: CmdHandover, IDs: []string{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Epoch != want.Epoch+1 || next.Master != "a" {
+		t.Fatalf("view after the restart: %+v", next)
+	}
+}
+
+// A data dir belongs to one voter; a second process on it fails fast.
+func TestDataDirIsOneVoters(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	ln := listen(t)
+	a, err := Start(Config{ID: "a", RaftListener: ln, Auth: gm.AuthConfig{Secret: secret}, DataDir: dir,
+		Bootstrap: true, Voters: []Voter{{ID: "a", RaftAddr: ln.Addr().String()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(Config{ID: "a", RaftListener: listen(t), Auth: gm.AuthConfig{Secret: secret}, DataDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "is locked") {
+		t.Fatalf("a second voter on a data dir in use: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(Config{ID: "b", RaftListener: listen(t), Auth: gm.AuthConfig{Secret: secret}, DataDir: dir})
+	if err == nil || !strings.Contains(err.Error(), `belongs to voter "a", not "b"`) {
+		t.Fatalf("voter b on a's data dir: %v", err)
 	}
 }

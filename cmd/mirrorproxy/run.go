@@ -161,6 +161,9 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicat
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg.Raft.DataDir == "" {
+		log.Warn().Msg("raft.data_dir is empty: the view's raft state is in memory, so this node restarts as a new voter and a group restarted whole loses its view; set it in production")
+	}
 	var peers []group.Peer
 	var self config.Peer
 	for _, p := range cfg.Peers {
@@ -185,7 +188,7 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicat
 		Ring:              gm.Config{Window: int(cfg.GM.Window)},
 		HeartbeatInterval: cfg.GM.HeartbeatInterval,
 		FailureTimeout:    cfg.Raft.FailureTimeout, LeaseDuration: cfg.Raft.LeaseDuration,
-		Logger: log,
+		DataDir: cfg.Raft.DataDir, Logger: log,
 	})
 	return g, policies, err
 }

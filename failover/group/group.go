@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mirrorproxy/mirrorproxy/failover"
+	"github.com/mirrorproxy/mirrorproxy/failover/peerlink"
 	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
@@ -24,10 +25,11 @@ type Peer struct {
 	// ID is the node's name: its gm member and raft voter ID, and the name
 	// ha-mode "nodes" policies list.
 	ID string
-	// ClientAddr is where the node's sidecar accepts AMQP clients (mirrors
-	// forward their clients there when this node is master).
+	// ClientAddr is where the node's sidecar accepts AMQP clients.
 	ClientAddr string
-	// GMAddr and RaftAddr are the node's ring and raft addresses.
+	// GMAddr and RaftAddr are the node's ring and raft addresses. The
+	// ring's address also takes the peer links that carry sessions from
+	// other sidecars' fronts to this node's core while it is master.
 	GMAddr, RaftAddr string
 }
 
@@ -58,7 +60,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// FailureTimeout and LeaseDuration tune the views (failover.Config).
 	FailureTimeout, LeaseDuration time.Duration
-	Logger                        zerolog.Logger
+	// DataDir keeps this node's raft state on disk (failover.Config.DataDir);
+	// empty keeps it in memory.
+	DataDir string
+	Logger  zerolog.Logger
 }
 
 // Group is one running node of a mirrored group. It implements the
@@ -68,7 +73,7 @@ type Group struct {
 	log   zerolog.Logger
 	node  *gm.Node
 	svc   atomic.Pointer[failover.Service]
-	apply *applier
+	apply *replicate.Follower
 	mir   *replicate.Mirror
 
 	viewMu   sync.Mutex
@@ -77,13 +82,12 @@ type Group struct {
 	syncedCh chan struct{} // cap 1: the master's synced sets changed
 	stopped  chan struct{} // closed by Close
 
-	reportMu sync.Mutex
-	reported map[string]bool // QueueKey → failure reported (reportFailure)
+	stopLinks context.CancelFunc // ends the accepted peer links
 
 	roleMu sync.Mutex
 	master *replicate.Master
-	srv    *proxy.Server
-	fwd    *forwarder
+	srv    *proxy.Server // the front; its legs: the broker on the master, peer links elsewhere
+	links  *peerlink.Dialer
 	closed bool // Shutdown or Close: Serve starts no server
 
 	quit     chan struct{} // closed by Shutdown or Close: Serve stops waiting
@@ -112,7 +116,6 @@ func Start(cfg Config) (*Group, error) {
 	}
 	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
 	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{})}
-	g.fwd = newForwarder(g.masterClientAddr, cfg.Proxy.DialTimeout, log)
 
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
 		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Policies: cfg.Policies, Self: cfg.Self, Logger: log.With().Str("part", "mirror").Logger(),
@@ -126,6 +129,11 @@ func Start(cfg Config) (*Group, error) {
 	for _, p := range cfg.Peers {
 		addrs[p.ID] = p.GMAddr
 	}
+	g.links = peerlink.NewDialer(peerlink.Config{Self: cfg.Self, Auth: cfg.Auth,
+		Resolve: func(id string) string { return addrs[id] }, DialTimeout: cfg.Proxy.DialTimeout,
+		Logger: log.With().Str("part", "peerlink").Logger()})
+	linkCtx, stopLinks := context.WithCancel(context.Background())
+	g.stopLinks = stopLinks
 	node, err := gm.StartNode(gm.NodeConfig{
 		ID: cfg.Self, Ring: cfg.Ring, Listener: cfg.GMListener, Auth: cfg.Auth,
 		Resolve:     func(id string) string { return addrs[id] },
@@ -134,16 +142,20 @@ func Start(cfg Config) (*Group, error) {
 		OnReset: func(self gm.Member) {
 			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
 		},
+		Handoff: map[string]func(net.Conn, string){peerlink.Purpose: func(c net.Conn, peer string) {
+			peerlink.Serve(linkCtx, c, peer, g.serveLeg, log.With().Str("part", "peerlink").Logger())
+		}},
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		Logger:            log,
 	})
 	if err != nil {
+		stopLinks()
 		mir.Close()
 		cfg.RaftListener.Close()
 		return nil, fmt.Errorf("group: %w", err)
 	}
 	g.node = node
-	g.apply = newApplier(mir, node, g.reportFailure, log)
+	g.apply = replicate.NewFollower(replicate.FollowerConfig{Mirror: mir, Ring: node, Self: cfg.Self, Logger: log})
 
 	var voters []failover.Voter
 	for _, p := range cfg.Peers {
@@ -153,11 +165,12 @@ func Start(cfg Config) (*Group, error) {
 		ID: cfg.Self, RaftListener: cfg.RaftListener, Auth: cfg.Auth,
 		Bootstrap: cfg.Peers[0].ID == cfg.Self, Voters: voters,
 		FailureTimeout: cfg.FailureTimeout, LeaseDuration: cfg.LeaseDuration,
-		OnView: g.onView, Logger: log,
+		DataDir: cfg.DataDir, OnView: g.onView, Logger: log,
 	})
 	if err != nil {
-		g.apply.stop()
-		g.apply.wait()
+		g.apply.Stop()
+		g.apply.Wait()
+		stopLinks()
 		node.Close()
 		mir.Close()
 		return nil, fmt.Errorf("group: %w", err)
@@ -236,6 +249,11 @@ func (g *Group) bootstrapJoins() {
 			}
 		}
 		if !svc.IsLeader() {
+			continue
+		}
+		if svc.View().Epoch != v.Epoch {
+			// v was read before this leader had applied the log (after a
+			// restart its view starts empty): decide on the current one.
 			continue
 		}
 		p := g.cfg.Peers[k]
@@ -331,7 +349,7 @@ func (g *Group) WaitMembers(ctx context.Context) (failover.View, error) {
 func (g *Group) Mirror() *replicate.Mirror { return g.mir }
 
 // ApplyFailures is how many ops this node's mirror could not apply.
-func (g *Group) ApplyFailures() int { return g.apply.failures() }
+func (g *Group) ApplyFailures() int { return g.apply.Failures() }
 
 // Master is this node's replicate.Master while it is the master, else nil.
 func (g *Group) Master() *replicate.Master {
@@ -369,12 +387,7 @@ func (g *Group) deliver(op gm.Op) {
 		g.node.Applied(op.Sender, op.Seq)
 		return
 	}
-	if k, _ := replicate.OpKindOf(op.Data); k == replicate.OpSyncStart {
-		if st, err := replicate.ParseOp(op.Data); err == nil && slices.Contains(st.Nodes, g.cfg.Self) {
-			g.syncing(st.Vhost, st.Queue)
-		}
-	}
-	g.apply.deliver(op)
+	g.apply.Deliver(op)
 }
 
 // mirrored is the mirror's policy decision for a declared queue: its
@@ -392,20 +405,47 @@ func (g *Group) mirrored(vhost, queue string, args amqp.Table) bool {
 	return slices.Contains(replicate.Plan(e, pg, nil, nil).Mirrors, g.cfg.Self)
 }
 
-func (g *Group) masterClientAddr() string {
-	master := g.View().Master
-	for _, p := range g.cfg.Peers {
-		if p.ID == master {
-			return p.ClientAddr
-		}
+// serveLeg serves a session's leg that another sidecar's front opened over
+// the peer link: this node's core serves it while this node is master;
+// otherwise the leg is closed (the front reports the master unreachable).
+func (g *Group) serveLeg(c net.Conn) {
+	g.roleMu.Lock()
+	srv := g.srv
+	if g.master == nil {
+		srv = nil
 	}
-	return ""
+	g.roleMu.Unlock()
+	if srv == nil {
+		g.log.Warn().Str("client", c.RemoteAddr().String()).Msg("a peer opened a session here but this node does not serve as the master; closed it")
+		c.Close()
+		return
+	}
+	srv.ServeConn(c)
 }
+
+// masterCore is a mirror's core: each session's leg goes over the peer
+// link to the sidecar of the master the latest view names.
+type masterCore struct{ g *Group }
+
+func (c masterCore) Open(ctx context.Context, client, _ net.Addr) (net.Conn, error) {
+	master := c.g.View().Master
+	switch master {
+	case "":
+		return nil, errors.New("the group has no master")
+	case c.g.cfg.Self:
+		return nil, fmt.Errorf("the view names this node (%s) master but it does not serve as one", master)
+	}
+	return c.g.links.Open(ctx, master, client)
+}
+
+func (c masterCore) String() string { return "the master's sidecar over the peer link" }
 
 // Serve waits for a master in the view, then serves clients on ln until
 // Shutdown or Close: on the master with a proxy server whose Replicator is
-// the ring; on a mirror by forwarding each client to the master's sidecar.
-// It returns proxy.ErrServerClosed after Shutdown or Close.
+// the ring and whose legs go to the local broker; on a mirror with a
+// proxy server whose legs go over the peer link to the master's sidecar
+// (its front keeps the client's connection). It returns
+// proxy.ErrServerClosed after Shutdown or Close.
 func (g *Group) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -425,13 +465,28 @@ func (g *Group) Serve(ln net.Listener) error {
 		return err
 	}
 	if v.Master != g.cfg.Self {
-		g.log.Info().Str("master", v.Master).Str("forward_to", g.masterClientAddr()).Uint64("epoch", v.Epoch).
-			Msg("serving as a mirror: clients are forwarded to the master's sidecar")
-		if err := g.fwd.serve(ln); errors.Is(err, errForwarderClosed) {
+		g.roleMu.Lock()
+		if g.closed {
+			g.roleMu.Unlock()
+			ln.Close()
 			return proxy.ErrServerClosed
-		} else {
-			return err
 		}
+		if g.srv == nil {
+			opts := g.cfg.Proxy
+			opts.Core, opts.Replicator = masterCore{g}, nil
+			srv, err := proxy.NewServer(opts)
+			if err != nil {
+				g.roleMu.Unlock()
+				ln.Close()
+				return fmt.Errorf("group: %w", err)
+			}
+			g.srv = srv
+		}
+		srv := g.srv
+		g.roleMu.Unlock()
+		g.log.Info().Str("master", v.Master).Uint64("epoch", v.Epoch).
+			Msg("serving as a mirror: sessions go over the peer link to the master's sidecar")
+		return srv.Serve(ln)
 	}
 	g.roleMu.Lock()
 	if g.closed {
@@ -486,11 +541,10 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	g.roleMu.Lock()
 	srv := g.srv
 	g.roleMu.Unlock()
-	fwdErr := g.fwd.shutdown(ctx)
 	if srv != nil {
 		return srv.Shutdown(ctx)
 	}
-	return fwdErr
+	return nil
 }
 
 // stopServing makes Serve return, or not start a server, from now on.
@@ -513,7 +567,6 @@ func (g *Group) Close() error {
 		srv, m := g.srv, g.master
 		g.roleMu.Unlock()
 		var errs []error
-		g.fwd.close()
 		if srv != nil {
 			if err := srv.Close(); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
 				errs = append(errs, err)
@@ -523,10 +576,12 @@ func (g *Group) Close() error {
 			m.Close()
 		}
 		g.wg.Wait()
+		g.links.Close()
+		g.stopLinks()
 		if err := g.svc.Load().Close(); err != nil {
 			errs = append(errs, fmt.Errorf("raft: %w", err))
 		}
-		g.apply.stop()
+		g.apply.Stop()
 		if err := g.node.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("gm: %w", err))
 		}
@@ -534,7 +589,7 @@ func (g *Group) Close() error {
 		if err := g.mir.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("mirror: %w", err))
 		}
-		g.apply.wait()
+		g.apply.Wait()
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/replicate"
@@ -50,6 +51,10 @@ type Raft struct {
 	// LeaseDuration: how long a node keeps acting on the view after it
 	// last heard from the raft leader.
 	LeaseDuration time.Duration `yaml:"lease_duration"`
+	// DataDir is where this node keeps its raft state (created 0700; one
+	// per node). Empty keeps it in memory: a restarted node comes back as a
+	// new voter, and a group restarted whole loses its view.
+	DataDir string `yaml:"data_dir"`
 }
 
 // Broker holds the sidecar's own credentials on its broker (mirror apply).
@@ -157,6 +162,11 @@ func (v *validator) validateGroup() {
 		v.fail(v.setOne("raft.failure_timeout", "raft.lease_duration"),
 			"raft.failure_timeout %v must exceed raft.lease_duration %v, so a cut-off master fences itself before it is replaced",
 			c.Raft.FailureTimeout, c.Raft.LeaseDuration)
+	}
+	if d := c.Raft.DataDir; d != "" {
+		if fi, err := os.Stat(d); err == nil && !fi.IsDir() {
+			v.fail("raft.data_dir", "%q is a file; name a directory (created if missing), one per node", d)
+		}
 	}
 	if c.Broker.Username == "" {
 		v.fail(v.setOne("broker.username", "broker", "node.name"), "a node of a group needs broker.username for its own broker connections")

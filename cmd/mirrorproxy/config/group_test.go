@@ -29,7 +29,7 @@ func TestGroupFile(t *testing.T) {
 	if c.GM != (GM{Secret: "a shared secret of enough length", Window: 1024, HeartbeatInterval: 50 * time.Millisecond}) {
 		t.Errorf("gm = %+v", c.GM)
 	}
-	if c.Raft != (Raft{FailureTimeout: 3 * time.Second, LeaseDuration: 1500 * time.Millisecond}) {
+	if c.Raft != (Raft{FailureTimeout: 3 * time.Second, LeaseDuration: 1500 * time.Millisecond, DataDir: "/var/lib/mirrorproxy"}) {
 		t.Errorf("raft = %+v", c.Raft)
 	}
 	if got := c.BrokerURL(); got != "amqp://mirrorproxy:p%40ss%2Fword@127.0.0.1:5672/" {
@@ -83,6 +83,9 @@ func TestGroupErrors(t *testing.T) {
 			[]string{`c.yaml:2: node.name: a node of a group needs broker.username for its own broker connections`}},
 		{"lease not under failure timeout", ok + "raft:\n  failure_timeout: 1s\n  lease_duration: 1s\n",
 			[]string{`c.yaml:13: raft.failure_timeout: raft.failure_timeout 1s must exceed raft.lease_duration 1s, so a cut-off master fences itself before it is replaced`}},
+		{"data dir is a file", ok + "raft:\n  data_dir: testdata/group.yaml\n",
+			[]string{`c.yaml:13: raft.data_dir: "testdata/group.yaml" is a file; name a directory (created if missing), one per node`}},
+		{"data dir", ok + "raft:\n  data_dir: testdata/no-such-dir-yet\n", nil},
 		{"bad policy pattern", ok + "policies:\n  - name: p\n    pattern: \"(\"\n    definition: {ha-mode: all}\n",
 			nil}, // filled below: the message comes from replicate
 		{"bad policy definition", ok + "policies:\n  - name: p\n    pattern: x\n    definition: {ha-mode: sometimes}\n",
