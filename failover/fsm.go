@@ -15,9 +15,10 @@ import (
 const (
 	CmdJoin         = "join"          // admit Member (a new incarnation if its ID is present)
 	CmdRemove       = "remove"        // drop IDs (failure or leave), electing a master if needed
-	CmdSetSynced    = "set-synced"    // set Synced[Queue] = IDs
-	CmdForgetSynced = "forget-synced" // drop Queue from Synced (it was deleted)
-	CmdHandover     = "handover"      // controlled master change to a synced member
+	CmdSetSynced    = "set-synced"    // set Synced[Queue] = IDs and Mirrors[Queue] = Mirrors
+	CmdForgetSynced = "forget-synced" // drop Queue from Synced, Mirrors, MasterUnsynced (it was deleted)
+	CmdHandover     = "handover"      // controlled master change to a synced member (to the master itself: keep it)
+	CmdForceQueue   = "force-queue"   // an operator accepts the loss: drop Queue from MasterUnsynced
 )
 
 // Command is one raft log entry.
@@ -25,12 +26,21 @@ type Command struct {
 	Kind string `json:"kind"`
 	// IfEpoch, when non-zero, applies the command only if the view is
 	// still at that epoch (a decision taken on a stale view is void).
-	IfEpoch         uint64   `json:"if_epoch,omitempty"`
-	Member          Member   `json:"member,omitzero"`
-	IDs             []string `json:"ids,omitempty"`
-	Queue           string   `json:"queue,omitempty"`
-	Progress        Progress `json:"progress,omitempty"`
-	PromoteUnsynced bool     `json:"promote_unsynced,omitempty"`
+	IfEpoch uint64   `json:"if_epoch,omitempty"`
+	Member  Member   `json:"member,omitzero"`
+	IDs     []string `json:"ids,omitempty"`
+	Queue   string   `json:"queue,omitempty"`
+	// Mirrors (set-synced) are the members Queue's policy places a mirror
+	// on, the master excluded; empty for a queue with no mirror.
+	Mirrors []string `json:"mirrors,omitempty"`
+	// Progress (remove, join) is each member's ops applied, supplied by
+	// the raft leader when it decides: the election reads it from here,
+	// never from the replica, so every replica elects the same member.
+	Progress Progress `json:"progress,omitempty"`
+	// PromoteUnsynced (remove, join) allows electing a member that is not
+	// synced for every mirrored queue (ha-promote-on-failure); the queues
+	// it lacks go to View.MasterUnsynced.
+	PromoteUnsynced bool `json:"promote_unsynced,omitempty"`
 }
 
 // Errors from applying a command.
@@ -55,46 +65,59 @@ func Next(v View, cmd Command) (View, error) {
 		}
 		n.Epoch++
 		n.Members = slices.DeleteFunc(n.Members, func(m Member) bool { return m.ID == cmd.Member.ID })
-		dropSynced(&n, cmd.Member.ID)
 		m := cmd.Member
 		m.JoinEpoch = n.Epoch
-		n.Members = append(n.Members, m)
 		if n.Master == cmd.Member.ID || n.Master == "" {
 			// A rejoining master starts empty like any mirror; an empty
-			// group takes its first member as master.
-			n.Master = ""
-			if len(n.Members) == 1 {
-				n.Master = m.ID
+			// group takes its first member as master. The election runs
+			// before the old incarnation leaves the synced sets, so its
+			// queues still count as mirrored.
+			if len(n.Members) == 0 {
+				setMaster(&n, Election{Master: m.ID})
 			} else {
-				n.Master = ElectMaster(withoutID(n, m.ID), cmd.Progress, cmd.PromoteUnsynced)
+				setMaster(&n, Elect(n, cmd.Progress, cmd.PromoteUnsynced))
 			}
 		}
+		dropSynced(&n, cmd.Member.ID)
+		n.Members = append(n.Members, m)
 	case CmdRemove:
 		before := len(n.Members)
 		n.Members = slices.DeleteFunc(n.Members, func(m Member) bool { return slices.Contains(cmd.IDs, m.ID) })
 		if len(n.Members) == before {
 			return v, fmt.Errorf("%w: %v", ErrNoMember, cmd.IDs)
 		}
-		for _, id := range cmd.IDs {
-			dropSynced(&n, id)
-		}
 		n.Epoch++
 		if slices.Contains(cmd.IDs, n.Master) {
-			n.Master = ElectMaster(n, cmd.Progress, cmd.PromoteUnsynced)
+			// Elect among the survivors while the departed are still in
+			// the synced sets: a queue whose synced mirrors all left is
+			// still mirrored, and the new master lacks it.
+			setMaster(&n, Elect(n, cmd.Progress, cmd.PromoteUnsynced))
+		}
+		for _, id := range cmd.IDs {
+			dropSynced(&n, id)
 		}
 	case CmdSetSynced:
 		if n.Synced == nil {
 			n.Synced = map[string][]string{}
 		}
-		var ids []string
-		for _, id := range cmd.IDs {
-			if _, ok := n.Member(id); ok {
-				ids = append(ids, id)
+		n.Synced[cmd.Queue] = onlyMembers(n, cmd.IDs)
+		if mirrors := onlyMembers(n, cmd.Mirrors); len(mirrors) > 0 {
+			if n.Mirrors == nil {
+				n.Mirrors = map[string][]string{}
 			}
+			n.Mirrors[cmd.Queue] = mirrors
+		} else {
+			delete(n.Mirrors, cmd.Queue)
 		}
-		n.Synced[cmd.Queue] = ids
 	case CmdForgetSynced:
 		delete(n.Synced, cmd.Queue)
+		delete(n.Mirrors, cmd.Queue)
+		n.MasterUnsynced = slices.DeleteFunc(n.MasterUnsynced, func(q string) bool { return q == cmd.Queue })
+	case CmdForceQueue:
+		if !slices.Contains(n.MasterUnsynced, cmd.Queue) {
+			return v, fmt.Errorf("%w: queue %q is not unsynced on the master", ErrBadCommand, cmd.Queue)
+		}
+		n.MasterUnsynced = slices.DeleteFunc(n.MasterUnsynced, func(q string) bool { return q == cmd.Queue })
 	case CmdHandover:
 		if len(cmd.IDs) != 1 {
 			return v, fmt.Errorf("%w: handover needs one target", ErrBadCommand)
@@ -103,26 +126,57 @@ func Next(v View, cmd Command) (View, error) {
 		if _, ok := n.Member(id); !ok {
 			return v, fmt.Errorf("%w: %s", ErrNoMember, id)
 		}
-		if !synced(n, id) {
-			return v, fmt.Errorf("%w: %s", ErrNotSynced, id)
+		if id == n.Master {
+			// A stepping-down master that gave up waiting keeps the role:
+			// the epoch moves on, so a handover decided at the old epoch
+			// (IfEpoch) can no longer apply; MasterEpoch stays.
+			n.Epoch++
+			break
 		}
-		n.Master = id
+		if q := n.UnsyncedFor(id); len(q) > 0 {
+			return v, fmt.Errorf("%w: %s lacks %v", ErrNotSynced, id, q)
+		}
 		n.Epoch++
+		setMaster(&n, Election{Master: id})
 	default:
 		return v, fmt.Errorf("%w: kind %q", ErrBadCommand, cmd.Kind)
 	}
 	return n, nil
 }
 
-func withoutID(v View, id string) View {
-	w := v.clone()
-	w.Members = slices.DeleteFunc(w.Members, func(m Member) bool { return m.ID == id })
-	return w
+// setMaster installs e's master in n (at n's epoch) and records the queues
+// it lacks. The master is no mirror: it leaves the synced sets and mirror
+// lists until the replication layer pushes its own. With no master
+// elected the view keeps its MasterUnsynced.
+func setMaster(n *View, e Election) {
+	n.Master = e.Master
+	n.MasterEpoch = n.Epoch
+	addUnsynced(n, e.Unsynced)
+	if e.Master != "" {
+		dropSynced(n, e.Master)
+	}
+}
+
+func onlyMembers(v View, ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if _, ok := v.Member(id); ok && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func dropSynced(v *View, id string) {
 	for q, ids := range v.Synced {
 		v.Synced[q] = slices.DeleteFunc(ids, func(x string) bool { return x == id })
+	}
+	for q, ids := range v.Mirrors {
+		if ids = slices.DeleteFunc(ids, func(x string) bool { return x == id }); len(ids) > 0 {
+			v.Mirrors[q] = ids
+		} else {
+			delete(v.Mirrors, q)
+		}
 	}
 }
 

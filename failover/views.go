@@ -353,17 +353,20 @@ func (s *Service) leaderLoop() {
 			}
 			s.caughtUpTerm.Store(term)
 		}
-		if s.cfg.Witness {
-			// A witness cannot tell who is alive: leave the leading to a
-			// voter that hears the ring.
+		v := s.View()
+		_, member := v.Member(s.cfg.ID)
+		if s.cfg.Witness || !member && len(v.Members) > 0 {
+			// A witness, or a sidecar that is not in the view (it left:
+			// its broker is down), hears no heartbeats from the ring, so
+			// it cannot tell who is alive: leave the leading to a voter
+			// that hears the ring.
 			if err := s.raft.LeadershipTransfer().Error(); err != nil {
-				s.log.Warn().Err(err).Msg("witness could not hand over the raft leadership; retrying")
+				s.log.Warn().Err(err).Msg("a voter outside the ring could not hand over the raft leadership; retrying")
 			} else {
-				s.log.Info().Msg("witness handed the raft leadership to a sidecar")
+				s.log.Info().Msg("a voter outside the ring handed the raft leadership to a member")
 			}
 			continue
 		}
-		v := s.View()
 		s.mu.Lock()
 		sus := s.det.Suspects(time.Now())
 		s.mu.Unlock()

@@ -67,7 +67,7 @@ func (s *session) dialUpstream(ctx context.Context) error {
 	opts := &s.srv.opts
 	ctx, cancel := context.WithTimeout(ctx, opts.HandshakeTimeout)
 	defer cancel()
-	c, err := opts.Core.Open(ctx, s.client.RemoteAddr(), s.client.LocalAddr())
+	c, err := s.route.Core.Open(ctx, s.client.RemoteAddr(), s.client.LocalAddr())
 	if err != nil {
 		return err
 	}

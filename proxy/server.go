@@ -27,6 +27,10 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// route is where new sessions go: their core and, on the master, the
+	// Replicator. SetRoute changes it for sessions opened afterwards.
+	route atomic.Pointer[Route]
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	closed    bool
@@ -72,14 +76,50 @@ func NewServer(opts Options) (*Server, error) {
 		opts.Core = BrokerCore{Addr: opts.Upstream, DialTimeout: opts.DialTimeout, SendProxyProtocol: opts.SendProxyProtocol}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		opts:      opts,
 		log:       opts.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		live:      make(map[uint64]*session),
-	}, nil
+	}
+	s.route.Store(&Route{Core: opts.Core, Replicator: opts.Replicator})
+	return s, nil
+}
+
+// Route is where a session goes: the core that opens its leg and, when
+// this sidecar is the master's core, the Replicator of its publishes.
+type Route struct {
+	Core       Core
+	Replicator Replicator
+}
+
+// SetRoute sends the sessions opened from now on along r (a node that
+// becomes master serves them with its own broker and Replicator; one that
+// stops being master sends them to the new one). Sessions already open
+// keep theirs. A nil Core keeps the current one.
+func (s *Server) SetRoute(r Route) {
+	if r.Core == nil {
+		r.Core = s.route.Load().Core
+	}
+	s.route.Store(&r)
+}
+
+// CloseSessions closes every open session with 320 CONNECTION_FORCED and
+// reason (a fenced master's), and waits for nothing: each ends on its own
+// goroutine. The server keeps accepting.
+func (s *Server) CloseSessions(reason string) int {
+	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
+	for _, sess := range s.live {
+		live = append(live, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range live {
+		sess.forceClose(reason)
+	}
+	return len(live)
 }
 
 func setDefault[T comparable](v *T, d T) {
@@ -130,7 +170,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	s.log.Info().Str("listen", ln.Addr().String()).Stringer("core", s.opts.Core).Msg("accepting AMQP clients")
+	s.log.Info().Str("listen", ln.Addr().String()).Stringer("core", s.route.Load().Core).Msg("accepting AMQP clients")
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -174,10 +214,12 @@ func (s *Server) startSession(c net.Conn, counted bool) {
 	}
 	id := s.nextID.Add(1)
 	sess := &session{
-		srv:  s,
-		id:   id,
-		st:   newSessionState(s.opts.MaxUnconfirmed),
-		done: make(chan struct{}),
+		srv:   s,
+		id:    id,
+		route: *s.route.Load(),
+		st:    newSessionState(s.opts.MaxUnconfirmed),
+		done:  make(chan struct{}),
+		force: make(chan string, 1),
 	}
 	sess.client = c
 	if !counted {

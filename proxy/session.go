@@ -24,6 +24,7 @@ import (
 type session struct {
 	srv    *Server
 	id     uint64
+	route  Route // fixed when the session starts
 	log    zerolog.Logger
 	client net.Conn
 	cr     *amqp.Reader
@@ -44,6 +45,15 @@ type session struct {
 	closing   atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{} // closed when the pumps should stop
+	force     chan string   // cap 1: CloseSessions' reason
+}
+
+// forceClose asks the session to close with 320 and reason.
+func (s *session) forceClose(reason string) {
+	select {
+	case s.force <- reason:
+	default:
+	}
 }
 
 // errKind says who failed and so what the session does about it.
@@ -156,7 +166,7 @@ func (s *session) serve(ctx context.Context) {
 	}
 
 	if err := s.dialUpstream(ctx); err != nil {
-		s.log.Error().Err(err).Stringer("core", opts.Core).Msg("cannot reach the broker; closing the client")
+		s.log.Error().Err(err).Stringer("core", s.route.Core).Msg("cannot reach the broker; closing the client")
 		return
 	}
 	defer s.up.Close()
@@ -172,7 +182,7 @@ func (s *session) serve(ctx context.Context) {
 	s.log.Debug().Uint32("frame_max", s.st.client.frameMax).Uint16("heartbeat", s.st.client.heartbeat).
 		Uint32("upstream_frame_max", s.st.upstream.frameMax).Msg("session open")
 
-	if r := s.srv.opts.Replicator; r != nil {
+	if r := s.route.Replicator; r != nil {
 		s.st.mu.Lock()
 		s.st.repl, s.st.toClient = r, s.cout
 		s.st.mu.Unlock()
@@ -195,6 +205,8 @@ func (s *session) serve(ctx context.Context) {
 	case err = <-errc:
 	case <-ctx.Done():
 		err = &sessionError{kind: kindShutdown, code: amqp.ConnectionForced, reason: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"}
+	case reason := <-s.force:
+		err = &sessionError{kind: kindShutdown, code: amqp.ConnectionForced, reason: "CONNECTION_FORCED - " + reason}
 	}
 	s.finish(err, true)
 	wg.Wait()

@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -63,7 +64,9 @@ type Follower struct {
 	queue  []delivered            // delivered, not given to the mirror yet
 	open   map[gm.Member][]*entry // given to the mirror, per sender in op order; head not done yet
 	closed bool
-	failed int // ops the mirror reported with an error
+	used   bool     // an op was delivered
+	failed int      // ops the mirror reported with an error
+	cat    *catalog // the topology of the master's stream, for a promotion
 
 	reportMu sync.Mutex
 	reported map[string]bool // QueueKey → failure reported (until a sync)
@@ -91,7 +94,7 @@ func NewFollower(cfg FollowerConfig) *Follower {
 }
 
 func newFollower(mirror opApplier, ring FollowerRing, self string, log zerolog.Logger) *Follower {
-	f := &Follower{mirror: mirror, ring: ring, self: self, log: log,
+	f := &Follower{mirror: mirror, ring: ring, self: self, log: log, cat: newCatalog(),
 		open: map[gm.Member][]*entry{}, reported: map[string]bool{}, done: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	f.cond = sync.NewCond(&f.mu)
@@ -113,8 +116,9 @@ func (f *Follower) Deliver(op gm.Op) {
 	d := delivered{sender: op.Sender, seq: op.Seq, data: append([]byte(nil), op.Data...)}
 	f.mu.Lock()
 	if !f.closed {
+		f.used = true
 		f.queue = append(f.queue, d)
-		f.cond.Signal()
+		f.cond.Broadcast() // run, and waitIdle shares the cond
 	}
 	f.mu.Unlock()
 }
@@ -135,6 +139,13 @@ func (f *Follower) Stop() {
 func (f *Follower) Wait() {
 	<-f.done
 	f.reports.Wait()
+}
+
+// Used reports whether any op was delivered to the follower.
+func (f *Follower) Used() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.used
 }
 
 // Failures returns how many ops the mirror could not apply.
@@ -160,11 +171,58 @@ func (f *Follower) run() {
 		f.queue = f.queue[1:]
 		e := &entry{sender: d.sender, seq: d.seq, data: d.data}
 		f.open[d.sender] = append(f.open[d.sender], e)
+		f.catalogue(d.data)
 		f.mu.Unlock()
 		// Apply may block (the mirror broker's in-flight bound, topology
 		// round trips); that is this goroutine's back-pressure, never gm's.
 		f.mirror.Apply(d.data, func(err error) { f.finished(e, err) })
 	}
+}
+
+// catalogue keeps the topology an op changes, as the master's catalog
+// does, so that a promoted mirror knows the group's exchanges, queues and
+// bindings. Called with f.mu held.
+func (f *Follower) catalogue(data []byte) {
+	switch k, _ := OpKindOf(data); k {
+	case OpTopology, OpQueueGone:
+	default:
+		return
+	}
+	op, err := ParseOp(data)
+	if err != nil {
+		return
+	}
+	switch op.Kind {
+	case OpTopology:
+		f.cat.record(op.Vhost, op.Method)
+	case OpQueueGone:
+		if v := f.cat.vhosts[op.Vhost]; v != nil {
+			v.forgetQueue(op.Queue)
+		}
+	}
+}
+
+// waitIdle blocks until every op delivered so far is applied here (given
+// to the mirror and its done called), or ctx ends.
+func (f *Follower) waitIdle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for len(f.queue) > 0 || len(f.open) > 0 {
+		if f.closed {
+			return ErrMirrorClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("replicate: %d ops delivered and %d senders' ops not applied yet: %w", len(f.queue), len(f.open), err)
+		}
+		f.cond.Wait()
+	}
+	return nil
 }
 
 // finished records one op's done and reports the applied prefix to gm.
@@ -220,6 +278,7 @@ func (f *Follower) markDone(e *entry) {
 	clear(q[:n])
 	if q = q[n:]; len(q) == 0 {
 		delete(f.open, e.sender)
+		f.cond.Broadcast() // waitIdle
 	} else {
 		f.open[e.sender] = q
 	}

@@ -80,6 +80,13 @@ type Mirror struct {
 	wg sync.WaitGroup // the expiry goroutine
 }
 
+// Closed reports whether the mirror was closed or released.
+func (m *Mirror) Closed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
 // ErrMirrorClosed is returned for ops applied after Close or Release.
 var ErrMirrorClosed = errors.New("replicate: mirror closed")
 

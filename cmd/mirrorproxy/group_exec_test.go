@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
 func freeAddr(t *testing.T) string {
@@ -24,11 +26,12 @@ func freeAddr(t *testing.T) string {
 // group: it bootstraps raft, admits itself, becomes master and serves; on
 // SIGTERM it stops the clients, then the ring, raft and mirror, and exits 0.
 func TestExecRunGroupOfOne(t *testing.T) {
+	broker := soloBroker(t)
 	client, gmAddr, raftAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
   address: %s
 upstream:
-  address: 127.0.0.1:1
+  address: %s
 shutdown_grace: 3s
 node:
   name: solo
@@ -48,7 +51,7 @@ policies:
     definition: {ha-mode: all}
 admin:
   address: %s
-`, client, client, gmAddr, raftAddr, freeAddr(t)))
+`, client, broker, client, gmAddr, raftAddr, freeAddr(t)))
 	cmd, lines, exited := startBinary(t, "run", "--config", cfg, "--log-format", "json")
 	var msgs []string
 	waitMsg := func(want string) {
@@ -92,13 +95,24 @@ type soloNode struct {
 // startSolo starts a soloNode whose config adds extra (YAML, e.g. a
 // policies list), and waits until its admin API listens and it serves as
 // the master.
+// soloBroker starts the broker a group of one stands in front of: a
+// node serves only while its broker answers its probe.
+func soloBroker(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a broker")
+	}
+	return testenv.Start(t, testenv.Options{Nodes: 1}).Nodes[0].AMQPAddr
+}
+
 func startSolo(t *testing.T, extra string) *soloNode {
 	t.Helper()
+	broker := soloBroker(t)
 	client, gmAddr, raftAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg := writeFile(t, "group.yaml", fmt.Sprintf(`listen:
   address: %s
 upstream:
-  address: 127.0.0.1:1
+  address: %s
 shutdown_grace: 3s
 node:
   name: solo
@@ -112,7 +126,7 @@ broker:
 admin:
   address: %s
   token: %s
-%s`, client, client, gmAddr, raftAddr, adminAddr, ctlToken, extra))
+%s`, client, broker, client, gmAddr, raftAddr, adminAddr, ctlToken, extra))
 	n := &soloNode{cfg: cfg, adminAddr: adminAddr}
 	n.cmd, n.lines, n.exited = startBinary(t, "run", "--config", cfg, "--log-format", "json")
 	deadline := time.After(60 * time.Second)

@@ -114,14 +114,9 @@ func (g *Group) masterLoop(m *replicate.Master, seen failover.View, stop <-chan 
 }
 
 // pushSynced writes the master's synced sets into the view (raft), where
-// elections read them. Only the raft leader can; elsewhere the view keeps
-// its sets until the leader's node is the master again (noted in
-// docs/REPLICATION.md).
+// elections read them: on the raft leader directly, from elsewhere as a
+// request over the peer link (only the master's are taken).
 func (g *Group) pushSynced(m *replicate.Master) {
-	svc := g.svc.Load()
-	if svc == nil || !svc.IsLeader() {
-		return
-	}
 	want := m.SyncedSets()
 	have := g.View().Synced
 	keys := slices.Sorted(maps.Keys(want))
@@ -135,12 +130,9 @@ func (g *Group) pushSynced(m *replicate.Master) {
 		if h, had := have[k]; ok == had && slices.Equal(w, h) {
 			continue
 		}
-		cmd := failover.Command{Kind: failover.CmdSetSynced, Queue: k, IDs: want[k]}
-		if _, ok := want[k]; !ok {
-			cmd = failover.Command{Kind: failover.CmdForgetSynced, Queue: k}
-		}
+		req := leaderRequest{Kind: reqSynced, Queue: k, IDs: w, Forget: !ok}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := svc.Apply(ctx, cmd)
+		_, err := g.toLeader(ctx, req)
 		cancel()
 		if err != nil {
 			g.log.Warn().Err(err).Msg("could not record a queue's synced mirrors in the view")

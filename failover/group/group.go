@@ -63,7 +63,13 @@ type Config struct {
 	// DataDir keeps this node's raft state on disk (failover.Config.DataDir);
 	// empty keeps it in memory.
 	DataDir string
-	Logger  zerolog.Logger
+	// PromoteUnsynced is ha-promote-on-failure: always (elections may pick
+	// a member not synced for every mirrored queue).
+	PromoteUnsynced bool
+	// ProbeInterval and ProbeTimeout tune the local broker's probe
+	// (failover.HealthConfig: 250ms, 1s by default).
+	ProbeInterval, ProbeTimeout time.Duration
+	Logger                      zerolog.Logger
 }
 
 // Group is one running node of a mirrored group. It implements the
@@ -82,18 +88,31 @@ type Group struct {
 	syncedCh chan struct{} // cap 1: the master's synced sets changed
 	stopped  chan struct{} // closed by Close
 
-	stopLinks context.CancelFunc // ends the accepted peer links
+	stopLinks  context.CancelFunc // ends the accepted peer links
+	stoppedCtx context.Context    // done when stopped is closed
 
-	roleMu sync.Mutex
-	master *replicate.Master
-	srv    *proxy.Server // the front; its legs: the broker on the master, peer links elsewhere
-	links  *peerlink.Dialer
-	closed bool // Shutdown or Close: Serve starts no server
+	// The driver (driver.go): the role and its inputs.
+	role        *failover.Role // the driver's goroutine only
+	roleState   atomic.Int32   // role.State(), published for other goroutines
+	roleCh      chan struct{}  // closed and replaced when roleState changes (under viewMu)
+	inputs      chan input
+	viewWake    chan struct{} // cap 1
+	pendingMu   sync.Mutex
+	pendingView *failover.View
+	probe       *failover.BrokerProbe
+
+	roleMu     sync.Mutex
+	master     *replicate.Master // while the core is open (serving or held)
+	masterStop chan struct{}     // stops masterLoop
+	serving    bool              // the core serves (not fenced)
+	srv        *proxy.Server     // the front; its legs: the broker on the master, peer links elsewhere
+	links      *peerlink.Dialer
+	closed     bool // Shutdown or Close: Serve starts no server
 
 	quit     chan struct{} // closed by Shutdown or Close: Serve stops waiting
 	quitOnce sync.Once
 
-	wg        sync.WaitGroup // the bootstrap joiner
+	wg        sync.WaitGroup // the driver and its background work, masterLoop
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -115,7 +134,12 @@ func Start(cfg Config) (*Group, error) {
 		cfg.Policies = &replicate.Policies{}
 	}
 	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
-	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{})}
+	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{}),
+		roleCh: make(chan struct{}), inputs: make(chan input, 16), viewWake: make(chan struct{}, 1),
+		role: failover.NewRole(failover.RoleConfig{Self: cfg.Self, Retry: 250 * time.Millisecond})}
+	var stopCtx context.CancelFunc
+	g.stoppedCtx, stopCtx = context.WithCancel(context.Background())
+	go func() { <-g.stopped; stopCtx() }()
 
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
 		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Policies: cfg.Policies, Self: cfg.Self, Logger: log.With().Str("part", "mirror").Logger(),
@@ -143,7 +167,8 @@ func Start(cfg Config) (*Group, error) {
 			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
 		},
 		Handoff: map[string]func(net.Conn, string){peerlink.Purpose: func(c net.Conn, peer string) {
-			peerlink.Serve(linkCtx, c, peer, g.serveLeg, log.With().Str("part", "peerlink").Logger())
+			peerlink.Serve(linkCtx, c, peer, peerlink.Handler{Session: g.serveLeg, Request: g.serveRequest},
+				log.With().Str("part", "peerlink").Logger())
 		}},
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		Logger:            log,
@@ -176,13 +201,11 @@ func Start(cfg Config) (*Group, error) {
 		return nil, fmt.Errorf("group: %w", err)
 	}
 	g.svc.Store(svc)
-	if cfg.Peers[0].ID == cfg.Self {
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			g.bootstrapJoins()
-		}()
-	}
+	g.probe = failover.StartBrokerProbe(failover.HealthConfig{URL: cfg.BrokerURL, Interval: cfg.ProbeInterval,
+		Timeout: cfg.ProbeTimeout, Logger: log.With().Str("part", "probe").Logger()},
+		func(h failover.BrokerHealth) { g.post(input{health: h}) })
+	g.wg.Add(1)
+	go g.drive()
 	return g, nil
 }
 
@@ -223,54 +246,6 @@ func closeListeners(cfg Config) {
 	}
 }
 
-// bootstrapJoins, on the bootstrapping node, admits the configured peers
-// in order while the group is new: the view at epoch k holds exactly the
-// first k peers. Each join carries IfEpoch, so a join decided on a stale
-// view is void; once the view is anything else (all joined, or failures
-// changed it), bootstrap is over.
-func (g *Group) bootstrapJoins() {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.stopped:
-			return
-		case <-t.C:
-		}
-		svc := g.svc.Load()
-		v := svc.View()
-		k := int(v.Epoch)
-		if k >= len(g.cfg.Peers) || len(v.Members) != k {
-			return
-		}
-		for i, m := range v.Members {
-			if m.ID != g.cfg.Peers[i].ID {
-				return
-			}
-		}
-		if !svc.IsLeader() {
-			continue
-		}
-		if svc.View().Epoch != v.Epoch {
-			// v was read before this leader had applied the log (after a
-			// restart its view starts empty): decide on the current one.
-			continue
-		}
-		p := g.cfg.Peers[k]
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := svc.Apply(ctx, failover.Command{Kind: failover.CmdJoin, IfEpoch: v.Epoch,
-			Member: failover.Member{ID: p.ID, GMAddr: p.GMAddr, RaftAddr: p.RaftAddr}})
-		cancel()
-		if err != nil && !errors.Is(err, failover.ErrStaleEpoch) {
-			g.log.Warn().Err(err).Str("peer", p.ID).Msg("could not admit a peer; retrying")
-		}
-	}
-}
-
-// IfEpoch 0 means "unconditional" to failover.Next, so the first join
-// (at epoch 0) is unconditional; only the bootstrapping node sends it, and
-// only while the view is still empty.
-
 func (g *Group) heard(peer string) {
 	if svc := g.svc.Load(); svc != nil {
 		svc.Heard(peer)
@@ -287,9 +262,9 @@ func (g *Group) onView(v failover.View) {
 	g.viewCh = make(chan struct{})
 	g.viewMu.Unlock()
 	if old.Master != "" && v.Master != old.Master {
-		g.log.Error().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).
-			Msg("the view changed master; failover is not built yet, roles stay as they were")
+		g.log.Warn().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).Msg("the view changed master")
 	}
+	g.post(input{view: &v})
 }
 
 // View returns the latest committed view this node applied.
@@ -346,10 +321,14 @@ func (g *Group) WaitMembers(ctx context.Context) (failover.View, error) {
 }
 
 // Mirror is this node's mirror apply (for status and tests).
-func (g *Group) Mirror() *replicate.Mirror { return g.mir }
+func (g *Group) Mirror() *replicate.Mirror {
+	g.roleMu.Lock()
+	defer g.roleMu.Unlock()
+	return g.mir
+}
 
 // ApplyFailures is how many ops this node's mirror could not apply.
-func (g *Group) ApplyFailures() int { return g.apply.Failures() }
+func (g *Group) ApplyFailures() int { return g.follower().Failures() }
 
 // Master is this node's replicate.Master while it is the master, else nil.
 func (g *Group) Master() *replicate.Master {
@@ -358,11 +337,11 @@ func (g *Group) Master() *replicate.Master {
 	return g.master
 }
 
-// IsMaster reports whether this node serves clients itself.
+// IsMaster reports whether this node's core serves clients.
 func (g *Group) IsMaster() bool {
 	g.roleMu.Lock()
 	defer g.roleMu.Unlock()
-	return g.master != nil
+	return g.master != nil && g.serving
 }
 
 // deliver runs on gm's goroutine for every op from another member.
@@ -387,7 +366,7 @@ func (g *Group) deliver(op gm.Op) {
 		g.node.Applied(op.Sender, op.Seq)
 		return
 	}
-	g.apply.Deliver(op)
+	g.follower().Deliver(op)
 }
 
 // mirrored is the mirror's policy decision for a declared queue: its
@@ -440,11 +419,12 @@ func (c masterCore) Open(ctx context.Context, client, _ net.Addr) (net.Conn, err
 
 func (c masterCore) String() string { return "the master's sidecar over the peer link" }
 
-// Serve waits for a master in the view, then serves clients on ln until
-// Shutdown or Close: on the master with a proxy server whose Replicator is
-// the ring and whose legs go to the local broker; on a mirror with a
-// proxy server whose legs go over the peer link to the master's sidecar
-// (its front keeps the client's connection). It returns
+// Serve waits until the view names a master and this node's role agrees
+// (its core serves when the view names it), then serves clients on ln
+// until Shutdown or Close with the node's front: a proxy.Server whose
+// sessions go to the local broker with the ring as Replicator while this
+// node's core serves, and over the peer link to the master's sidecar
+// otherwise; the driver switches the route as the role changes. It returns
 // proxy.ErrServerClosed after Shutdown or Close.
 func (g *Group) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -455,7 +435,7 @@ func (g *Group) Serve(ln net.Listener) error {
 		}
 		cancel()
 	}()
-	v, err := g.WaitMaster(ctx)
+	v, err := g.waitSettled(ctx)
 	cancel()
 	if err != nil {
 		ln.Close()
@@ -464,30 +444,6 @@ func (g *Group) Serve(ln net.Listener) error {
 		}
 		return err
 	}
-	if v.Master != g.cfg.Self {
-		g.roleMu.Lock()
-		if g.closed {
-			g.roleMu.Unlock()
-			ln.Close()
-			return proxy.ErrServerClosed
-		}
-		if g.srv == nil {
-			opts := g.cfg.Proxy
-			opts.Core, opts.Replicator = masterCore{g}, nil
-			srv, err := proxy.NewServer(opts)
-			if err != nil {
-				g.roleMu.Unlock()
-				ln.Close()
-				return fmt.Errorf("group: %w", err)
-			}
-			g.srv = srv
-		}
-		srv := g.srv
-		g.roleMu.Unlock()
-		g.log.Info().Str("master", v.Master).Uint64("epoch", v.Epoch).
-			Msg("serving as a mirror: sessions go over the peer link to the master's sidecar")
-		return srv.Serve(ln)
-	}
 	g.roleMu.Lock()
 	if g.closed {
 		g.roleMu.Unlock()
@@ -495,48 +451,98 @@ func (g *Group) Serve(ln net.Listener) error {
 		return proxy.ErrServerClosed
 	}
 	if g.srv == nil {
-		m := replicate.NewMaster(replicate.MasterConfig{
-			Ring: g.node, Epoch: v.Epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
-			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
-			Outstanding: func(vhost, queue string) []uint64 {
-				g.roleMu.Lock()
-				srv := g.srv
-				g.roleMu.Unlock()
-				if srv == nil {
-					return nil
-				}
-				return srv.Outstanding(vhost, queue)
-			},
-		})
 		opts := g.cfg.Proxy
-		opts.Replicator = m
+		opts.Core, opts.Replicator = masterCore{g}, nil
+		if g.master != nil && g.serving {
+			r := g.localRoute(g.master)
+			opts.Core, opts.Replicator = r.Core, r.Replicator
+		}
 		srv, err := proxy.NewServer(opts)
 		if err != nil {
 			g.roleMu.Unlock()
-			m.Close()
 			ln.Close()
 			return fmt.Errorf("group: %w", err)
 		}
-		// Every mirror decides with the master's policies, from here on
-		// in op order.
-		if err := m.ProposePolicies(); err != nil {
-			g.log.Warn().Err(err).Msg("could not replicate the policies to the mirrors")
-		}
-		m.OnSyncedChange(g.syncedChanged)
-		g.master, g.srv = m, srv
-		g.wg.Add(1)
-		go g.masterLoop(m, v, g.quit)
+		g.srv = srv
 	}
-	srv := g.srv
+	srv, master := g.srv, g.master != nil && g.serving
 	g.roleMu.Unlock()
-	g.log.Info().Uint64("epoch", v.Epoch).Msg("serving as the master")
+	if master {
+		g.log.Info().Uint64("epoch", v.Epoch).Msg("front serving clients with this node's core (the master)")
+	} else {
+		g.log.Info().Str("master", v.Master).Uint64("epoch", v.Epoch).Msg("front serving clients over the peer link to the master's sidecar")
+	}
 	return srv.Serve(ln)
 }
 
-// Shutdown stops accepting clients and lets sessions finish until ctx ends
-// (then closes them), like proxy.Server.Shutdown. The ring, views and mirror
-// keep running until Close.
+// waitSettled blocks until the view names a master that gm installed and,
+// when it names this node, this node's core serves.
+func (g *Group) waitSettled(ctx context.Context) (failover.View, error) {
+	for {
+		v, err := g.WaitMaster(ctx)
+		if err != nil {
+			return v, err
+		}
+		g.viewMu.Lock()
+		vch, rch := g.viewCh, g.roleCh
+		g.viewMu.Unlock()
+		if v.Master != g.cfg.Self || g.IsMaster() {
+			return v, nil
+		}
+		select {
+		case <-vch:
+		case <-rch:
+		case <-ctx.Done():
+			return failover.View{}, ctx.Err()
+		case <-g.stopped:
+			return failover.View{}, ErrClosed
+		}
+	}
+}
+
+// Shutdown leaves the group cleanly, then stops accepting clients and lets
+// sessions finish until ctx ends (then closes them), like
+// proxy.Server.Shutdown. A master with other members first hands over to a
+// synced mirror (bounded by the role's handover timeout; its sessions are
+// closed with 320 and their clients reconnect to the new master); every
+// node then asks the leader to remove it. The ring, views and mirror keep
+// running until Close.
 func (g *Group) Shutdown(ctx context.Context) error {
+	g.post(input{shutdown: true})
+	for g.RoleState() != failover.RoleLeft {
+		g.viewMu.Lock()
+		ch := g.roleCh
+		g.viewMu.Unlock()
+		if g.RoleState() == failover.RoleLeft {
+			break
+		}
+		select {
+		case <-ch:
+			continue
+		case <-ctx.Done():
+		case <-g.stopped:
+		}
+		g.log.Warn().Stringer("role", g.RoleState()).Msg("shutdown: did not leave the group in time")
+		break
+	}
+	// The leave goes to the raft leader: wait (bounded) for the view
+	// without this node, so the others need not time it out.
+wait:
+	for {
+		g.viewMu.Lock()
+		v, ch := g.view, g.viewCh
+		g.viewMu.Unlock()
+		if _, in := v.Member(g.cfg.Self); !in || len(v.Members) == 1 {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			break wait
+		case <-g.stopped:
+			break wait
+		}
+	}
 	g.stopServing()
 	g.roleMu.Lock()
 	srv := g.srv
@@ -575,21 +581,26 @@ func (g *Group) Close() error {
 		if m != nil {
 			m.Close()
 		}
+		g.probe.Close()
+		f := g.follower()
+		f.Stop()
+		// Closing the mirror ends an Apply, or a release, blocked on its
+		// broker.
+		if mir := g.Mirror(); mir != nil {
+			if err := mir.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("mirror: %w", err))
+			}
+		}
 		g.wg.Wait()
 		g.links.Close()
 		g.stopLinks()
 		if err := g.svc.Load().Close(); err != nil {
 			errs = append(errs, fmt.Errorf("raft: %w", err))
 		}
-		g.apply.Stop()
 		if err := g.node.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("gm: %w", err))
 		}
-		// Closing the mirror ends an Apply blocked on its broker.
-		if err := g.mir.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("mirror: %w", err))
-		}
-		g.apply.Wait()
+		f.Wait()
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr

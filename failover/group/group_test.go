@@ -48,7 +48,21 @@ type sidecars struct {
 	groups  []*Group
 	clients []string // client addresses
 	served  []chan error
+	dead    []bool // closed by kill
 	once    sync.Once
+}
+
+// kill stops sidecar i at once (its sockets close, as when the process
+// dies): the others notice by its silence.
+func (s *sidecars) kill(t *testing.T, i int) {
+	t.Helper()
+	s.dead[i] = true
+	if err := s.groups[i].Close(); err != nil {
+		t.Errorf("closing sidecar %d: %v", i, err)
+	}
+	if err := <-s.served[i]; !errors.Is(err, proxy.ErrServerClosed) {
+		t.Errorf("sidecar %d: Serve returned %v", i, err)
+	}
 }
 
 func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policies) *sidecars {
@@ -91,6 +105,7 @@ func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policie
 		s.groups = append(s.groups, g)
 		s.clients = append(s.clients, peers[i].ClientAddr)
 		s.served = append(s.served, ch)
+		s.dead = append(s.dead, false)
 	}
 	t.Cleanup(s.close(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -119,6 +134,9 @@ func (s *sidecars) close(t *testing.T) func() {
 func (s *sidecars) closeAll(t *testing.T) {
 	{
 		for i, g := range s.groups {
+			if s.dead[i] {
+				continue
+			}
 			if err := g.Close(); err != nil {
 				t.Errorf("closing sidecar %d: %v", i, err)
 			}

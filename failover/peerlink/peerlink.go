@@ -10,14 +10,19 @@
 // Sessions are multiplexed on the link with hashicorp/yamux, one stream per
 // session, each opened by the front's side and starting with a preamble:
 //
-//	version(1) = 1 | len(2, big endian) | client address (host:port)
+//	kind(1) = 1 | len(2, big endian) | client address (host:port)
 //
 // after which the stream carries the session's AMQP bytes from the
-// protocol header on. yamux's per-stream windows bound what a link buffers
+// protocol header on. A stream of kind 2 carries one request and its
+// answer instead (a membership change for the raft leader):
+//
+//	kind(1) = 2 | len(4) | request   ◀▶   status(1): 0 ok, 1 error | len(4) | answer or error text yamux's per-stream windows bound what a link buffers
+//
 // (DESIGN invariant 8); its keep-alives notice a dead link.
 package peerlink
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -38,8 +43,10 @@ import (
 const Purpose = "peer"
 
 const (
-	preambleVersion = 1
+	preambleVersion = 1 // a session stream
+	kindRequest     = 2 // a request stream
 	maxAddrLen      = 1024
+	maxRequest      = 1 << 20
 )
 
 // Errors.
@@ -149,6 +156,63 @@ func (d *Dialer) Open(ctx context.Context, peer string, client net.Addr) (net.Co
 	return st, nil
 }
 
+// Request sends one request to peer and returns its answer; an error the
+// peer's handler returned comes back as a *RemoteError.
+func (d *Dialer) Request(ctx context.Context, peer string, req []byte) ([]byte, error) {
+	if len(req) > maxRequest {
+		return nil, fmt.Errorf("peerlink: request of %d bytes, more than %d", len(req), maxRequest)
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, ErrClosed
+	}
+	l := d.links[peer]
+	if l == nil {
+		l = &link{}
+		d.links[peer] = l
+	}
+	d.mu.Unlock()
+	sess, err := d.session(ctx, peer, l)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("peerlink: open a stream to %s: %w", peer, err)
+	}
+	defer st.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	b := []byte{kindRequest}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(req)))
+	if _, err := st.Write(append(b, req...)); err != nil {
+		return nil, fmt.Errorf("peerlink: request to %s: %w", peer, err)
+	}
+	var h [5]byte
+	if _, err := io.ReadFull(st, h[:]); err != nil {
+		return nil, fmt.Errorf("peerlink: answer from %s: %w", peer, err)
+	}
+	n := binary.BigEndian.Uint32(h[1:])
+	if n > maxRequest {
+		return nil, fmt.Errorf("peerlink: answer from %s of %d bytes", peer, n)
+	}
+	ans := make([]byte, n)
+	if _, err := io.ReadFull(st, ans); err != nil {
+		return nil, fmt.Errorf("peerlink: answer from %s: %w", peer, err)
+	}
+	if h[0] != 0 {
+		return nil, &RemoteError{Peer: peer, Text: string(ans)}
+	}
+	return ans, nil
+}
+
+// RemoteError is a request's refusal by the peer's handler.
+type RemoteError struct{ Peer, Text string }
+
+func (e *RemoteError) Error() string { return "peerlink: " + e.Peer + " refused: " + e.Text }
+
 // session returns l's live yamux session, dialling it if needed.
 func (d *Dialer) session(ctx context.Context, peer string, l *link) (*yamux.Session, error) {
 	l.mu.Lock()
@@ -221,15 +285,23 @@ func (d *Dialer) Close() error {
 	return nil
 }
 
+// Handler is what a link's accepting side does with the peer's streams.
+type Handler struct {
+	// Session takes a session stream, with RemoteAddr the session's
+	// client address; it owns the stream.
+	Session func(net.Conn)
+	// Request answers one request from peer (nil: requests are refused).
+	Request func(ctx context.Context, peer string, req []byte) ([]byte, error)
+}
+
 // Serve runs the accepting side of one link whose handshake conn passed
 // (a gm.NodeConfig.Handoff handler for Purpose): it accepts the peer's
 // streams until the link or ctx ends, reads each stream's preamble, and
-// hands the stream to handle in its own goroutine, with RemoteAddr the
-// session's client address. handle owns the stream. Serve closes conn and
-// waits for nothing but its own reads; handle's goroutines are the
-// caller's (they end when their stream does, and every stream ends with
-// the link).
-func Serve(ctx context.Context, conn net.Conn, peer string, handle func(net.Conn), log zerolog.Logger) {
+// hands a session stream to h.Session, a request to h.Request, each in its
+// own goroutine. Serve closes conn and waits for nothing but its own reads;
+// the handlers' goroutines end when their stream does, and every stream
+// ends with the link.
+func Serve(ctx context.Context, conn net.Conn, peer string, h Handler, log zerolog.Logger) {
 	log = log.With().Str("peer", peer).Logger()
 	cfg := Config{}
 	cfg.fill()
@@ -253,16 +325,57 @@ func Serve(ctx context.Context, conn net.Conn, peer string, handle func(net.Conn
 		}
 		go func() {
 			st.SetReadDeadline(time.Now().Add(cfg.WriteTimeout))
-			addr, err := readPreamble(st)
+			var kind [1]byte
+			if _, err := io.ReadFull(st, kind[:]); err != nil {
+				st.Close()
+				return
+			}
+			if kind[0] == kindRequest {
+				serveRequest(ctx, st, peer, h, log)
+				return
+			}
+			addr, err := readPreamble(io.MultiReader(bytes.NewReader(kind[:]), st))
 			if err != nil {
 				log.Warn().Err(err).Msg("peer sent a stream without a valid preamble; closed it")
 				st.Close()
 				return
 			}
 			st.SetReadDeadline(time.Time{})
-			handle(&streamConn{Conn: st, remote: clientAddr(addr)})
+			h.Session(&streamConn{Conn: st, remote: clientAddr(addr)})
 		}()
 	}
+}
+
+// serveRequest reads one request from st, answers it and closes st.
+func serveRequest(ctx context.Context, st net.Conn, peer string, h Handler, log zerolog.Logger) {
+	defer st.Close()
+	var n [4]byte
+	if _, err := io.ReadFull(st, n[:]); err != nil {
+		return
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxRequest {
+		log.Warn().Uint32("bytes", size).Msg("peer sent an oversized request; closed it")
+		return
+	}
+	req := make([]byte, size)
+	if _, err := io.ReadFull(st, req); err != nil {
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	var ans []byte
+	err := errors.New("requests are not served here")
+	if h.Request != nil {
+		ans, err = h.Request(ctx, peer, req)
+	}
+	status := byte(0)
+	if err != nil {
+		status, ans = 1, []byte(err.Error())
+	}
+	b := []byte{status}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ans)))
+	st.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	st.Write(append(b, ans...))
 }
 
 func appendPreamble(b []byte, client string) []byte {

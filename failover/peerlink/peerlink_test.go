@@ -57,7 +57,15 @@ func startAcceptor(t *testing.T, self string, auth gm.AuthConfig) *acceptor {
 					conn.Close()
 					return
 				}
-				Serve(a.ctx, conn, peer, func(s net.Conn) { a.streams <- s }, zerolog.Nop())
+				Serve(a.ctx, conn, peer, Handler{
+					Session: func(s net.Conn) { a.streams <- s },
+					Request: func(_ context.Context, peer string, req []byte) ([]byte, error) {
+						if string(req) == "refuse" {
+							return nil, errors.New("refused for " + peer)
+						}
+						return append([]byte(peer+" asked: "), req...), nil
+					},
+				}, zerolog.Nop())
 			}()
 		}
 	}()
@@ -223,5 +231,29 @@ func TestClosedDialer(t *testing.T) {
 	d.Close()
 	if _, err := d.Open(context.Background(), "node-1", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("open after close: %v, want ErrClosed", err)
+	}
+}
+
+func TestRequestsAreAnsweredBesideSessions(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	a := startAcceptor(t, "node-1", testAuth)
+	d := NewDialer(Config{Self: "node-2", Auth: testAuth, Resolve: func(string) string { return a.ln.Addr().String() }})
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := d.Open(ctx, "node-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a.stream(t).Close()
+	ans, err := d.Request(ctx, "node-1", []byte("leave"))
+	if err != nil || string(ans) != "node-2 asked: leave" {
+		t.Fatalf("request: %q, %v; want the handler's answer naming the authenticated peer", ans, err)
+	}
+	_, err = d.Request(ctx, "node-1", []byte("refuse"))
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Text != "refused for node-2" {
+		t.Fatalf("refused request: %v, want a RemoteError with the handler's text", err)
 	}
 }

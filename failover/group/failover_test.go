@@ -1,0 +1,158 @@
+package group
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv"
+)
+
+// failoverScenario fills a mirrored queue through a mirror's front (total
+// confirmed messages, the first acked ones consumed and acked through
+// another front, and applied on every mirror), then injects fault on the
+// master (node-0), waits for a survivor to serve as master, and checks:
+// every confirmed message not acked at the old master is in the new
+// master's queue, in order, redelivered (the new master held them as
+// copies); fronts that survive serve publishes with confirms again, and
+// the other survivor mirrors them.
+func failoverScenario(t *testing.T, fault func(env *testenv.Group, s *sidecars)) (*testenv.Group, *sidecars, *Group) {
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	const queue, total, acked = "ha.failover", 50, 10
+
+	pub := channel(t, dial(t, "amqp://guest:guest@"+s.clients[1]+"/"))
+	if _, err := pub.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for i := 1; i <= total; i++ {
+		bodies = append(bodies, strconv.Itoa(i))
+	}
+	publishConfirmed(t, pub, "", queue, bodies...)
+	cons := channel(t, dial(t, "amqp://guest:guest@"+s.clients[2]+"/"))
+	for i := 1; i <= acked; i++ {
+		m, ok, err := cons.Get(queue, false)
+		if err != nil || !ok || string(m.Body) != strconv.Itoa(i) {
+			t.Fatalf("get %d: %v %v %q", i, ok, err, m.Body)
+		}
+		if err := m.Ack(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An ack is not confirmed to the client: wait until the mirrors
+	// applied them (a message acked just before a failover may come back).
+	for _, g := range s.groups[1:] {
+		waitFor(t, g.cfg.Self+" applying the acks", 30*time.Second, func() bool {
+			return g.Mirror().Held("/", queue) == total-acked
+		})
+	}
+
+	start := time.Now()
+	fault(env, s)
+	var master *Group
+	waitFor(t, "a surviving node to serve as master", 30*time.Second, func() bool {
+		for _, g := range s.groups[1:] {
+			if g.IsMaster() {
+				master = g
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("%s serves as master %v after the fault", master.cfg.Self, time.Since(start).Round(time.Millisecond))
+
+	var got []string
+	for _, i := range []int{1, 2} {
+		ch := channel(t, dial(t, "amqp://guest:guest@"+s.clients[i]+"/"))
+		for {
+			m, ok, err := ch.Get(queue, false)
+			if err != nil {
+				t.Fatalf("get through node-%d after the failover: %v", i, err)
+			}
+			if !ok {
+				break
+			}
+			if !m.Redelivered {
+				t.Errorf("message %s not redelivered: a copy the new master held may have been delivered", m.Body)
+			}
+			got = append(got, string(m.Body))
+			if err := m.Ack(false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if want := bodies[acked:]; !slices.Equal(got, want) {
+		t.Fatalf("after the failover the queue holds %v, want %v (the confirmed, unacked messages in order)", got, want)
+	}
+
+	for _, i := range []int{1, 2} {
+		ch := channel(t, dial(t, "amqp://guest:guest@"+s.clients[i]+"/"))
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		publishConfirmed(t, ch, "", queue, fmt.Sprintf("after-%d", i))
+	}
+	other := s.groups[1]
+	if other == master {
+		other = s.groups[2]
+	}
+	waitFor(t, "the other survivor holding the new messages", 30*time.Second, func() bool {
+		return other.Mirror().Held("/", queue) == 2
+	})
+	return env, s, master
+}
+
+// The master's sidecar dies (its sockets close): the others notice its
+// silence and the raft leader elects a synced mirror.
+func TestFailoverOnMasterSidecarLoss(t *testing.T) {
+	failoverScenario(t, func(_ *testenv.Group, s *sidecars) { s.kill(t, 0) })
+}
+
+// The master's broker dies (kill -9) behind a live sidecar: its probe
+// notices, it stops serving and leaves, a synced mirror is promoted, and
+// its front goes on serving clients over the peer link. When the broker
+// is back the node rejoins as a new, empty mirror.
+func TestFailoverOnMasterBrokerLoss(t *testing.T) {
+	env, s, master := failoverScenario(t, func(env *testenv.Group, _ *sidecars) {
+		if err := env.Nodes[0].Kill(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ch := channel(t, dial(t, "amqp://guest:guest@"+s.clients[0]+"/"))
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "", "ha.failover", "through the old master's front")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := env.Nodes[0].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Stopped before the leak check: the restarted broker's waiter is testenv's.
+	defer env.Nodes[0].Kill()
+	waitFor(t, "node-0 back in the view as a mirror", time.Minute, func() bool {
+		v := master.View()
+		_, in := v.Member("node-0")
+		return in && v.Master == master.cfg.Self && !s.groups[0].IsMaster()
+	})
+}
+
+// The master's broker freezes (SIGSTOP: sockets open, nothing answers):
+// its probe times out, and the group fails over as for a dead broker.
+func TestFailoverOnMasterBrokerFreeze(t *testing.T) {
+	env, _, _ := failoverScenario(t, func(env *testenv.Group, _ *sidecars) {
+		if err := env.Nodes[0].Pause(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := env.Nodes[0].Unpause(); err != nil {
+		t.Fatal(err)
+	}
+}
