@@ -63,6 +63,9 @@ func Next(v View, cmd Command) (View, error) {
 		if cmd.Member.ID == "" {
 			return v, fmt.Errorf("%w: join without an id", ErrBadCommand)
 		}
+		if old, ok := v.Member(cmd.Member.ID); ok && cmd.Member.Boot != "" && old.Boot == cmd.Member.Boot {
+			return v, nil // the same process asked again: it is admitted already
+		}
 		n.Epoch++
 		n.Members = slices.DeleteFunc(n.Members, func(m Member) bool { return m.ID == cmd.Member.ID })
 		m := cmd.Member

@@ -17,6 +17,9 @@ type Member struct {
 	// JoinEpoch is the epoch of the view that admitted this incarnation:
 	// its gm incarnation, and its age for elections (lower is older).
 	JoinEpoch uint64 `json:"join_epoch"`
+	// Boot names the process that joined (random per start): a join
+	// repeated by the same process is not a new incarnation.
+	Boot string `json:"boot,omitempty"`
 }
 
 // View is what raft agrees on: the ring and who is master.

@@ -268,6 +268,21 @@ func (m *Master) SyncedSets() map[string][]string {
 	return m.syncedSetsLocked()
 }
 
+// Placement returns, per queue in the catalog (QueueKey), the members its
+// policy places a mirror on now: the view records it beside the synced
+// set, so an election asks "synced" only of queues that have mirrors.
+func (m *Master) Placement() map[string][]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string][]string{}
+	for _, e := range m.cat.all() {
+		if plan := m.planLocked(e); len(plan) > 0 {
+			out[QueueKey(e.Vhost, e.Name)] = slices.Sorted(slices.Values(plan))
+		}
+	}
+	return out
+}
+
 func (m *Master) syncedSetsLocked() map[string][]string {
 	out := make(map[string][]string, len(m.sy.synced))
 	for k, set := range m.sy.synced {

@@ -24,6 +24,13 @@
 // a `mirrorproxy run` process on a free loopback port (Node.SidecarAddr),
 // built from this module with the go command unless a binary is named.
 //
+// With Options.Group the sidecars are one mirrored group (local backend):
+// each runs from a config file naming every node as a peer (node-0 ...
+// node-<N-1>, Node.Member), a shared secret, the policies and an admin
+// API (Node.AdminURL). StartGroup returns once every sidecar's view lists
+// all nodes and one master; Node.View, Group.Master, WaitMaster and
+// WaitFormed read the views (sidecargroup.go, docs/TESTENV.md).
+//
 // The docker backend (Options.Backend or MIRRORPROXY_TESTENV=docker) runs
 // each node in containers through testcontainers-go: a "pod" container
 // that owns the node's network namespace, host name and published ports, a

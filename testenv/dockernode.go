@@ -695,3 +695,27 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	}
 	return m, err
 }
+
+// Groups of sidecars (Options.Group) are not built for containers yet;
+// withDefaults refuses them before these are reached.
+func (r *dockerNode) groupAddrs() (sidecarAddrs, error) {
+	return sidecarAddrs{}, fmt.Errorf("%w: Options.Group", ErrNotSupported)
+}
+
+func (r *dockerNode) writeSidecarConfig([]byte) error {
+	return fmt.Errorf("%w: Options.Group", ErrNotSupported)
+}
+
+func (r *dockerNode) resetSidecar() error { return nil }
+
+func (r *dockerNode) sidecarLogTail(lines int) string {
+	_, _, sidecar := r.ids()
+	if sidecar == "" {
+		return ""
+	}
+	out, err := r.containerLogs(sidecar, lines)
+	if err != nil {
+		return fmt.Sprintf("--- logs of the sidecar container of %s: %v ---\n", r.n.Name, err)
+	}
+	return fmt.Sprintf("--- last lines of the sidecar container of %s ---\n%s", r.n.Name, out)
+}

@@ -65,6 +65,17 @@ type nodeRuntime interface {
 	sidecarStop(ctx context.Context) error
 	sidecarKill() error
 	sidecarRunning() bool
+	sidecarLogTail(lines int) string
+
+	// With Options.Group (sidecargroup.go), before the sidecar's first
+	// start: groupAddrs picks the sidecar's addresses (new ones on every
+	// call), sets the Node's address fields and returns them;
+	// writeSidecarConfig stores the config every start of the sidecar
+	// reads; resetSidecar removes the sidecar's state (raft) before a new
+	// attempt to form the group.
+	groupAddrs() (sidecarAddrs, error)
+	writeSidecarConfig(content []byte) error
+	resetSidecar() error
 }
 
 // Group is a set of independent single-node brokers started together.
@@ -77,6 +88,9 @@ type Group struct {
 	// Dir is the root of the group's data and log directories (local
 	// backend). It is removed by Close unless kept.
 	Dir string
+	// Secret and AdminToken are the sidecars' gm.secret and admin.token
+	// with Options.Group (given or random); empty otherwise.
+	Secret, AdminToken string
 
 	opts Options
 	be   backend
@@ -183,6 +197,18 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 		return nil, fmt.Errorf("%w\ntestenv: group %s failed to start; kept its directories in %s (remove them with testenv.Cleanup or `go run ./testenv/cmd/testenv cleanup` once this process is gone)", err, g.ID, g.Dir)
 	}
 	opts.Logger("testenv: group %s: %d broker(s) ready in %.1fs", g.ID, len(g.Nodes), time.Since(began).Seconds())
+	if opts.Group != nil {
+		if err := g.form(ctx); err != nil {
+			g.Keep()
+			if cerr := g.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+			if g.Dir != "" {
+				err = fmt.Errorf("%w\ntestenv: kept the group's directories in %s", err, g.Dir)
+			}
+			return nil, err
+		}
+	}
 	return g, nil
 }
 
@@ -268,6 +294,23 @@ type Node struct {
 	SidecarAddr, SidecarURL string
 	// SidecarPort is the host port of SidecarAddr.
 	SidecarPort int
+	// Member is the node's name in its mirrored group, "node-<Index>",
+	// with Options.Group ("" otherwise): the name the admin API's views,
+	// list_queues' slave_pids and ha-mode "nodes" policies use.
+	Member string
+	// AdminAddr ("127.0.0.1:PORT") and AdminURL ("http://127.0.0.1:PORT")
+	// reach the sidecar's admin HTTP API from this machine, with
+	// Options.Group. Node.View reads the group's view there.
+	AdminAddr, AdminURL string
+	// GMAddr and RaftAddr are the sidecar's ring and raft addresses as its
+	// peers reach them (Options.Group).
+	GMAddr, RaftAddr string
+	// SidecarConfig is the sidecar's config file with Options.Group (local
+	// backend): `mirrorproxy ctl --config FILE list_queues` works with it.
+	SidecarConfig string
+	// RaftDir is the sidecar's raft.data_dir (local backend; empty with
+	// GroupOptions.RaftInMemory). A restarted sidecar keeps it.
+	RaftDir string
 	// MgmtURL is "http://127.0.0.1:PORT" when Options.Management is set.
 	MgmtURL string
 	// AMQPPort, DistPort and MgmtPort are the node's ports (MgmtPort is 0

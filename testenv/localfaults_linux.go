@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -19,6 +21,7 @@ import (
 // running. Partitions need the docker backend.
 
 func (r *localNode) close() error {
+	r.closing.Store(true)
 	return errors.Join(r.sidecarKill(), r.kill())
 }
 
@@ -26,6 +29,9 @@ func (r *localNode) failureLogs() string {
 	s := fmt.Sprintf("kept %s: log %s, console %s", r.n.Name, r.n.LogFile, r.n.ConsoleLog)
 	if r.be.opts.Sidecar != nil {
 		s += ", sidecar " + r.sidecarLog()
+	}
+	if r.n.SidecarConfig != "" {
+		s += " (config " + r.n.SidecarConfig + ")"
 	}
 	return s
 }
@@ -65,8 +71,9 @@ func (r *localNode) exec(context.Context, ...string) (string, error) {
 }
 
 // firstSidecarStart starts the sidecar after the broker's first start.
+// A group's sidecars start when the group forms (sidecargroup.go).
 func (r *localNode) firstSidecarStart(ctx context.Context) error {
-	if r.be.opts.Sidecar == nil || r.sidecarProc() != nil {
+	if r.be.opts.Sidecar == nil || r.be.opts.Group != nil || r.sidecarProc() != nil {
 		return nil
 	}
 	return r.sidecarStart(ctx)
@@ -84,8 +91,21 @@ func (r *localNode) sidecarStart(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("testenv: open sidecar log: %w", err)
 	}
+	var logOff int64
+	if st, err := logf.Stat(); err == nil {
+		logOff = st.Size()
+	}
 	fmt.Fprintf(logf, "=== testenv: starting the sidecar of %s on %s at %s ===\n", n.Name, n.SidecarAddr, time.Now().Format(time.RFC3339Nano))
-	args := append([]string{"run", "--listen", n.SidecarAddr, "--upstream", n.AMQPAddr, "--log-format", "json"}, r.be.opts.Sidecar.Args...)
+	args := []string{"run", "--listen", n.SidecarAddr, "--upstream", n.AMQPAddr, "--log-format", "json"}
+	grouped := r.be.opts.Group != nil
+	if grouped {
+		if n.SidecarConfig == "" {
+			logf.Close()
+			return fmt.Errorf("testenv: the sidecar of %s has no group config yet", n.Name)
+		}
+		args = []string{"run", "--config", n.SidecarConfig, "--log-format", "json"}
+	}
+	args = append(args, r.be.opts.Sidecar.Args...)
 	cmd := exec.Command(r.be.sidecarBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -95,8 +115,18 @@ func (r *localNode) sidecarStart(ctx context.Context) error {
 		return fmt.Errorf("testenv: run the sidecar %s: %w", r.be.sidecarBin, err)
 	}
 	p := &proc{pid: cmd.Process.Pid, done: make(chan struct{})}
+	r.mu.Lock()
+	ports := r.gports
+	r.mu.Unlock()
 	go func() {
 		p.err = cmd.Wait()
+		// Hold the group's ports for the next start (peers know them)
+		// before anyone can see that the sidecar exited.
+		if !r.closing.Load() {
+			for _, port := range ports {
+				reservePort(port)
+			}
+		}
 		close(p.done)
 	}()
 	r.mu.Lock()
@@ -108,14 +138,31 @@ func (r *localNode) sidecarStart(ctx context.Context) error {
 	defer tick.Stop()
 	fail := func(err error) error {
 		kerr := r.sidecarKill()
-		return errors.Join(&StartError{Node: n.Name, Dir: r.g.Dir, Err: err, LogTail: r.logTail(logTailLines)}, kerr)
+		se := &StartError{Node: n.Name, Dir: r.g.Dir, Err: err, LogTail: r.logTail(logTailLines)}
+		if out, rerr := readFrom(r.sidecarLog(), logOff); rerr == nil {
+			// A port of the group taken by someone else: the formation
+			// retries on new ports (a restart cannot: peers know them).
+			se.retryable = p.exited() && isRetryable(out)
+		}
+		return errors.Join(se, kerr)
 	}
-	for !amqpAnswers(ctx, n.SidecarAddr, "") {
+	// A plain sidecar is ready when it carries the AMQP handshake to its
+	// broker; a grouped one once its admin API answers (its listeners are
+	// bound by then; serving clients needs a master, see WaitFormed).
+	ready := func() bool { return amqpAnswers(ctx, n.SidecarAddr, "") }
+	if grouped {
+		ready = func() bool { return adminAnswers(ctx, n.AdminURL) }
+	}
+	for !ready() {
 		select {
 		case <-p.done:
 			return fail(fmt.Errorf("the sidecar exited after %.1fs (%v)", time.Since(began).Seconds(), p.err))
 		case <-ctx.Done():
-			return fail(fmt.Errorf("sidecar port %s not answering after %.1fs: %w", n.SidecarAddr, time.Since(began).Seconds(), ctx.Err()))
+			what := "sidecar port " + n.SidecarAddr
+			if grouped {
+				what = "sidecar admin API " + n.AdminURL
+			}
+			return fail(fmt.Errorf("%s not answering after %.1fs: %w", what, time.Since(began).Seconds(), ctx.Err()))
 		case <-tick.C:
 		}
 	}
@@ -155,7 +202,64 @@ func (r *localNode) sidecarRunning() bool {
 }
 
 func (r *localNode) emergencyKillSidecar() {
+	r.closing.Store(true)
 	if p := r.sidecarProc(); p != nil {
 		signalTree(p, syscall.SIGKILL)
 	}
+}
+
+func (r *localNode) sidecarLogTail(lines int) string {
+	t, err := tailFile(r.sidecarLog(), lines)
+	if err != nil {
+		return fmt.Sprintf("--- sidecar log of %s: %v ---\n", r.n.Name, err)
+	}
+	return fmt.Sprintf("--- last lines of %s ---\n%s", r.sidecarLog(), t)
+}
+
+// groupAddrs reserves four loopback ports for the sidecar (client, gm,
+// raft, admin; see reservePorts) and sets the Node's fields.
+func (r *localNode) groupAddrs() (sidecarAddrs, error) {
+	ports, err := reservePorts(4)
+	if err != nil {
+		return sidecarAddrs{}, fmt.Errorf("testenv: reserve the sidecar ports of %s: %w", r.n.Name, err)
+	}
+	addr := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
+	n := r.n
+	n.SidecarPort = ports[0]
+	n.SidecarAddr = addr(ports[0])
+	n.SidecarURL = "amqp://guest:guest@" + n.SidecarAddr + "/"
+	n.GMAddr, n.RaftAddr = addr(ports[1]), addr(ports[2])
+	n.AdminAddr = addr(ports[3])
+	n.AdminURL = "http://" + n.AdminAddr
+	n.SidecarConfig = filepath.Join(r.dir, "sidecar.yaml")
+	n.RaftDir = ""
+	if !r.be.opts.Group.RaftInMemory {
+		n.RaftDir = filepath.Join(r.dir, "raft")
+	}
+	r.mu.Lock()
+	r.gports = ports
+	r.mu.Unlock()
+	return sidecarAddrs{
+		listen: n.SidecarAddr, admin: n.AdminAddr, upstream: n.AMQPAddr,
+		client: n.SidecarAddr, gm: n.GMAddr, raft: n.RaftAddr,
+		raftDir: n.RaftDir,
+	}, nil
+}
+
+func (r *localNode) writeSidecarConfig(content []byte) error {
+	// The sidecar runs as this process's user (not rabbitmq): no chown.
+	if err := os.WriteFile(r.n.SidecarConfig, content, 0o600); err != nil {
+		return fmt.Errorf("testenv: write the sidecar config of %s: %w", r.n.Name, err)
+	}
+	return nil
+}
+
+func (r *localNode) resetSidecar() error {
+	if r.n.RaftDir == "" {
+		return nil
+	}
+	if err := os.RemoveAll(r.n.RaftDir); err != nil {
+		return fmt.Errorf("testenv: remove the raft state of %s: %w", r.n.Name, err)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -32,6 +33,12 @@ type localNode struct {
 	mu sync.Mutex // guards p and sc
 	p  *proc      // the current or last broker process; nil before the first start
 	sc *proc      // the current or last sidecar process (Options.Sidecar); nil before its first start
+
+	// With Options.Group (set by the group's formation, before the
+	// sidecar's first start): the sidecar's ports, reserved again whenever
+	// it exits, until the node closes.
+	gports  []int
+	closing atomic.Bool
 }
 
 // proc is one broker process. Its waiter goroutine (owned by the proc) is
@@ -102,8 +109,9 @@ func (r *localNode) assignPorts() error {
 	if r.be.opts.Management {
 		want++
 	}
-	if r.be.opts.Sidecar != nil {
-		want++
+	plainSidecar := r.be.opts.Sidecar != nil && r.be.opts.Group == nil
+	if plainSidecar {
+		want++ // a group's sidecar ports are reserved when the group forms
 	}
 	ports, err := r.be.pickPorts(want)
 	if err != nil {
@@ -117,7 +125,7 @@ func (r *localNode) assignPorts() error {
 		n.MgmtPort = ports[2]
 		n.MgmtURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.MgmtPort))
 	}
-	if r.be.opts.Sidecar != nil {
+	if plainSidecar {
 		n.SidecarPort = ports[want-1]
 		n.SidecarAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.SidecarPort))
 		n.SidecarURL = "amqp://guest:guest@" + n.SidecarAddr + "/"
@@ -241,6 +249,7 @@ func isRetryable(logTail string) bool {
 		"eaddrinuse",                                // AMQP or management listener
 		"dist_port_already_used",                    // distribution port
 		"Address already in use",                    // other listeners
+		"bind: address already in use",              // a sidecar (Go)
 		"seems to be in use by another Erlang node", // node name still in epmd
 	} {
 		if strings.Contains(logTail, s) {

@@ -108,7 +108,19 @@ type Options struct {
 	// a process on a free loopback port (local backend), or a container
 	// sharing the broker's network namespace (docker backend).
 	Sidecar *SidecarOptions
+	// Group, when set, makes the sidecars one mirrored group: each runs
+	// `mirrorproxy run --config FILE` with a config that lists every node
+	// as a peer (ring, raft, forwarding), the group's secret, its broker
+	// user and the policies, and an admin API (Node.AdminURL). StartGroup
+	// returns once every sidecar's view lists all nodes and names one
+	// master. Group implies Sidecar (a nil Sidecar means its defaults).
+	// Local backend only for now. See GroupOptions.
+	Group *GroupOptions
 
+	// beforeSidecars runs after a group's sidecar addresses are chosen
+	// and before its sidecars start, with the attempt's number (tests
+	// only: takes a port to exercise the retry).
+	beforeSidecars func(g *Group, attempt int)
 	// portPicker replaces the free-port search (tests only).
 	portPicker func(n int) ([]int, error)
 	// fakeOwner replaces the "<pid>:<start time>" owner mark of the
@@ -136,6 +148,63 @@ type SidecarOptions struct {
 	Binary string
 	// Args are extra arguments for `mirrorproxy run`.
 	Args []string
+}
+
+// GroupOptions make the sidecars of a group one mirrored group
+// (Options.Group). The zero value is a group without policies, a random
+// secret and admin token, the sidecar's default timings, raft state on
+// disk in each node's directory, and guest as the sidecars' broker user.
+//
+// Nodes are named "node-0" ... "node-<N-1>" in the group (Node.Member);
+// node-0 is first in peers, so it bootstraps the group and is the first
+// master. Each sidecar's config lists every node's client, gm and raft
+// address; a restarted sidecar reads the same file, so it comes back on
+// the same ports with the same raft directory.
+type GroupOptions struct {
+	// Policies are the group's policies (config key policies), e.g.
+	// {Name: "ha-all", Pattern: "^ha\\.", Definition: map[string]any{"ha-mode": "all"}}.
+	Policies []Policy
+	// Secret is the shared secret the peers prove (gm.secret), at least
+	// 16 bytes. Empty means a random one (Group.Secret).
+	Secret string
+	// AdminToken authorises changes through the admin API (admin.token),
+	// at least 16 bytes. Empty means a random one (Group.AdminToken).
+	AdminToken string
+	// FailureTimeout, LeaseDuration and HeartbeatInterval set
+	// raft.failure_timeout, raft.lease_duration and gm.heartbeat_interval;
+	// zero keeps the sidecar's defaults (2s, 1s, 100ms). FailureTimeout
+	// must exceed LeaseDuration (the sidecar refuses the config otherwise).
+	FailureTimeout, LeaseDuration, HeartbeatInterval time.Duration
+	// ShutdownGrace sets shutdown_grace, how long a stopped sidecar lets
+	// sessions finish; zero keeps the sidecar's default (30s).
+	ShutdownGrace time.Duration
+	// RaftInMemory leaves raft.data_dir empty: the view lives in memory,
+	// so a restarted sidecar comes back as a new voter. By default each
+	// node keeps its raft state in its own directory (Node.RaftDir), kept
+	// across restarts of the sidecar.
+	RaftInMemory bool
+	// BrokerUser and BrokerPassword are the sidecars' own user on their
+	// brokers (config key broker). Empty means guest/guest, which the
+	// brokers tag administrator and impersonator and which may log in
+	// from loopback. Another user is created on every broker with
+	// rabbitmqctl before the sidecars start: tag impersonator, all
+	// permissions on vhost "/" (an empty password becomes a random one).
+	BrokerUser, BrokerPassword string
+}
+
+// Policy is one policy of Options.Group, with the keys of RabbitMQ's
+// definitions export (as in the sidecar's config file).
+type Policy struct {
+	// Vhost defaults to "/".
+	Vhost   string `yaml:"vhost,omitempty"`
+	Name    string `yaml:"name"`
+	Pattern string `yaml:"pattern"`
+	// ApplyTo is "queues" or "all" (default all).
+	ApplyTo  string `yaml:"apply-to,omitempty"`
+	Priority int    `yaml:"priority,omitempty"`
+	// Definition holds the policy's keys: ha-mode, ha-params,
+	// ha-sync-mode, ha-promote-on-shutdown, ...
+	Definition map[string]any `yaml:"definition"`
 }
 
 // withDefaults returns a copy with defaults filled in, or an error naming
@@ -177,6 +246,44 @@ func (o Options) withDefaults() (Options, error) {
 	default:
 		return o, fmt.Errorf("testenv: unknown backend %q (want %q or %q; from Options.Backend or %s)",
 			o.Backend, BackendLocal, BackendDocker, EnvBackend)
+	}
+	if o.Group != nil {
+		gr := *o.Group
+		if o.Sidecar == nil {
+			o.Sidecar = &SidecarOptions{}
+		}
+		if o.Backend != BackendLocal {
+			return o, fmt.Errorf("testenv: Options.Group needs the local backend for now (backend %q)", o.Backend)
+		}
+		for _, s := range []struct {
+			name string
+			val  *string
+		}{{"Secret", &gr.Secret}, {"AdminToken", &gr.AdminToken}} {
+			if *s.val == "" {
+				*s.val = randomHex(16)
+			} else if len(*s.val) < 16 {
+				return o, fmt.Errorf("testenv: GroupOptions.%s is %d bytes, want at least 16", s.name, len(*s.val))
+			}
+		}
+		for _, d := range []struct {
+			name string
+			val  time.Duration
+		}{{"FailureTimeout", gr.FailureTimeout}, {"LeaseDuration", gr.LeaseDuration},
+			{"HeartbeatInterval", gr.HeartbeatInterval}, {"ShutdownGrace", gr.ShutdownGrace}} {
+			if d.val < 0 {
+				return o, fmt.Errorf("testenv: GroupOptions.%s is %v, want a positive duration (or zero for the sidecar's default)", d.name, d.val)
+			}
+		}
+		switch {
+		case gr.BrokerUser == "":
+			gr.BrokerUser, gr.BrokerPassword = "guest", "guest"
+		case gr.BrokerPassword == "" && gr.BrokerUser == "guest":
+			gr.BrokerPassword = "guest"
+		case gr.BrokerPassword == "":
+			gr.BrokerPassword = randomHex(12)
+		}
+		gr.Policies = append([]Policy(nil), gr.Policies...)
+		o.Group = &gr
 	}
 	if o.Sidecar != nil {
 		sc := *o.Sidecar

@@ -117,8 +117,9 @@ func (g *Group) masterLoop(m *replicate.Master, seen failover.View, stop <-chan 
 // elections read them: on the raft leader directly, from elsewhere as a
 // request over the peer link (only the master's are taken).
 func (g *Group) pushSynced(m *replicate.Master) {
-	want := m.SyncedSets()
-	have := g.View().Synced
+	want, placed := m.SyncedSets(), m.Placement()
+	v := g.View()
+	have := v.Synced
 	keys := slices.Sorted(maps.Keys(want))
 	for k := range have {
 		if _, ok := want[k]; !ok {
@@ -127,10 +128,10 @@ func (g *Group) pushSynced(m *replicate.Master) {
 	}
 	for _, k := range keys {
 		w, ok := want[k]
-		if h, had := have[k]; ok == had && slices.Equal(w, h) {
+		if h, had := have[k]; ok == had && slices.Equal(w, h) && slices.Equal(placed[k], v.Mirrors[k]) {
 			continue
 		}
-		req := leaderRequest{Kind: reqSynced, Queue: k, IDs: w, Forget: !ok}
+		req := leaderRequest{Kind: reqSynced, Queue: k, IDs: w, Mirrors: placed[k], Forget: !ok}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := g.toLeader(ctx, req)
 		cancel()

@@ -123,7 +123,7 @@ func (g *Group) act(a failover.Action) []failover.Action {
 	switch a := a.(type) {
 	case failover.ActJoin:
 		g.background(func(ctx context.Context) {
-			v, err := g.toLeader(ctx, leaderRequest{Kind: reqJoin})
+			v, err := g.toLeader(ctx, leaderRequest{Kind: reqJoin, Boot: g.boot})
 			if err != nil {
 				log.Debug().Err(err).Msg("join not admitted yet; the role asks again")
 				return
@@ -338,13 +338,16 @@ func (g *Group) resync(inc uint64) {
 // they are applied at once, elsewhere sent over the peer link.
 type leaderRequest struct {
 	Kind        string `json:"kind"`
+	Boot        string `json:"boot,omitempty"` // join: the asking process
 	Incarnation uint64 `json:"incarnation,omitempty"`
 	Target      string `json:"target,omitempty"`
 	IfEpoch     uint64 `json:"if_epoch,omitempty"`
-	// Queue, IDs and Forget: a synced set (QueueKey → member IDs).
-	Queue  string   `json:"queue,omitempty"`
-	IDs    []string `json:"ids,omitempty"`
-	Forget bool     `json:"forget,omitempty"`
+	// Queue, IDs, Mirrors and Forget: a queue's synced set and placement
+	// (QueueKey → member IDs).
+	Queue   string   `json:"queue,omitempty"`
+	IDs     []string `json:"ids,omitempty"`
+	Mirrors []string `json:"mirrors,omitempty"`
+	Forget  bool     `json:"forget,omitempty"`
 }
 
 const (
@@ -417,8 +420,11 @@ func (g *Group) applyRequest(ctx context.Context, from string, req leaderRequest
 		if k := len(v.Members); v.Epoch == uint64(k) && k < len(g.cfg.Peers) && g.cfg.Peers[k].ID != from && g.formingPrefix(v) {
 			return v, fmt.Errorf("the group is forming: %s joins first", g.cfg.Peers[k].ID)
 		}
+		if m, ok := v.Member(from); ok && req.Boot != "" && m.Boot == req.Boot {
+			return v, nil // admitted already: a repeated request
+		}
 		return svc.Apply(ctx, failover.Command{Kind: failover.CmdJoin, IfEpoch: v.Epoch,
-			Member: failover.Member{ID: p.ID, GMAddr: p.GMAddr, RaftAddr: p.RaftAddr}, PromoteUnsynced: promote})
+			Member: failover.Member{ID: p.ID, GMAddr: p.GMAddr, RaftAddr: p.RaftAddr, Boot: req.Boot}, PromoteUnsynced: promote})
 	case reqLeave:
 		m, ok := v.Member(from)
 		if !ok || m.JoinEpoch != req.Incarnation {
@@ -457,7 +463,7 @@ func (g *Group) applyRequest(ctx context.Context, from string, req leaderRequest
 		if req.Forget {
 			return svc.Apply(ctx, failover.Command{Kind: failover.CmdForgetSynced, Queue: req.Queue})
 		}
-		return svc.Apply(ctx, failover.Command{Kind: failover.CmdSetSynced, Queue: req.Queue, IDs: req.IDs})
+		return svc.Apply(ctx, failover.Command{Kind: failover.CmdSetSynced, Queue: req.Queue, IDs: req.IDs, Mirrors: req.Mirrors})
 	}
 	return v, fmt.Errorf("unknown request %q", req.Kind)
 }

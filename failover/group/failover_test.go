@@ -156,3 +156,59 @@ func TestFailoverOnMasterBrokerFreeze(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// SIGTERM on the master: it hands over to a synced mirror first (its
+// sessions closed with 320), then leaves and stops; nothing is lost.
+func TestGracefulHandover(t *testing.T) {
+	failoverScenario(t, func(_ *testenv.Group, s *sidecars) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.groups[0].Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if v := s.groups[1].View(); v.Master == "node-0" {
+			t.Errorf("the master shut down before a view named another: %+v", v)
+		}
+		s.kill(t, 0)
+	})
+}
+
+// A mirror's broker freezes: its probe notices, the mirror leaves, and
+// confirms stop waiting for it (they are not held for the freeze's
+// length). Resumed, it comes back as an empty mirror.
+func TestMirrorBrokerFreezeDoesNotHoldConfirms(t *testing.T) {
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	ch := channel(t, dial(t, "amqp://guest:guest@"+s.clients[0]+"/"))
+	if _, err := ch.QueueDeclare("ha.frozen", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "", "ha.frozen", "before")
+	if err := env.Nodes[2].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	paused := true
+	defer func() {
+		if paused {
+			env.Nodes[2].Unpause()
+		}
+	}()
+	publishConfirmed(t, ch, "", "ha.frozen", "while node-2's broker is frozen")
+	if v := s.groups[0].View(); func() bool { _, in := v.Member("node-2"); return in }() {
+		t.Fatalf("confirmed while node-2, frozen, is still in the view: %+v", v.Members)
+	}
+	if err := env.Nodes[2].Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	paused = false
+	waitFor(t, "node-2 back in the view", time.Minute, func() bool {
+		_, in := s.groups[0].View().Member("node-2")
+		return in && s.groups[2].RoleState().String() == "mirror"
+	})
+	publishConfirmed(t, ch, "", "ha.frozen", "after")
+	waitFor(t, "node-2 holding the message published after it came back", 30*time.Second, func() bool {
+		return s.groups[2].Mirror().Held("/", "ha.frozen") == 1
+	})
+}

@@ -2,6 +2,8 @@ package group
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -88,6 +90,7 @@ type Group struct {
 	syncedCh chan struct{} // cap 1: the master's synced sets changed
 	stopped  chan struct{} // closed by Close
 
+	boot       string             // this process's join identity (random)
 	stopLinks  context.CancelFunc // ends the accepted peer links
 	stoppedCtx context.Context    // done when stopped is closed
 
@@ -137,6 +140,9 @@ func Start(cfg Config) (*Group, error) {
 	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{}),
 		roleCh: make(chan struct{}), inputs: make(chan input, 16), viewWake: make(chan struct{}, 1),
 		role: failover.NewRole(failover.RoleConfig{Self: cfg.Self, Retry: 250 * time.Millisecond})}
+	var b [8]byte
+	rand.Read(b[:])
+	g.boot = hex.EncodeToString(b[:])
 	var stopCtx context.CancelFunc
 	g.stoppedCtx, stopCtx = context.WithCancel(context.Background())
 	go func() { <-g.stopped; stopCtx() }()

@@ -1,12 +1,13 @@
 // Command testenv starts RabbitMQ brokers for demos and benchmarks, and
 // removes what crashed test runs left behind.
 //
-//	go run ./testenv/cmd/testenv up -nodes 3 [-docker] [-sidecar] [-management] [-config extra.conf] [-keep]
+//	go run ./testenv/cmd/testenv up -nodes 3 [-docker] [-sidecar] [-group] [-management] [-config extra.conf] [-keep]
 //	go run ./testenv/cmd/testenv images [-sidecar-binary bin/mirrorproxy]
 //	go run ./testenv/cmd/testenv cleanup
 //
 // `up` prints one line per broker and a line "BROKERS=url,url,..." (and
-// "SIDECARS=..." with -sidecar) and keeps them running until SIGINT or
+// "SIDECARS=..." with -sidecar; with -group also each node's member name,
+// admin API URL and sidecar config file) and keeps them running until SIGINT or
 // SIGTERM. `images` builds the docker backend's broker and sidecar images
 // unless images of the same inputs exist, and prints what it did and how
 // long it took (`make images`). `cleanup` kills brokers whose test process
@@ -37,7 +38,7 @@ func main() {
 }
 
 func usage() error {
-	return errors.New("usage: testenv up [-nodes N] [-docker] [-sidecar] [-management] [-config FILE] [-keep] | testenv images [-sidecar-binary FILE] | testenv cleanup")
+	return errors.New("usage: testenv up [-nodes N] [-docker] [-sidecar] [-group] [-management] [-config FILE] [-keep] | testenv images [-sidecar-binary FILE] | testenv cleanup")
 }
 
 func run(args []string) error {
@@ -72,7 +73,8 @@ func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of brokers")
 	docker := fs.Bool("docker", false, "run the nodes in containers (the docker backend)")
-	sidecar := fs.Bool("sidecar", false, "start a mirrorproxy sidecar beside each broker (docker backend)")
+	sidecar := fs.Bool("sidecar", false, "start a mirrorproxy sidecar beside each broker")
+	group := fs.Bool("group", false, "make the sidecars one mirrored group (implies -sidecar; local backend; policy ha-all mirrors ^ha\\. queues on every node)")
 	mgmt := fs.Bool("management", false, "enable the management plugin")
 	config := fs.String("config", "", "file with extra rabbitmq.conf lines")
 	keep := fs.Bool("keep", false, "keep data and log directories on exit")
@@ -88,8 +90,13 @@ func up(args []string) error {
 		Backend:      testenv.Backend(map[bool]string{true: "docker", false: ""}[*docker]),
 		Logger:       func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 	}
-	if *sidecar {
+	if *sidecar || *group {
 		opts.Sidecar = &testenv.SidecarOptions{}
+	}
+	if *group {
+		opts.Group = &testenv.GroupOptions{Policies: []testenv.Policy{
+			{Name: "ha-all", Pattern: `^ha\.`, Definition: map[string]any{"ha-mode": "all"}},
+		}}
 	}
 	if *config != "" {
 		b, err := os.ReadFile(*config)
@@ -109,9 +116,12 @@ func up(args []string) error {
 	fmt.Fprintf(os.Stderr, "%d broker(s) up in %.1fs; Ctrl-C stops them\n", len(g.Nodes), time.Since(began).Seconds())
 	for _, n := range g.Nodes {
 		fmt.Printf("%s amqp=%s sidecar=%s mgmt=%s data=%s log=%s\n", n.Name, n.URL, n.SidecarURL, n.MgmtURL, n.DataDir, n.LogFile)
+		if n.Member != "" {
+			fmt.Printf("  member=%s admin=%s config=%s\n", n.Member, n.AdminURL, n.SidecarConfig)
+		}
 	}
 	fmt.Printf("BROKERS=%s\n", strings.Join(g.URLs(), ","))
-	if *sidecar {
+	if *sidecar || *group {
 		var urls []string
 		for _, n := range g.Nodes {
 			urls = append(urls, n.SidecarURL)
