@@ -45,6 +45,9 @@ func TestDemo(t *testing.T) {
 		"node-1's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
 		"node-2's broker: hello-queue holds 0 messages (0 unacked), 1 consumer(s)",
 		"connection guest 127.0.0.1",
+		"kill -9 of the master's broker (node-0)",
+		"lost (confirmed, never consumed): 0;",
+		", 0 unexpected",
 		"sidecar stopped on SIGTERM (exit 0)",
 		"brokers stopped",
 	} {
