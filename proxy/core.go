@@ -472,8 +472,8 @@ func (s *sessionState) release(dst []byte, ch *channelState) []byte {
 func (s *sessionState) onStable(t Ticket) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t <= s.stable || s.toClient == nil {
-		return false
+	if t <= s.stable || s.toClient == nil || s.repl == nil {
+		return false // before the handshake, or moved off this core
 	}
 	s.stable = t
 	queued := false

@@ -63,6 +63,13 @@ type Options struct {
 	// closing them with 320 CONNECTION_FORCED.
 	ShutdownGrace time.Duration
 
+	// Resume moves a session whose broker side is lost to a new leg
+	// through the server's current route, keeping the client's connection
+	// (rehome.go), instead of closing it with 320; ResumeTimeout bounds
+	// the wait for a master to move to.
+	Resume        bool
+	ResumeTimeout time.Duration
+
 	// Replicator, when set, makes this the master's core: publishes are
 	// stamped and replicated, confirms wait for the ring (docs/REPLICATION.md).
 	Replicator Replicator
@@ -82,5 +89,6 @@ var DefaultOptions = Options{
 	ReadBufferSize:     256 << 10,
 	ProxyProtocol:      ProxyProtocolOff,
 	ProxyHeaderTimeout: 5 * time.Second,
+	ResumeTimeout:      15 * time.Second,
 	ShutdownGrace:      30 * time.Second,
 }

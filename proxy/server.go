@@ -37,6 +37,8 @@ type Server struct {
 	sessions  sync.WaitGroup
 	active    atomic.Int64
 	nextID    atomic.Uint64
+	moved     atomic.Int64        // sessions moved to a new leg (Options.Resume)
+	cancels   atomic.Int64        // basic.cancel sent for x-cancel-on-ha-failover consumers
 	live      map[uint64]*session // for Outstanding; guarded by mu
 }
 
@@ -61,6 +63,7 @@ func NewServer(opts Options) (*Server, error) {
 	setDefault(&opts.ProxyProtocol, d.ProxyProtocol)
 	setDefault(&opts.ProxyHeaderTimeout, d.ProxyHeaderTimeout)
 	setDefault(&opts.ShutdownGrace, d.ShutdownGrace)
+	setDefault(&opts.ResumeTimeout, d.ResumeTimeout)
 	if opts.FrameMax < 4096 {
 		return nil, fmt.Errorf("proxy: Options.FrameMax %d is below AMQP's minimum 4096", opts.FrameMax)
 	}
@@ -106,6 +109,32 @@ func (s *Server) SetRoute(r Route) {
 	s.route.Store(&r)
 }
 
+// DropLegs ends the broker side of every session, for a master that stops
+// serving: a client's session (with Options.Resume) moves to the master
+// its route names next; a leg another front opened here (ServeConn) is
+// closed, so that front moves its session. It returns how many it dropped.
+func (s *Server) DropLegs() int {
+	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
+	for _, sess := range s.live {
+		live = append(live, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range live {
+		if sess.served {
+			sess.client.Close()
+			continue
+		}
+		sess.leg.mu.Lock()
+		up := sess.up
+		sess.leg.mu.Unlock()
+		if up != nil {
+			up.Close()
+		}
+	}
+	return len(live)
+}
+
 // CloseSessions closes every open session with 320 CONNECTION_FORCED and
 // reason (a fenced master's), and waits for nothing: each ends on its own
 // goroutine. The server keeps accepting.
@@ -146,6 +175,10 @@ func (s *Server) Outstanding(vhost, queue string) []uint64 {
 	}
 	return ids
 }
+
+// Moved reports how many times a session moved to a new leg, and how many
+// basic.cancel were sent to x-cancel-on-ha-failover consumers then.
+func (s *Server) Moved() (moves, cancels int64) { return s.moved.Load(), s.cancels.Load() }
 
 // Sessions reports how many client sessions are open.
 func (s *Server) Sessions() int { return int(s.active.Load()) }
@@ -221,7 +254,9 @@ func (s *Server) startSession(c net.Conn, counted bool) {
 		done:  make(chan struct{}),
 		force: make(chan string, 1),
 	}
+	sess.leg.cond = sync.NewCond(&sess.leg.mu)
 	sess.client = c
+	sess.served = counted
 	if !counted {
 		s.sessions.Add(1)
 	}

@@ -24,7 +24,8 @@ import (
 type session struct {
 	srv    *Server
 	id     uint64
-	route  Route // fixed when the session starts
+	route  Route // where the leg goes (fixed at the start, or by a move)
+	served bool  // a leg another front opened here (ServeConn)
 	log    zerolog.Logger
 	client net.Conn
 	cr     *amqp.Reader
@@ -46,6 +47,8 @@ type session struct {
 	closeOnce sync.Once
 	done      chan struct{} // closed when the pumps should stop
 	force     chan string   // cap 1: CloseSessions' reason
+
+	leg legState // moves of the leg (rehome.go)
 }
 
 // forceClose asks the session to close with 320 and reason.
@@ -212,7 +215,10 @@ func (s *session) serve(ctx context.Context) {
 	wg.Wait()
 	// A pump that stopped on an error leaves its connection unread: drain
 	// it until the deadline finish set, so the close frame is not reset away.
-	for _, c := range []net.Conn{s.client, s.up} {
+	s.leg.mu.Lock()
+	up := s.up
+	s.leg.mu.Unlock()
+	for _, c := range []net.Conn{s.client, up} {
 		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 		c.Close()
 	}
@@ -238,7 +244,14 @@ const sendTimeout = 15 * time.Second
 func (s *session) clientPump() error {
 	for {
 		if !s.cr.HasFrame() {
-			if err := s.uout.flush(); err != nil {
+			out, gen, ok := s.legOut()
+			if !ok {
+				return nil
+			}
+			if err := out.flush(); err != nil {
+				if s.resumable() && s.legLost(gen) {
+					continue
+				}
 				return upstreamGone(err)
 			}
 		}
@@ -261,16 +274,20 @@ func (s *session) clientPump() error {
 		if !fwd {
 			continue
 		}
+		out, _, ok := s.legOut()
+		if !ok {
+			return nil
+		}
 		if s.st.clientRepl {
 			s.st.clientRepl = false
-			s.uout.build(func(b []byte) []byte { return append(b, s.st.clientOut...) })
+			out.build(func(b []byte) []byte { return append(b, s.st.clientOut...) })
 			continue
 		}
 		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.upstream.frameMax {
-			s.uout.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
+			out.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
 			continue
 		}
-		s.uout.queue(f.Raw)
+		out.queue(f.Raw)
 	}
 }
 
@@ -291,10 +308,25 @@ func (s *session) upstreamPump() error {
 			if s.st.isClosing() && errors.Is(err, io.EOF) {
 				return nil // the broker closed after close-ok
 			}
+			if s.resumable() {
+				if err := s.rehome(err); err != nil {
+					return err
+				}
+				continue
+			}
 			return upstreamGone(err)
 		}
 		s.upRead.Store(true)
 		if s.closing.Load() {
+			continue
+		}
+		if s.resumable() && isForcedClose(f) {
+			// The master stepped down (or its broker stops): move rather
+			// than pass the close on.
+			_ = s.uout.write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionCloseOk{}))
+			if err := s.rehome(errors.New("the master closed the session's broker side with 320")); err != nil {
+				return err
+			}
 			continue
 		}
 		fwd, err := s.st.fromUpstream(f)
@@ -327,6 +359,21 @@ func rechunk(dst []byte, f amqp.Frame, frameMax uint32) []byte {
 		p = p[k:]
 	}
 	return dst
+}
+
+// isForcedClose: a connection.close with 320 CONNECTION_FORCED.
+func isForcedClose(f amqp.Frame) bool {
+	if f.Type != amqp.FrameMethod || f.Channel != 0 {
+		return false
+	}
+	if k, _ := amqp.MethodKey(f.Payload); k != amqp.ConnectionCloseID {
+		return false
+	}
+	m, err := amqp.DecodeMethod(f.Payload)
+	if err != nil {
+		return false
+	}
+	return m.(*amqp.ConnectionClose).ReplyCode == amqp.ConnectionForced
 }
 
 func isCloseOk(f amqp.Frame) bool {
@@ -376,11 +423,23 @@ func (s *session) heartbeats() error {
 				return &sessionError{kind: kindTimeout, reason: fmt.Sprintf("missed heartbeats from client, timeout: %ds", chb/time.Second)}
 			}
 		}
+		s.leg.mu.Lock()
+		moving, uout := s.leg.moving, s.uout
+		s.leg.mu.Unlock()
+		if moving {
+			// The client pump is parked and the leg is being replaced:
+			// neither side's silence counts.
+			cIdleRecv, uIdleSend, uIdleRecv = 0, 0, 0
+			continue
+		}
 		if uhb > 0 {
-			if s.uout.wrote.Swap(false) {
+			if uout.wrote.Swap(false) {
 				uIdleSend = 0
 			} else if uIdleSend += tick; uIdleSend >= uhb/2 {
-				if err := s.uout.write(amqp.HeartbeatFrame); err != nil {
+				if err := uout.write(amqp.HeartbeatFrame); err != nil {
+					if s.resumable() {
+						continue // the upstream pump moves the session
+					}
 					return upstreamGone(err)
 				}
 				uIdleSend = 0
@@ -388,6 +447,14 @@ func (s *session) heartbeats() error {
 			if s.upRead.Swap(false) {
 				uIdleRecv = 0
 			} else if uIdleRecv += tick; uIdleRecv >= 2*uhb {
+				if s.resumable() {
+					s.leg.mu.Lock()
+					up := s.up
+					s.leg.mu.Unlock()
+					up.Close() // the upstream pump notices, and moves the session
+					uIdleRecv = 0
+					continue
+				}
 				return upstreamGone(fmt.Errorf("missed heartbeats from broker, timeout: %ds", uhb/time.Second))
 			}
 		}
@@ -401,6 +468,12 @@ func (s *session) heartbeats() error {
 func (s *session) finish(err error, pumping bool) {
 	s.closing.Store(true)
 	close(s.done)
+	s.wakeLeg()
+	// A move in progress swaps the leg under leg.mu, and gives up once
+	// done is closed: from here on s.up stays.
+	s.leg.mu.Lock()
+	up, uout := s.up, s.uout
+	s.leg.mu.Unlock()
 	clientCode, clientReason := uint16(0), ""
 	upstreamClose := false // send connection.close 200 upstream
 	hardClient, hardUpstream := false, false
@@ -455,9 +528,9 @@ func (s *session) finish(err error, pumping bool) {
 			hardClient = true
 		}
 	}
-	if s.up != nil && upstreamClose && !s.st.isClosing() {
+	if up != nil && upstreamClose && !s.st.isClosing() {
 		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: amqp.ReplySuccess, ReplyText: amqp.TruncateShortstr("closed by mirrorproxy: " + closeCause(se))})
-		if s.uout.write(frame) != nil {
+		if uout.write(frame) != nil {
 			hardUpstream = true
 		}
 	}
@@ -477,7 +550,7 @@ func (s *session) finish(err error, pumping bool) {
 		}
 	}
 	end(s.client, hardClient)
-	end(s.up, hardUpstream)
+	end(up, hardUpstream)
 }
 
 func closeCause(se *sessionError) string {

@@ -97,12 +97,42 @@ type channelState struct {
 	tagBase uint64
 	lastTag uint64
 
+	// pending is the synchronous method in flight (sent, not answered),
+	// sent again after a move; seqs maps the publish sequence numbers of
+	// the broker the session moved to back to the client's (nil before
+	// any move).
+	pending []byte
+	seqs    *seqMap
+
 	// in tracks content frames from the client, out those from the broker.
 	in, out content
 
 	unconfirmed pubLog
 
 	r replChannel // the master core's replication state (with a Replicator)
+}
+
+// seqMap maps a moved channel's publish sequence numbers: the new broker
+// numbers from 1 the replayed publishes (the client's replayed, in
+// order), then the new ones (the client's from base on).
+type seqMap struct {
+	replayed []uint64
+	base     uint64
+}
+
+// client returns the client's sequence number of the broker's seq.
+func (m *seqMap) client(seq uint64) uint64 {
+	if m == nil {
+		return seq
+	}
+	if k := uint64(len(m.replayed)); seq <= k {
+		if seq == 0 {
+			return 0
+		}
+		return m.replayed[seq-1]
+	} else {
+		return m.base + seq - k - 1
+	}
 }
 
 // frameSink takes frames the core makes up; *out is one.

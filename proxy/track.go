@@ -84,6 +84,8 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 			if err := s.replSettle(ch, key, f.Payload); err != nil {
 				return false, err
 			}
+		} else if ch.tagBase > 0 {
+			return s.rebaseSettle(ch, key, f.Payload)
 		}
 	case amqp.ChannelOpenID:
 		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - second 'channel.open' seen")
@@ -95,11 +97,68 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		if err := s.clientChannelMethod(ch, key, f.Payload); err != nil {
 			return false, err
 		}
+		if awaitsReply(key) && !nowait(key, f.Payload) {
+			ch.pending = append(ch.pending[:0], f.Raw...)
+		}
 		if s.repl != nil {
 			return true, s.replClientMethod(ch, key, f.Payload)
 		}
 	}
 	return true, nil
+}
+
+// awaitsReply: a channel method the broker answers (with no-wait unset);
+// the front keeps the one in flight to send it again after a move.
+func awaitsReply(key uint32) bool {
+	switch key {
+	case amqp.ExchangeDeclareID, amqp.ExchangeDeleteID, amqp.ExchangeBindID, amqp.ExchangeUnbindID,
+		amqp.QueueDeclareID, amqp.QueueBindID, amqp.QueuePurgeID, amqp.QueueDeleteID, amqp.QueueUnbindID,
+		amqp.BasicQosID, amqp.BasicConsumeID, amqp.BasicCancelID, amqp.BasicGetID, amqp.BasicRecoverID,
+		amqp.ConfirmSelectID, amqp.TxSelectID, amqp.TxCommitID, amqp.TxRollbackID, amqp.ChannelFlowID:
+		return true
+	}
+	return false
+}
+
+// isReply: a broker's answer to a channel method the client sent.
+func isReply(key uint32) bool {
+	switch key {
+	case amqp.ExchangeDeclareOkID, amqp.ExchangeDeleteOkID, amqp.ExchangeBindOkID, amqp.ExchangeUnbindOkID,
+		amqp.QueueDeclareOkID, amqp.QueueBindOkID, amqp.QueuePurgeOkID, amqp.QueueDeleteOkID, amqp.QueueUnbindOkID,
+		amqp.BasicQosOkID, amqp.BasicConsumeOkID, amqp.BasicCancelOkID, amqp.BasicGetOkID, amqp.BasicGetEmptyID,
+		amqp.BasicRecoverOkID, amqp.ConfirmSelectOkID, amqp.TxSelectOkID, amqp.TxCommitOkID, amqp.TxRollbackOkID,
+		amqp.ChannelFlowOkID:
+		return true
+	}
+	return false
+}
+
+// rebaseSettle maps a client's ack, nack or reject to the broker the
+// session moved to: tags at or below tagBase were the old broker's
+// deliveries, which it requeued when the session left; settling them is
+// dropped, never applied to another message.
+func (s *sessionState) rebaseSettle(ch *channelState, key uint32, p []byte) (bool, error) {
+	var tag uint64
+	var multiple bool
+	var err error
+	switch key {
+	case amqp.BasicAckID:
+		tag, multiple, err = amqp.PeekBasicAck(p)
+	case amqp.BasicNackID:
+		tag, multiple, _, err = amqp.PeekBasicNack(p)
+	default:
+		tag, _, err = amqp.PeekBasicReject(p)
+	}
+	if err != nil {
+		return false, err
+	}
+	if tag == 0 && multiple {
+		return true, nil // everything outstanding: the new broker's
+	}
+	if tag <= ch.tagBase {
+		return false, nil
+	}
+	return true, amqp.SetAckTag(p, tag-ch.tagBase)
 }
 
 // clientChannelMethod tracks the rare channel methods a client sends.
@@ -204,6 +263,9 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 	if !ok {
 		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
 	}
+	if len(ch.pending) > 0 && isReply(key) {
+		ch.pending = ch.pending[:0]
+	}
 	switch key {
 	case amqp.BasicDeliverID, amqp.BasicGetOkID:
 		ch.out.state, ch.out.classID = contentHeader, 60
@@ -235,6 +297,10 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			if s.repl != nil {
 				return false, s.heldConfirm(ch, tag, multiple, false)
 			}
+			tag = ch.seqs.client(tag)
+			if ch.seqs != nil {
+				amqp.SetAckTag(f.Payload, tag)
+			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}
 	case amqp.BasicNackID:
@@ -245,6 +311,10 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			}
 			if s.repl != nil {
 				return false, s.heldConfirm(ch, tag, multiple, true)
+			}
+			tag = ch.seqs.client(tag)
+			if ch.seqs != nil {
+				amqp.SetAckTag(f.Payload, tag)
 			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}

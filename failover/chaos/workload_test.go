@@ -26,6 +26,7 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	removeSidecarBinary()
 	if brokerGroup != nil {
 		if err := brokerGroup.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "closing the test broker:", err)

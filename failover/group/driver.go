@@ -255,7 +255,8 @@ func (g *Group) localRoute(m *replicate.Master) proxy.Route {
 }
 
 // fence stops confirming and delivering at once: every session this core
-// serves (the front's own and those of other fronts) is closed with 320,
+// serves loses its broker side (the front's own sessions move to the next
+// master, legs of other fronts are closed so those fronts move theirs),
 // and new sessions go to whichever master the view names.
 func (g *Group) fence(reason string) {
 	g.roleMu.Lock()
@@ -265,8 +266,8 @@ func (g *Group) fence(reason string) {
 	g.log.Warn().Str("reason", reason).Msg("fenced: this node stops confirming and delivering")
 	if srv != nil {
 		srv.SetRoute(proxy.Route{Core: masterCore{g}})
-		n := srv.CloseSessions("the master stepped down: " + reason)
-		g.log.Info().Int("sessions", n).Msg("sessions closed by the fence; clients reconnect to the new master")
+		n := srv.DropLegs()
+		g.log.Info().Int("sessions", n).Msg("the fence dropped the sessions' broker side; they move to the new master")
 	}
 }
 

@@ -396,7 +396,7 @@ func (g *Group) mirrored(vhost, queue string, args amqp.Table) bool {
 func (g *Group) serveLeg(c net.Conn) {
 	g.roleMu.Lock()
 	srv := g.srv
-	if g.master == nil {
+	if g.master == nil || !g.serving {
 		srv = nil
 	}
 	g.roleMu.Unlock()
@@ -458,6 +458,7 @@ func (g *Group) Serve(ln net.Listener) error {
 	}
 	if g.srv == nil {
 		opts := g.cfg.Proxy
+		opts.Resume = true // sessions move with the master (invariant 5)
 		opts.Core, opts.Replicator = masterCore{g}, nil
 		if g.master != nil && g.serving {
 			r := g.localRoute(g.master)
