@@ -31,6 +31,11 @@ type replChannel struct {
 
 	lastTicket Ticket // the newest op this channel made
 	ids        []uint64
+
+	// held is a delivery's method frame, held back until its header shows
+	// the message's id (it may need the redelivered flag); out is where
+	// the two are put together.
+	held, out []byte
 }
 
 // pubAsm gathers a publish as it passes, to hand it over whole.
@@ -439,12 +444,13 @@ func (s *sessionState) replDeliveryHeader(ch *channelState, f amqp.Frame) ([]byt
 	d := ch.r.dlv
 	ch.r.dlv.active = false
 	if !d.active {
-		return f.Raw, nil
+		return s.withHeld(ch, f.Raw, 0, false), nil
 	}
 	raw, id, ok, err := amqp.StripMirrorIDFrame(f.Raw)
 	if err != nil {
 		return nil, err
 	}
+	raw = s.withHeld(ch, raw, id, ok)
 	if !ok || !d.settle {
 		return raw, nil
 	}
@@ -456,6 +462,32 @@ func (s *sessionState) replDeliveryHeader(ch *channelState, f amqp.Frame) ([]byt
 	ch.r.unacked.push(d.tag, d.queue, id)
 	s.ringMu.Unlock()
 	return raw, nil
+}
+
+// holdDelivery keeps a delivery's method frame until its header (see
+// replChannel.held). It reports whether it did.
+func (s *sessionState) holdDelivery(ch *channelState, f amqp.Frame) bool {
+	if s.redeliver == nil {
+		return false
+	}
+	ch.r.held = append(ch.r.held[:0], f.Raw...)
+	return true
+}
+
+// withHeld returns header preceded by the held method frame, flagged
+// redelivered when the message (id, when known) is an older master's.
+func (s *sessionState) withHeld(ch *channelState, header []byte, id uint64, known bool) []byte {
+	if len(ch.r.held) == 0 {
+		return header
+	}
+	m := ch.r.held
+	if known && s.redeliver(id) {
+		amqp.SetRedelivered(m[amqp.FrameHeaderSize : len(m)-1])
+	}
+	ch.r.out = append(append(ch.r.out[:0], m...), header...)
+	ch.r.held = ch.r.held[:0]
+	s.upCopy = true // the pump copies it before the next delivery reuses out
+	return ch.r.out
 }
 
 // release appends the client confirms every resolved publish allows.

@@ -25,8 +25,10 @@ import (
 //   - delivery tags keep increasing: the channel's tagBase moves past the
 //     last tag the client saw, and acks of older tags (the old broker's
 //     deliveries, requeued there when the session left it) are dropped;
-//   - unconfirmed publishes are sent again in order, the new broker's
-//     confirm numbers mapped back to the client's;
+//   - the new broker's confirm numbers are mapped back to the client's
+//     (unconfirmed publishes would be sent again in order; until the new
+//     master can drop the ones it already holds, a session with
+//     unconfirmed publishes is closed instead, see movableForMove);
 //   - a synchronous method the client was waiting on is sent again.
 //
 // A session that cannot move (an open transaction, unconfirmed publishes
@@ -39,6 +41,9 @@ import (
 
 // legState guards swapping the session's leg (up, ur, uout).
 type legState struct {
+	// frame is held (shared) by the client pump while it tracks and
+	// queues one frame; a move takes it to start.
+	frame  sync.RWMutex
 	mu     sync.Mutex
 	cond   *sync.Cond
 	moving bool
@@ -72,6 +77,24 @@ func (s *session) legOut() (*out, uint64, bool) {
 		s.leg.cond.Wait()
 	}
 	return s.uout, s.leg.gen, true
+}
+
+// beginFrame waits until no move runs and takes the frame lock (the caller
+// releases it); it returns the leg's output.
+func (s *session) beginFrame() (*out, bool) {
+	for {
+		if _, _, ok := s.legOut(); !ok {
+			return nil, false
+		}
+		s.leg.frame.RLock()
+		s.leg.mu.Lock()
+		moving, out := s.leg.moving, s.uout
+		s.leg.mu.Unlock()
+		if !moving {
+			return out, true
+		}
+		s.leg.frame.RUnlock()
+	}
 }
 
 // legLost is the client pump's news that writing to the leg of generation
@@ -108,10 +131,12 @@ func (s *session) wakeLeg() {
 // rehome moves the session to a new leg; see the top of this file. It runs
 // on the upstream pump. The error ends the session.
 func (s *session) rehome(cause error) error {
+	s.leg.frame.Lock() // no frame half tracked
 	s.leg.mu.Lock()
 	s.leg.moving = true
 	old := s.up
 	s.leg.mu.Unlock()
+	s.leg.frame.Unlock()
 	old.Close()
 	s.log.Warn().Err(cause).Msg("the session's broker side was lost; moving the session to the master")
 
@@ -165,8 +190,13 @@ func (st *sessionState) movableForMove() string {
 		switch {
 		case ch.tx:
 			return "a transaction is open on channel " + itoa(int(ch.id))
-		case ch.confirm && ch.unconfirmed.dropped:
-			return "unconfirmed publishes on channel " + itoa(int(ch.id)) + " exceed the replay bound"
+		case ch.confirm && ch.unconfirmed.pending() > 0:
+			// Sent again through the new master they would be stored a
+			// second time when the old master had replicated them: until
+			// the new master can drop those it holds (de-duplication by
+			// id, docs/FAILOVER.md), the client re-sends them itself and
+			// knows they may be duplicates.
+			return "publishes on channel " + itoa(int(ch.id)) + " are not confirmed yet (the client re-sends them)"
 		case !ch.confirm && ch.in.state != contentNone:
 			return "a publish was half sent on channel " + itoa(int(ch.id))
 		}
@@ -282,7 +312,7 @@ func (rp *replayer) channels() error {
 	}
 	// Every channel moves together: the session's replicated state (the
 	// master's core hooks) stays with the old leg.
-	st.repl = nil
+	st.repl, st.redeliver = nil, nil
 	cancelNotify := st.caps.consumerCancelNotify
 	st.mu.Unlock()
 

@@ -25,6 +25,14 @@ type Replicator interface {
 	Watch(fn func(stable Ticket)) (cancel func())
 }
 
+// Redeliverer is what a Replicator may also be: a master promoted after a
+// failover cannot know which of the old master's messages were delivered
+// to clients, so deliveries of those (ids from an older master) are
+// flagged redelivered.
+type Redeliverer interface {
+	MayHaveBeenDelivered(id uint64) bool
+}
+
 // Ticket orders a replicator's ops; a ticket is stable when every member of
 // the view has durably applied its op and every op before it.
 type Ticket uint64

@@ -188,6 +188,9 @@ func (s *session) serve(ctx context.Context) {
 	if r := s.route.Replicator; r != nil {
 		s.st.mu.Lock()
 		s.st.repl, s.st.toClient = r, s.cout
+		if rd, ok := r.(Redeliverer); ok {
+			s.st.redeliver = rd.MayHaveBeenDelivered
+		}
 		s.st.mu.Unlock()
 		cancel := r.Watch(func(t Ticket) {
 			if s.st.onStable(t) {
@@ -267,28 +270,41 @@ func (s *session) clientPump() error {
 			}
 			continue
 		}
-		fwd, err := s.st.fromClient(f)
-		if err != nil {
-			return s.clientFault(err)
-		}
-		if !fwd {
-			continue
-		}
-		out, _, ok := s.legOut()
+		// A frame is tracked and queued on one leg as a whole: a move
+		// starts between frames, so what was tracked before it is in the
+		// replay and what comes after goes to the new leg.
+		out, ok := s.beginFrame()
 		if !ok {
 			return nil
 		}
-		if s.st.clientRepl {
-			s.st.clientRepl = false
-			out.build(func(b []byte) []byte { return append(b, s.st.clientOut...) })
-			continue
+		err = s.forwardFromClient(f, out)
+		s.leg.frame.RUnlock()
+		if err != nil {
+			return err
 		}
-		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.upstream.frameMax {
-			out.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
-			continue
-		}
-		out.queue(f.Raw)
 	}
+}
+
+// forwardFromClient tracks one client frame and queues it on out.
+func (s *session) forwardFromClient(f amqp.Frame, out *out) error {
+	fwd, err := s.st.fromClient(f)
+	if err != nil {
+		return s.clientFault(err)
+	}
+	if !fwd {
+		return nil
+	}
+	if s.st.clientRepl {
+		s.st.clientRepl = false
+		out.build(func(b []byte) []byte { return append(b, s.st.clientOut...) })
+		return nil
+	}
+	if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.upstream.frameMax {
+		out.build(func(b []byte) []byte { return rechunk(b, f, s.st.upstream.frameMax) })
+		return nil
+	}
+	out.queue(f.Raw)
+	return nil
 }
 
 // upstreamPump forwards the broker's frames to the client.
@@ -338,8 +354,16 @@ func (s *session) upstreamPump() error {
 		}
 		if s.st.upRepl {
 			// The delivery's header, stripped in place: still in the
-			// reader's buffer, so it is queued like any frame.
+			// reader's buffer, so it is queued like any frame — unless
+			// the held method frame goes with it (a buffer of the
+			// channel's, reused by the next delivery): copied then.
 			s.st.upRepl = false
+			if s.st.upCopy {
+				s.st.upCopy = false
+				out := s.st.upOut
+				s.cout.build(func(b []byte) []byte { return append(b, out...) })
+				continue
+			}
 			f.Raw = s.st.upOut
 		}
 		if f.Type == amqp.FrameBody && uint32(len(f.Raw)) > s.st.client.frameMax {

@@ -45,6 +45,7 @@ type sessionState struct {
 	// pump sends instead of the one it read (written and read by that
 	// pump's goroutine only).
 	repl       Replicator
+	redeliver  func(id uint64) bool // the Replicator's Redeliverer, if it is one
 	stable     Ticket
 	toClient   frameSink
 	scratch    []byte
@@ -52,6 +53,7 @@ type sessionState struct {
 	clientRepl bool
 	upOut      []byte
 	upRepl     bool
+	upCopy     bool // upOut is not in the reader's buffer: copy it
 
 	maxPending  int    // bound on unconfirmed publish bytes per session
 	pendingSize int    // bytes held in unconfirmed publishes

@@ -283,6 +283,9 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			amqp.SetDeliveryTag(f.Payload, tag)
 		}
 		ch.lastTag = tag
+		if s.repl != nil && s.holdDelivery(ch, f) {
+			return false, nil // sent with its header
+		}
 	case amqp.BasicReturnID:
 		ch.out.state, ch.out.classID = contentHeader, 60
 		if s.repl != nil {

@@ -114,6 +114,17 @@ func (m *Master) Close() {
 	m.bg.Wait()
 }
 
+// MayHaveBeenDelivered implements proxy.Redeliverer: a message published
+// under an older master (its id's epoch is older than this master's) may
+// have been delivered by that master, which this one cannot know: its
+// deliveries are flagged redelivered (DESIGN invariant 4). Held copies
+// that the broker requeued on promotion are flagged by the broker itself;
+// this covers the copies a mirror held beyond its shadow prefetch, which
+// the broker had never delivered.
+func (m *Master) MayHaveBeenDelivered(id uint64) bool { return id>>idBits < m.epoch }
+
+var _ proxy.Redeliverer = (*Master)(nil)
+
 // NextID returns a fresh x-mirror-id: epoch in the high bits, a counter below.
 func (m *Master) NextID() uint64 {
 	return m.epoch<<idBits | m.next.Add(1)&(1<<idBits-1)

@@ -211,6 +211,30 @@ func SetDeliveryTag(p []byte, tag uint64) error {
 	return wrongMethod(key, "basic.deliver or basic.get-ok")
 }
 
+// SetRedelivered sets, in place, the redelivered flag of a basic.deliver or
+// basic.get-ok payload (checked first).
+func SetRedelivered(p []byte) error {
+	key, ok := MethodKey(p)
+	if !ok {
+		return checkKey(p, BasicDeliverID)
+	}
+	switch key {
+	case BasicDeliverID:
+		if _, _, _, _, _, err := PeekBasicDeliver(p); err != nil {
+			return err
+		}
+		p[4+1+int(p[4])+8] |= 1
+		return nil
+	case BasicGetOkID:
+		if _, _, _, _, _, err := PeekBasicGetOk(p); err != nil {
+			return err
+		}
+		p[12] |= 1
+		return nil
+	}
+	return wrongMethod(key, "basic.deliver or basic.get-ok")
+}
+
 // SetAckTag overwrites, in place, the delivery tag of a basic.ack,
 // basic.nack or basic.reject payload (checked first).
 func SetAckTag(p []byte, tag uint64) error {
