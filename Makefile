@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test test-short verify fmt vet demo bench fuzz clean-testenv
+.PHONY: help build test test-short verify fmt vet demo bench fuzz clean-testenv chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -35,6 +35,9 @@ fuzz: ## run the codec fuzzer for a while
 
 clean-testenv: ## remove test brokers, containers and networks left by killed test runs
 	$(GO) run ./testenv/cmd/testenv cleanup
+
+chaos: ## the long chaos suite: every fault kind on master and mirror, a mixed run, RabbitMQ's own queues (~30 min; docs/RELIABILITY.md)
+	$(GO) test -race -count=1 -timeout 60m -v -run 'TestChaos' ./failover/chaos/ -args -chaos.long $(CHAOS_ARGS)
 
 sim-long: ## the gm ring's seeded simulation over 50000 seeds (CI runs 2000)
 	$(GO) test -count=1 -run TestSimProperties ./gm -long -timeout 60m

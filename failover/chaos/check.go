@@ -345,14 +345,19 @@ func (c *checker) deliver(client string, conn int, at time.Duration, id MsgID, t
 		s.pending = append(s.pending, d)
 		s.byTag[tag] = d
 	}
-	if m.deliveries == 0 {
+	first := m.deliveries == 0
+	if first {
 		c.res.Delivered++
 	} else {
 		c.duplicate(m, client, conn, at, redelivered)
 	}
 	m.deliveries++
 	m.last = d
-	if !redelivered {
+	// Order is judged on a message's first delivery only: a later copy
+	// (a re-sent attempt the broker enqueued late, a released delivery
+	// coming back) has no place in the publish order and is counted as
+	// a duplicate instead.
+	if first && !redelivered {
 		c.checkOrder(client, m, at)
 	}
 	return d

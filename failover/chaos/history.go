@@ -208,6 +208,16 @@ func (h *History) Events() []Event {
 	return append([]Event(nil), h.events...)
 }
 
+// EventsSince returns a copy of the events recorded from index i on (0
+// for all) and the index to ask from next time, so a poller reads each
+// event once.
+func (h *History) EventsSince(i int) ([]Event, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i = min(max(i, 0), len(h.events))
+	return append([]Event(nil), h.events[i:]...), len(h.events)
+}
+
 // Len is the number of events recorded so far.
 func (h *History) Len() int {
 	h.mu.Lock()

@@ -228,11 +228,20 @@ type Scenario struct {
 
 	// Producers and Consumers are the numbers of clients (default 2 and
 	// 2); Rate is each producer's messages per second (default 50). Every
-	// other consumer consumes with x-cancel-on-ha-failover.
+	// other consumer consumes with x-cancel-on-ha-failover (not on a
+	// quorum or stream queue, which refuse it).
 	Producers, Consumers int
 	Rate                 float64
-	// AckDelay is each consumer's processing time (default 5ms).
+	// AckDelay is each consumer's processing time (default 5ms; 25ms
+	// with Backlog).
 	AckDelay time.Duration
+	// Backlog makes the consumers slower than the producers (AckDelay
+	// 25ms: two consumers take about 80 of the 100 msg/s), so the queue
+	// holds a growing backlog when the faults strike — with an empty
+	// queue a failover has little to lose. At the end the consumers are
+	// stopped at once (no waiting for them to go quiet) and the drain
+	// reads the backlog.
+	Backlog bool
 
 	// Warmup runs the workload before the first fault (default 3s);
 	// Between after each fault's recovery (default 2s); Cooldown after
@@ -271,6 +280,9 @@ func (s Scenario) withDefaults() Scenario {
 	if s.Rate == 0 {
 		s.Rate = 50
 	}
+	if s.Backlog {
+		def(&s.AckDelay, 25*time.Millisecond)
+	}
 	def(&s.AckDelay, 5*time.Millisecond)
 	def(&s.Warmup, 3*time.Second)
 	def(&s.Between, 2*time.Second)
@@ -288,15 +300,20 @@ func (s Scenario) withDefaults() Scenario {
 type Report struct {
 	Name, Target string
 	Seed         int64
-	Result       Result
-	Faults       []FaultReport
+	// Backlog is Scenario.Backlog.
+	Backlog bool
+	Result  Result
+	Faults  []FaultReport
 	// Events is the whole history, for a failed run's record.
 	Events []Event
 	// Drained is how many messages the final drain read; DrainErr says
 	// why it failed (then Result counts undrained messages as lost).
 	DrainErr error
-	// Took is the run's wall time, setup included.
-	Took time.Duration
+	// Started is the wall-clock time of the history's zero (to match the
+	// sidecars' and brokers' logs); Took the run's wall time, setup
+	// included.
+	Started time.Time
+	Took    time.Duration
 }
 
 // Valid is Result.Valid, and false when the drain failed.
@@ -316,8 +333,10 @@ type FaultReport struct {
 	Failover  time.Duration
 	NewMaster string
 	// Recovered is the time from the heal (the hurt process restarted or
-	// thawed: Healed) until the target was whole again (WaitReady).
-	Recovered time.Duration
+	// thawed: Healed) until the target was whole again (WaitReady);
+	// Flowing the time after that until every producer had a confirm
+	// again (the runner waits for both before the next fault).
+	Recovered, Flowing time.Duration
 	// Resumed is, from the history, the time from the fault until the
 	// producers came out of the stall it caused: per producer the end of
 	// its longest pause between two confirms that ended after the fault
@@ -342,7 +361,7 @@ func (f FaultReport) describe(metrics bool) string {
 	if f.Failover > 0 {
 		fmt.Fprintf(&b, ", new master %s after %.2fs", f.NewMaster, f.Failover.Seconds())
 	}
-	fmt.Fprintf(&b, ", healed at %.1fs, whole again after %.1fs", f.Healed.Seconds(), f.Recovered.Seconds())
+	fmt.Fprintf(&b, ", healed at %.1fs, whole again after %.1fs, confirmed again %.1fs later", f.Healed.Seconds(), f.Recovered.Seconds(), f.Flowing.Seconds())
 	if metrics {
 		if f.Resumed < 0 {
 			b.WriteString(", confirms never resumed")
@@ -360,7 +379,12 @@ func (f FaultReport) describe(metrics bool) string {
 // String is the checker's report followed by one line per fault.
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s on %s (seed %d, %d faults, %.1fs)\n", r.Name, r.Target, r.Seed, len(r.Faults), r.Took.Seconds())
+	backlog := ""
+	if r.Backlog {
+		backlog = ", with a backlog"
+	}
+	fmt.Fprintf(&b, "%s on %s (seed %d, %d faults%s, %.1fs; history time 0 = %s)\n", r.Name, r.Target, r.Seed, len(r.Faults),
+		backlog, r.Took.Seconds(), r.Started.UTC().Format("15:04:05.000Z"))
 	b.WriteString(r.Result.String())
 	if r.DrainErr != nil {
 		fmt.Fprintf(&b, "\nDRAIN FAILED: %v", r.DrainErr)
@@ -379,7 +403,8 @@ var ErrNotApplicable = errors.New("chaos: fault not applicable to the target")
 // of the target, injects s.Faults one at a time (each held, healed, and
 // followed by waiting for a master and for the target to be whole), then
 // stops the producers, heals anything left hurt, waits for the consumers
-// to go quiet, stops them, drains the queue and checks the history.
+// to go quiet (not with Backlog), stops them, drains the queue and checks
+// the history.
 //
 // The Report is filled as far as the run got, even with an error: an
 // error means the run could not be carried out as planned (a target that
@@ -389,7 +414,7 @@ func Run(ctx context.Context, s Scenario) (Report, error) {
 	s = s.withDefaults()
 	began := time.Now()
 	t := s.Target
-	rep := Report{Name: s.Name, Target: t.Name(), Seed: s.Seed}
+	rep := Report{Name: s.Name, Target: t.Name(), Seed: s.Seed, Backlog: s.Backlog}
 	for _, f := range s.Faults {
 		if f.needsSidecar() && t.Proc(0, PartSidecar) == nil {
 			return rep, fmt.Errorf("%w: %s on %s", ErrNotApplicable, f, t.Name())
@@ -400,18 +425,21 @@ func Run(ctx context.Context, s Scenario) (Report, error) {
 	if err := t.Prepare(ctx, s.Queue, s.QueueArgs); err != nil {
 		return rep, fmt.Errorf("chaos: prepare queue %s on %s: %w", s.Queue, t.Name(), err)
 	}
-	h := NewHistory(nil)
+	rep.Started = time.Now()
+	h := NewHistory(NewClock())
 	w := s.workload(h, t.Addrs())
 	running, err := w.Start(ctx)
 	if err != nil {
 		return rep, err
 	}
-	s.Logf("chaos: %s: workload started (%d producers at %.0f msg/s, %d consumers) on %d addresses",
-		s.Name, s.Producers, s.Rate, s.Consumers, len(t.Addrs()))
+	s.Logf("chaos: %s: workload started (%d producers at %.0f msg/s, %d consumers acking after %v) on %d addresses",
+		s.Name, s.Producers, s.Rate, s.Consumers, s.AckDelay, len(t.Addrs()))
 
 	var runErr error
 	if !sleep(ctx, s.Warmup) {
 		runErr = ctx.Err()
+	} else if _, err := s.waitFlowing(ctx, h, 0); err != nil {
+		runErr = fmt.Errorf("chaos: before the first fault: %w", err)
 	}
 	for i, f := range s.Faults {
 		if runErr != nil {
@@ -441,11 +469,14 @@ func Run(ctx context.Context, s Scenario) (Report, error) {
 	defer cancel()
 	running.StopProducers()
 	healErr := s.healAll(end)
-	quiet, cancelQuiet := context.WithTimeout(end, s.QuietTimeout)
-	quietErr := h.WaitQuiet(quiet, 2*time.Second)
-	cancelQuiet()
-	if quietErr != nil {
-		quietErr = fmt.Errorf("chaos: the consumers did not go quiet within %v: %w", s.QuietTimeout, quietErr)
+	var quietErr error
+	if !s.Backlog {
+		quiet, cancelQuiet := context.WithTimeout(end, s.QuietTimeout)
+		quietErr = h.WaitQuiet(quiet, 2*time.Second)
+		cancelQuiet()
+		if quietErr != nil {
+			quietErr = fmt.Errorf("chaos: the consumers did not go quiet within %v: %w", s.QuietTimeout, quietErr)
+		}
 	}
 	running.Stop()
 	drained, drainErr := drainAny(end, t, s.Queue)
@@ -460,9 +491,14 @@ func Run(ctx context.Context, s Scenario) (Report, error) {
 
 // workload is the run's clients, spread over the addresses: producer i
 // starts at address i, consumer i at address i+Producers; odd consumers
-// ask for x-cancel-on-ha-failover.
+// ask for x-cancel-on-ha-failover, except on a quorum or stream queue
+// (RabbitMQ refuses the argument there: 406 PRECONDITION_FAILED).
 func (s Scenario) workload(h *History, addrs []string) Workload {
 	w := Workload{History: h}
+	cancelOK := true
+	if t, ok := s.QueueArgs["x-queue-type"].(string); ok && (t == "quorum" || t == "stream") {
+		cancelOK = false
+	}
 	for i := range s.Producers {
 		w.Producers = append(w.Producers, ProducerConfig{
 			ClientConfig: ClientConfig{ID: fmt.Sprintf("p%d", i), Addrs: addrs, Start: i},
@@ -474,7 +510,7 @@ func (s Scenario) workload(h *History, addrs []string) Workload {
 			ClientConfig:     ClientConfig{ID: fmt.Sprintf("c%d", i), Addrs: addrs, Start: i + s.Producers},
 			Queue:            s.Queue,
 			AckDelay:         s.AckDelay,
-			CancelOnFailover: i%2 == 1,
+			CancelOnFailover: cancelOK && i%2 == 1,
 		})
 	}
 	return w
@@ -570,7 +606,37 @@ func (s Scenario) inject(ctx context.Context, h *History, rng *rand.Rand, f Faul
 		return fr
 	}
 	fr.Recovered = time.Since(healed)
+	flowing, err := s.waitFlowing(rctx, h, h.Now())
+	if err != nil {
+		fr.Err = fmt.Errorf("whole again, but the producers are not confirmed: %w", err)
+		return fr
+	}
+	fr.Flowing = flowing
 	return fr
+}
+
+// waitFlowing waits until every producer has had a confirm recorded at or
+// after from (history time), and returns how long that took.
+func (s Scenario) waitFlowing(ctx context.Context, h *History, from time.Duration) (time.Duration, error) {
+	began := time.Now()
+	seen := map[string]bool{}
+	next := 0
+	for {
+		var evs []Event
+		evs, next = h.EventsSince(next)
+		for _, e := range evs {
+			if e.Kind == KindConfirm && e.At >= from {
+				seen[e.Client] = true
+			}
+		}
+		if len(seen) >= s.Producers {
+			return time.Since(began), nil
+		}
+		if !sleep(ctx, 50*time.Millisecond) {
+			return time.Since(began), fmt.Errorf("%d of %d producers had a confirm since %.1fs: %w",
+				len(seen), s.Producers, from.Seconds(), ctx.Err())
+		}
+	}
 }
 
 // heal undoes f on procs (in order: the broker before the sidecar).
