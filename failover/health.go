@@ -124,7 +124,8 @@ func (p *BrokerProbe) run() {
 			}
 		}
 		if conn != nil && ch == nil {
-			if c, err := p.call(func() (any, error) { return conn.Channel() }); err == nil {
+			cn := conn // the call may outlive this round: it gets its own copy
+			if c, err := p.call(func() (any, error) { return cn.Channel() }); err == nil {
 				ch = c.(*amqp091.Channel)
 			} else {
 				p.failed(conn, err)
@@ -132,8 +133,9 @@ func (p *BrokerProbe) run() {
 			}
 		}
 		if ch != nil {
+			c := ch
 			_, err := p.call(func() (any, error) {
-				return nil, ch.ExchangeDeclarePassive("amq.direct", "direct", true, false, false, false, nil)
+				return nil, c.ExchangeDeclarePassive("amq.direct", "direct", true, false, false, false, nil)
 			})
 			if err == nil {
 				p.lastOK = time.Now()

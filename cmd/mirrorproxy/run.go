@@ -188,7 +188,7 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicat
 		Ring:              gm.Config{Window: int(cfg.GM.Window)},
 		HeartbeatInterval: cfg.GM.HeartbeatInterval,
 		FailureTimeout:    cfg.Raft.FailureTimeout, LeaseDuration: cfg.Raft.LeaseDuration,
-		DataDir: cfg.Raft.DataDir, Logger: log,
+		DataDir: cfg.Raft.DataDir, MoveSessions: cfg.Raft.MoveSessions, Logger: log,
 	})
 	return g, policies, err
 }

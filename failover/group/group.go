@@ -65,6 +65,11 @@ type Config struct {
 	// DataDir keeps this node's raft state on disk (failover.Config.DataDir);
 	// empty keeps it in memory.
 	DataDir string
+	// MoveSessions moves the sessions of a surviving front to the new
+	// master (proxy.Options.Resume; experimental, docs/FAILOVER.md); off,
+	// a session whose master is lost is closed with 320 and its client
+	// reconnects.
+	MoveSessions bool
 	// PromoteUnsynced is ha-promote-on-failure: always (elections may pick
 	// a member not synced for every mirrored queue).
 	PromoteUnsynced bool
@@ -458,7 +463,7 @@ func (g *Group) Serve(ln net.Listener) error {
 	}
 	if g.srv == nil {
 		opts := g.cfg.Proxy
-		opts.Resume = true // sessions move with the master (invariant 5)
+		opts.Resume = g.cfg.MoveSessions // sessions move with the master (invariant 5)
 		opts.Core, opts.Replicator = masterCore{g}, nil
 		if g.master != nil && g.serving {
 			r := g.localRoute(g.master)

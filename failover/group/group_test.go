@@ -65,6 +65,10 @@ func (s *sidecars) kill(t *testing.T, i int) {
 	}
 }
 
+// moveSessions turns on session moves for the sidecars a test starts
+// (TestSessionMovesWithTheMaster).
+var moveSessions bool
+
 func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policies) *sidecars {
 	t.Helper()
 	n := len(env.Nodes)
@@ -93,7 +97,7 @@ func startSidecars(t *testing.T, env *testenv.Group, policies *replicate.Policie
 		g, err := Start(Config{
 			Self: peers[i].ID, Peers: peers, GMListener: gls[i], RaftListener: rls[i],
 			Auth:      gm.AuthConfig{Secret: []byte("group test secret, long enough")},
-			BrokerURL: node.URL, Policies: own,
+			BrokerURL: node.URL, Policies: own, MoveSessions: moveSessions,
 			Proxy:  proxy.Options{Upstream: node.AMQPAddr, Logger: log},
 			Logger: log,
 		})

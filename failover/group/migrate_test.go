@@ -15,6 +15,8 @@ import (
 // goes on receiving with increasing delivery tags, and only the consumer
 // declared with x-cancel-on-ha-failover gets basic.cancel.
 func TestSessionMovesWithTheMaster(t *testing.T) {
+	moveSessions = true
+	defer func() { moveSessions = false }()
 	_, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
 	conn := dial(t, "amqp://guest:guest@"+s.clients[1]+"/")
 	pub := channel(t, conn)

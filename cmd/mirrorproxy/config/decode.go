@@ -294,6 +294,15 @@ func setScalar(fv reflect.Value, text string) error {
 				return fmt.Errorf("%q is not a whole number", text)
 			}
 			fv.SetInt(int64(i))
+		case reflect.Bool:
+			switch text {
+			case "true":
+				fv.SetBool(true)
+			case "false":
+				fv.SetBool(false)
+			default:
+				return fmt.Errorf("%q is not true or false", text)
+			}
 		case reflect.Uint16, reflect.Uint32:
 			bits := fv.Type().Bits()
 			u, err := strconv.ParseUint(text, 10, bits)

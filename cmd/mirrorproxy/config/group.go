@@ -55,6 +55,11 @@ type Raft struct {
 	// per node). Empty keeps it in memory: a restarted node comes back as a
 	// new voter, and a group restarted whole loses its view.
 	DataDir string `yaml:"data_dir"`
+	// MoveSessions moves the sessions of clients of a surviving sidecar to
+	// the new master after a failover, keeping their connections
+	// (experimental, off by default: docs/FAILOVER.md, "Moving a
+	// session"); off, they are closed with 320 and the clients reconnect.
+	MoveSessions bool `yaml:"move_sessions"`
 }
 
 // Broker holds the sidecar's own credentials on its broker (mirror apply).

@@ -86,6 +86,9 @@ func TestGroupErrors(t *testing.T) {
 		{"data dir is a file", ok + "raft:\n  data_dir: testdata/group.yaml\n",
 			[]string{`c.yaml:13: raft.data_dir: "testdata/group.yaml" is a file; name a directory (created if missing), one per node`}},
 		{"data dir", ok + "raft:\n  data_dir: testdata/no-such-dir-yet\n", nil},
+		{"move sessions", ok + "raft:\n  move_sessions: true\n", nil},
+		{"move sessions not a bool", ok + "raft:\n  move_sessions: sometimes\n",
+			[]string{`c.yaml:13: raft.move_sessions: "sometimes" is not true or false`}},
 		{"bad policy pattern", ok + "policies:\n  - name: p\n    pattern: \"(\"\n    definition: {ha-mode: all}\n",
 			nil}, // filled below: the message comes from replicate
 		{"bad policy definition", ok + "policies:\n  - name: p\n    pattern: x\n    definition: {ha-mode: sometimes}\n",
