@@ -19,7 +19,7 @@ type HealthConfig struct {
 	// Timeout bounds one probe's round trip (default 1s).
 	Timeout time.Duration
 	// FrozenAfter: a broker that answered no probe for this long (sockets
-	// open, nothing answers) is frozen (default 2s). A refused or broken
+	// open, nothing answers) is frozen (default 3s). A refused or broken
 	// connection is down at once. A loaded machine can make one probe
 	// slow; only a broker silent for FrozenAfter counts.
 	FrozenAfter time.Duration
@@ -30,8 +30,8 @@ type HealthConfig struct {
 // connection and channel to it and, every Interval, makes a round trip that
 // costs the broker nothing (a passive declare of amq.direct). A connection
 // refused, reset or closed is BrokerDown at once; a round trip with no
-// answer within Timeout (sockets open, nothing answers: a frozen broker) is
-// BrokerFrozen. Verdicts go to OnChange when they change, from the probe's
+// answer for FrozenAfter (sockets open, nothing answers: a frozen broker)
+// is BrokerFrozen. Verdicts go to OnChange when they change, from the probe's
 // goroutine. An AMQP connection, rather than a TCP probe, keeps the
 // broker's log free of a line per probe.
 type BrokerProbe struct {
@@ -56,7 +56,7 @@ func StartBrokerProbe(cfg HealthConfig, onChange func(BrokerHealth)) *BrokerProb
 		cfg.Timeout = time.Second
 	}
 	if cfg.FrozenAfter <= 0 {
-		cfg.FrozenAfter = 2 * time.Second
+		cfg.FrozenAfter = 3 * time.Second
 	}
 	p := &BrokerProbe{cfg: cfg, onChange: onChange}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
