@@ -121,25 +121,9 @@ func NewDialer(cfg Config) *Dialer {
 // session's client address. The stream is a net.Conn for the session's
 // AMQP bytes.
 func (d *Dialer) Open(ctx context.Context, peer string, client net.Addr) (net.Conn, error) {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, ErrClosed
-	}
-	l := d.links[peer]
-	if l == nil {
-		l = &link{}
-		d.links[peer] = l
-	}
-	d.mu.Unlock()
-
-	sess, err := d.session(ctx, peer, l)
+	st, err := d.stream(ctx, peer)
 	if err != nil {
 		return nil, err
-	}
-	st, err := sess.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("peerlink: open a stream to %s: %w", peer, err)
 	}
 	addr := ""
 	if client != nil {
@@ -162,24 +146,9 @@ func (d *Dialer) Request(ctx context.Context, peer string, req []byte) ([]byte, 
 	if len(req) > maxRequest {
 		return nil, fmt.Errorf("peerlink: request of %d bytes, more than %d", len(req), maxRequest)
 	}
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, ErrClosed
-	}
-	l := d.links[peer]
-	if l == nil {
-		l = &link{}
-		d.links[peer] = l
-	}
-	d.mu.Unlock()
-	sess, err := d.session(ctx, peer, l)
+	st, err := d.stream(ctx, peer)
 	if err != nil {
 		return nil, err
-	}
-	st, err := sess.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("peerlink: open a stream to %s: %w", peer, err)
 	}
 	defer st.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -212,6 +181,31 @@ func (d *Dialer) Request(ctx context.Context, peer string, req []byte) ([]byte, 
 type RemoteError struct{ Peer, Text string }
 
 func (e *RemoteError) Error() string { return "peerlink: " + e.Peer + " refused: " + e.Text }
+
+// stream opens a new stream on the link to peer, dialling the link first
+// when it is not up.
+func (d *Dialer) stream(ctx context.Context, peer string) (*yamux.Stream, error) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, ErrClosed
+	}
+	l := d.links[peer]
+	if l == nil {
+		l = &link{}
+		d.links[peer] = l
+	}
+	d.mu.Unlock()
+	sess, err := d.session(ctx, peer, l)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("peerlink: open a stream to %s: %w", peer, err)
+	}
+	return st, nil
+}
 
 // session returns l's live yamux session, dialling it if needed.
 func (d *Dialer) session(ctx context.Context, peer string, l *link) (*yamux.Session, error) {
