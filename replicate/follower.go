@@ -285,6 +285,22 @@ func (f *Follower) markDone(e *entry) {
 	f.ring.Applied(last.sender, last.seq) // never blocks
 }
 
+// ReportFresh tells the master, through the ring, that this member's
+// mirror starts from empty (Master.Fresh): it is synced for nothing, and
+// the master declares its catalog again so that the new mirror knows the
+// queues. It returns when the report is stable or ctx ends.
+func (f *Follower) ReportFresh(ctx context.Context) error {
+	if f.ring == nil {
+		return nil
+	}
+	st := AppendOp(nil, &Op{Kind: OpStatus, Nodes: []string{f.self}})
+	seq, err := f.ring.Propose(ctx, st)
+	if err == nil {
+		err = f.ring.WaitStable(ctx, seq)
+	}
+	return err
+}
+
 // report tells the master, through the ring, that this mirror could not
 // apply an op (data), so that it leaves the synced sets of the queue the op
 // concerns (every queue of its vhost when the op is not about one queue).

@@ -246,6 +246,34 @@ func (m *Master) MarkUnsynced(node, vhost, queue string) {
 	m.changed()
 }
 
+// Fresh takes a mirror's report that it starts from empty while it stays
+// a member (its broker's contents were a master's, or were lost): it is
+// synced for nothing, and the catalog is declared again on the ring, so
+// that its new mirror knows the queues (a mirror that knows a queue
+// ignores a declare of it) and automatic syncs bring their messages.
+func (m *Master) Fresh(node string) {
+	m.pol.Lock()
+	m.mu.Lock()
+	for k, set := range m.sy.synced {
+		if set[node] {
+			delete(set, node)
+			m.log.Warn().Str("mirror", node).Str("vhost", k.vhost).Str("queue", k.name).Msg("mirror is no longer synced: it starts from empty")
+		}
+	}
+	for _, r := range m.sy.runs {
+		if slices.Contains(r.targets, node) {
+			r.lost[node] = true
+		}
+	}
+	replay := m.replayLocked(nil)
+	m.mu.Unlock()
+	m.proposeAll(replay)
+	m.pol.Unlock()
+	m.log.Info().Str("mirror", node).Int("declares", len(replay)).Msg("a mirror starts from empty: the catalog is declared to it again")
+	m.changed()
+	m.autoSync()
+}
+
 // Synced returns, sorted, the mirrors synced for a queue.
 func (m *Master) Synced(vhost, queue string) []string {
 	m.mu.Lock()

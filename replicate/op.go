@@ -38,7 +38,8 @@ const (
 	OpPolicy OpKind = 9
 	// OpStatus is sent by a mirror (Nodes: itself) when it stopped being a
 	// faithful copy of Queue ("" for the whole vhost), so the master drops
-	// it from the synced sets.
+	// it from the synced sets. With Vhost "" too, the mirror starts from
+	// empty (Master.Fresh): the master declares its catalog again.
 	OpStatus OpKind = 10
 	// OpPurge purges a queue (queue.purge the master's broker accepted)
 	// but for the ids in IDs: messages clients held delivered and unacked

@@ -28,6 +28,13 @@ func (n groupNode) Group() replicate.Group {
 	return pg
 }
 
+// TransferMaster is ctl transfer_master: any node takes it (a mirror
+// passes it to the master).
+func (n groupNode) TransferMaster(ctx context.Context, target string) (string, uint64, error) {
+	v, err := n.g.TransferMaster(ctx, target)
+	return v.Master, v.Epoch, err
+}
+
 // Queues are the queues declared through the master (its catalog, fed by
 // the topology ops it replicates). A mirror lists none: ask the master.
 func (n groupNode) Queues(vhost string) []string {
@@ -93,7 +100,7 @@ func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies
 	h, err := admin.NewHandler(admin.Config{
 		Node: groupNode{g}, Policies: policies, Token: cfg.Admin.Token, Logger: log,
 		Messages: brokerMessages{url: cfg.BrokerURL(), isMaster: g.IsMaster},
-		Changer:  g, Syncer: g, Synced: g,
+		Changer:  g, Syncer: g, Synced: g, Transferer: groupNode{g},
 	})
 	if err != nil {
 		return nil, err

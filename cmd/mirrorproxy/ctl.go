@@ -27,7 +27,7 @@ func ctlCommand() *cli.Command {
 	quiet := &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print no informational lines"}
 	return &cli.Command{
 		Name:  "ctl",
-		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue)",
+		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue, transfer_master)",
 		Description: "The sidecar is --admin, else admin.address of --config, else " + config.DefaultAdmin + ".\n" +
 			"Changes need the node's admin.token: --token, MIRRORPROXY_ADMIN_TOKEN, or admin.token of --config.\n" +
 			"Policy changes and syncs are the group's, made by the master: ask the master's sidecar\n" +
@@ -83,6 +83,7 @@ func ctlCommand() *cli.Command {
 				Flags:     []cli.Flag{vhost, quiet},
 				Action:    queueAction("cancel_sync", "Stopping synchronising queue '%s' in vhost '%s' ...", ctlTimeoutSecs),
 			},
+			ctlTransferMasterCommand(quiet),
 		},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/failover"
+	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
@@ -33,6 +34,7 @@ type input struct {
 	tail     uint64 // the tail up to this barrier is applied
 	released uint64 // the held copies are released for this barrier
 	shutdown bool
+	handover *string // hand over to this member ("": the leader chooses)
 }
 
 // post hands an input to the driver; it never blocks the caller for long
@@ -86,6 +88,8 @@ func (g *Group) drive() {
 				acts = g.role.Released(in.released)
 			case in.shutdown:
 				acts = g.role.Shutdown(time.Now())
+			case in.handover != nil:
+				acts = g.role.HandoverRequested(*in.handover, time.Now())
 			}
 		}
 		for len(acts) > 0 {
@@ -148,6 +152,21 @@ func (g *Group) act(a failover.Action) []failover.Action {
 	case failover.ActApplyTail:
 		f := g.follower()
 		g.background(func(ctx context.Context) {
+			// The core serves on the ring of this view: gm must have
+			// installed it (a master that opens its core before gm joined
+			// its ring would never see a stable point, so never confirm).
+			for ctx.Err() == nil {
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := g.node.WaitEpoch(wctx, a.Barrier)
+				cancel()
+				if err == nil {
+					break
+				}
+				if errors.Is(err, gm.ErrClosed) {
+					return
+				}
+				log.Warn().Err(err).Uint64("epoch", a.Barrier).Msg("promotion waits for gm to install the view")
+			}
 			for ctx.Err() == nil {
 				tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				err := f.ApplyTail(tctx)
@@ -324,8 +343,18 @@ func (g *Group) resync(inc uint64) {
 		return
 	}
 	g.mir = mir
-	g.apply = replicate.NewFollower(replicate.FollowerConfig{Mirror: mir, Ring: g.node, Self: g.cfg.Self, Logger: g.log})
+	f := replicate.NewFollower(replicate.FollowerConfig{Mirror: mir, Ring: g.node, Self: g.cfg.Self, Logger: g.log})
+	g.apply = f
 	g.log.Info().Uint64("incarnation", inc).Msg("mirroring from empty: the master's sync brings the old messages")
+	// The master declares its queues to the new mirror again (a member
+	// that stays in the view is no newcomer to it).
+	g.background(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := f.ReportFresh(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn().Err(err).Msg("could not tell the master that this mirror starts from empty")
+		}
+	})
 	if old != nil {
 		g.wg.Add(1)
 		go func() {
@@ -356,6 +385,8 @@ const (
 	reqLeave    = "leave"
 	reqHandover = "handover"
 	reqSynced   = "synced"
+	// reqTransfer goes to the master, not the leader: TransferMaster.
+	reqTransfer = "transfer"
 )
 
 // toLeader has the raft leader apply req for this node.
@@ -390,6 +421,13 @@ func (g *Group) serveRequest(ctx context.Context, peer string, body []byte) ([]b
 	var req leaderRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	if req.Kind == reqTransfer {
+		v, err := g.transferMaster(ctx, req.Target, true)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(v)
 	}
 	if !g.svc.Load().IsLeader() {
 		return nil, failover.ErrNotLeader

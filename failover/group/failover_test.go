@@ -2,12 +2,14 @@ package group
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/mirrorproxy/mirrorproxy/failover"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
@@ -210,5 +212,53 @@ func TestMirrorBrokerFreezeDoesNotHoldConfirms(t *testing.T) {
 	publishConfirmed(t, ch, "", "ha.frozen", "after")
 	waitFor(t, "node-2 holding the message published after it came back", 30*time.Second, func() bool {
 		return s.groups[2].Mirror().Held("/", "ha.frozen") == 1
+	})
+}
+
+// ctl transfer_master: asked of a mirror (node-1), the master (node-0)
+// hands over to node-2 as a graceful handover does, and stays as a
+// mirror. A transfer the leader would refuse is refused before the
+// master stops serving.
+func TestTransferMaster(t *testing.T) {
+	_, s, master := failoverScenario(t, func(_ *testenv.Group, s *sidecars) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := s.groups[1].TransferMaster(ctx, "node-9"); !errors.Is(err, ErrUnknownMember) {
+			t.Errorf("transfer to a node that is no member: %v, want ErrUnknownMember", err)
+		}
+		if v, err := s.groups[1].TransferMaster(ctx, "node-0"); err != nil || v.Master != "node-0" {
+			t.Errorf("transfer to the master itself: %v, %q; want nothing done", err, v.Master)
+		}
+		if !s.groups[0].IsMaster() {
+			t.Fatal("a refused transfer stopped the master")
+		}
+		v, err := s.groups[1].TransferMaster(ctx, "node-2")
+		if err != nil {
+			t.Fatalf("transfer to node-2: %v", err)
+		}
+		if v.Master != "node-2" {
+			t.Fatalf("transfer to node-2 answered a view naming %q", v.Master)
+		}
+	})
+	if master != s.groups[2] {
+		t.Fatalf("%s serves as master, want node-2", master.cfg.Self)
+	}
+	waitFor(t, "node-0 mirroring again", 30*time.Second, func() bool {
+		_, in := s.groups[2].View().Member("node-0")
+		return in && s.groups[0].RoleState() == failover.RoleMirror
+	})
+	// The old master's broker holds the queue as a master did: its new
+	// mirror discards that when the new master declares the queue to it
+	// again, and a sync makes it a synced copy.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := master.SyncQueue(ctx, "/", "ha.failover"); err != nil {
+		t.Fatalf("sync after the transfer: %v", err)
+	}
+	if got := master.Synced("/", "ha.failover"); !slices.Contains(got, "node-0") {
+		t.Fatalf("synced mirrors after the sync: %v, want node-0 among them", got)
+	}
+	waitFor(t, "node-0 holding the queue's 2 messages as copies", 30*time.Second, func() bool {
+		return s.groups[0].Mirror().Held("/", "ha.failover") == 2
 	})
 }

@@ -144,7 +144,7 @@ func Start(cfg Config) (*Group, error) {
 	log := cfg.Logger.With().Str("node", cfg.Self).Logger()
 	g := &Group{cfg: cfg, log: log, viewCh: make(chan struct{}), syncedCh: make(chan struct{}, 1), stopped: make(chan struct{}), quit: make(chan struct{}),
 		roleCh: make(chan struct{}), inputs: make(chan input, 16), viewWake: make(chan struct{}, 1),
-		role: failover.NewRole(failover.RoleConfig{Self: cfg.Self, Retry: 250 * time.Millisecond})}
+		role: failover.NewRole(failover.RoleConfig{Self: cfg.Self, Retry: 250 * time.Millisecond, HandoverTimeout: handoverTimeout})}
 	var b [8]byte
 	rand.Read(b[:])
 	g.boot = hex.EncodeToString(b[:])
@@ -367,7 +367,9 @@ func (g *Group) deliver(op gm.Op) {
 		// come from a former master (failover, not built): not applied.
 		if k, _ := replicate.OpKindOf(op.Data); k == replicate.OpStatus {
 			if st, err := replicate.ParseOp(op.Data); err == nil && len(st.Nodes) == 1 {
-				if m := g.Master(); m != nil {
+				if m := g.Master(); m != nil && st.Vhost == "" && st.Queue == "" {
+					m.Fresh(st.Nodes[0])
+				} else if m != nil {
 					m.MarkUnsynced(st.Nodes[0], st.Vhost, st.Queue)
 				}
 			}

@@ -66,6 +66,15 @@ type Syncer interface {
 	CancelSyncQueue(vhost, queue string) error
 }
 
+// Transferer moves the master role (ctl transfer_master). Errors wrapping
+// group.ErrUnknownMember answer 404, group.ErrCannotHandOver 409.
+type Transferer interface {
+	// TransferMaster hands the master role to target ("" lets the group
+	// choose a synced mirror) and returns the new master and the view's
+	// epoch that names it.
+	TransferMaster(ctx context.Context, target string) (master string, epoch uint64, err error)
+}
+
 // Config configures the API handler.
 type Config struct {
 	// Node is the running node; required.
@@ -78,6 +87,8 @@ type Config struct {
 	// Syncer serves the queue actions sync and cancel_sync; nil answers
 	// them 501.
 	Syncer Syncer
+	// Transferer serves POST /api/master; nil answers it 501.
+	Transferer Transferer
 	// Messages counts messages; nil leaves "messages" out of the status.
 	Messages MessageCounter
 	// Synced reports synced mirrors; nil reports none (no signal yet).
@@ -137,6 +148,19 @@ type PolicyBody struct {
 // RabbitMQ's HTTP API: Action is "sync" or "cancel_sync".
 type ActionBody struct {
 	Action string `json:"action"`
+}
+
+// TransferBody is the body of POST /api/master: hand the master role to
+// Node ("" or absent: a synced mirror the group chooses).
+type TransferBody struct {
+	Node string `json:"node"`
+}
+
+// TransferReply answers POST /api/master: the master now, and the view's
+// epoch that names it.
+type TransferReply struct {
+	Master string `json:"master"`
+	Epoch  uint64 `json:"epoch"`
 }
 
 // ErrorBody is every error response.
@@ -206,6 +230,10 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			a.setPolicy(w, r, segs[2], segs[3])
 		} else {
 			a.clearPolicy(w, segs[2], segs[3])
+		}
+	case len(segs) == 2 && segs[0] == "api" && segs[1] == "master":
+		if route(http.MethodPost) && a.authorised(w, r) {
+			a.transferMaster(w, r)
 		}
 	case len(segs) == 5 && segs[0] == "api" && segs[1] == "queues" && segs[4] == "actions":
 		if route(http.MethodPost) && a.authorised(w, r) {
@@ -409,6 +437,37 @@ func (a *api) queueAction(w http.ResponseWriter, r *http.Request, vhost, name st
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// transferMaster hands the master role over and answers once a view names
+// the new master (a handover takes up to the group's handover timeout).
+func (a *api) transferMaster(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		a.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("reading the body: %v", err))
+		return
+	}
+	var b TransferBody
+	if len(bytes.TrimSpace(body)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&b); err != nil {
+			a.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf(`the body is not {"node": NODE}: %v`, err))
+			return
+		}
+	}
+	if a.cfg.Transferer == nil {
+		a.fail(w, http.StatusNotImplemented, "not_implemented", "this node is not in a group: there is no master to transfer")
+		return
+	}
+	a.log.Info().Str("target", b.Node).Str("remote", r.RemoteAddr).Msg("master transfer requested")
+	master, epoch, err := a.cfg.Transferer.TransferMaster(r.Context(), b.Node)
+	if err != nil {
+		a.failChange(w, err)
+		return
+	}
+	a.log.Info().Str("master", master).Uint64("epoch", epoch).Msg("master transferred")
+	a.reply(w, http.StatusOK, TransferReply{Master: master, Epoch: epoch})
+}
+
 // failChange answers a change the Changer or Syncer refused or could not
 // make, with a status by the error's kind.
 func (a *api) failChange(w http.ResponseWriter, err error) {
@@ -416,6 +475,10 @@ func (a *api) failChange(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, group.ErrNotMaster):
 		status, kind = http.StatusConflict, "not_master"
+	case errors.Is(err, group.ErrUnknownMember):
+		status, kind = http.StatusNotFound, "not_found"
+	case errors.Is(err, group.ErrCannotHandOver):
+		status, kind = http.StatusConflict, "cannot_hand_over"
 	case errors.Is(err, replicate.ErrPolicyNotFound), errors.Is(err, replicate.ErrUnknownQueue):
 		status, kind = http.StatusNotFound, "not_found"
 	case errors.Is(err, replicate.ErrNotSyncing):
