@@ -266,13 +266,16 @@ func (g *Group) heard(peer string) {
 
 // onView runs on raft's FSM goroutine for every committed view.
 func (g *Group) onView(v failover.View) {
-	g.node.InstallView(v.GM())
+	// View() shows a committed view before gm acts on it: a confirm gm
+	// releases once it installed a view without a member is never seen
+	// beside a View() that still lists that member.
 	g.viewMu.Lock()
 	old := g.view
 	g.view = v
 	close(g.viewCh)
 	g.viewCh = make(chan struct{})
 	g.viewMu.Unlock()
+	g.node.InstallView(v.GM())
 	if old.Master != "" && v.Master != old.Master {
 		g.log.Warn().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).Msg("the view changed master")
 	}
