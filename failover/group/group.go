@@ -86,6 +86,10 @@ type Group struct {
 	log   zerolog.Logger
 	node  *gm.Node
 	svc   atomic.Pointer[failover.Service]
+	// viewMaster is the master of the latest committed view, set before
+	// gm is given that view: gm's OnReset (on its own goroutine) reads it
+	// to tell the master's admission from a mirror's.
+	viewMaster atomic.Pointer[string]
 	apply *replicate.Follower
 	mir   *replicate.Mirror
 
@@ -174,9 +178,7 @@ func Start(cfg Config) (*Group, error) {
 		Resolve:     func(id string) string { return addrs[id] },
 		Deliver:     g.deliver,
 		OnHeartbeat: g.heard,
-		OnReset: func(self gm.Member) {
-			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
-		},
+		OnReset: g.admitted,
 		Handoff: map[string]func(net.Conn, string){peerlink.Purpose: func(c net.Conn, peer string) {
 			peerlink.Serve(linkCtx, c, peer, peerlink.Handler{Session: g.serveLeg, Request: g.serveRequest},
 				log.With().Str("part", "peerlink").Logger())
@@ -263,8 +265,21 @@ func (g *Group) heard(peer string) {
 	}
 }
 
+// admitted logs this node's admission to the ring as a new incarnation
+// (gm's OnReset). A mirror's copies start unsynced, which an operator
+// should know; the master (the group's first node at bootstrap, say) has
+// no copies to sync: its admission is news, not a warning.
+func (g *Group) admitted(self gm.Member) {
+	if m := g.viewMaster.Load(); m != nil && *m == g.cfg.Self {
+		g.log.Info().Uint64("incarnation", self.Inc).Msg("admitted to the group as the master")
+		return
+	}
+	g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
+}
+
 // onView runs on raft's FSM goroutine for every committed view.
 func (g *Group) onView(v failover.View) {
+	g.viewMaster.Store(&v.Master)
 	g.node.InstallView(v.GM())
 	g.viewMu.Lock()
 	old := g.view
