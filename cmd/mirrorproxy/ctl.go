@@ -40,6 +40,8 @@ func ctlCommand() *cli.Command {
 			&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Value: ctlTimeoutSecs, Usage: "give up after `SECONDS` (sync_queue: 600 unless given)"},
 			verbose,
 		},
+		Action: unknownCommand(func(c *cli.Context) []*cli.Command { return c.Command.VisibleCommands() },
+			cli.ShowSubcommandHelp),
 		Subcommands: []*cli.Command{
 			{
 				Name:      "list_queues",
