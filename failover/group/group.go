@@ -86,12 +86,13 @@ type Group struct {
 	log   zerolog.Logger
 	node  *gm.Node
 	svc   atomic.Pointer[failover.Service]
+	apply *replicate.Follower
+	mir   *replicate.Mirror
+
 	// viewMaster is the master of the latest committed view, set before
 	// gm is given that view: gm's OnReset (on its own goroutine) reads it
 	// to tell the master's admission from a mirror's.
 	viewMaster atomic.Pointer[string]
-	apply *replicate.Follower
-	mir   *replicate.Mirror
 
 	viewMu   sync.Mutex
 	view     failover.View
@@ -178,7 +179,7 @@ func Start(cfg Config) (*Group, error) {
 		Resolve:     func(id string) string { return addrs[id] },
 		Deliver:     g.deliver,
 		OnHeartbeat: g.heard,
-		OnReset: g.admitted,
+		OnReset:     g.admitted,
 		Handoff: map[string]func(net.Conn, string){peerlink.Purpose: func(c net.Conn, peer string) {
 			peerlink.Serve(linkCtx, c, peer, peerlink.Handler{Session: g.serveLeg, Request: g.serveRequest},
 				log.With().Str("part", "peerlink").Logger())
