@@ -2,11 +2,14 @@ package proxy_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
@@ -158,13 +161,42 @@ func TestUpstreamRefusing(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	p := startProxy(t, proxy.Options{Upstream: dead, DialTimeout: time.Second})
+
+	// Frame by frame: connection.start, then after start-ok a 320 that
+	// names the broker and the cause.
 	c := dialRaw(t, p.Addr)
 	c.send(amqp.ProtocolHeader[:])
+	c.expect("connection.start")
+	c.sendMethod(0, &amqp.ConnectionStartOk{Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"})
+	cl := c.closed()
+	if cl == nil || cl.ReplyCode != amqp.ConnectionForced ||
+		!strings.Contains(cl.ReplyText, "CONNECTION_FORCED") || !strings.Contains(cl.ReplyText, dead) ||
+		!strings.Contains(cl.ReplyText, "connection refused") {
+		t.Fatalf("got %v, want connection.close 320 naming %s and the cause", describe(methodOrNil(cl)), dead)
+	}
 	if _, err := io.ReadAll(c.conn); err != nil && !isReset(err) {
-		t.Fatalf("read: %v", err)
+		t.Fatalf("after close-ok: %v", err)
 	}
 	eventually(t, 5*time.Second, "a log line naming the broker", func() bool {
 		return p.Logs.lineWith("cannot reach the broker", dead) != ""
+	})
+
+	// A real client reports that reason, not a bare EOF.
+	_, err = amqp091.DialConfig(p.URL(), amqp091.Config{Dial: amqp091.DefaultDial(5 * time.Second)})
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) || ae.Code != amqp091.ConnectionForced || !strings.Contains(ae.Reason, dead) {
+		t.Fatalf("amqp091-go: got %v, want a 320 naming %s", err, dead)
+	}
+	t.Logf("amqp091-go says: %v", err)
+
+	// A bare TCP connect that leaves (a readiness probe) is logged at debug.
+	probe, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Close()
+	eventually(t, 5*time.Second, "the probe's log line", func() bool {
+		return p.Logs.lineWith(`"level":"debug"`, "client left before sending a protocol header") != ""
 	})
 }
 

@@ -164,12 +164,13 @@ func (s *session) serve(ctx context.Context) {
 			s.log.Warn().Err(err).Msg("handshake timeout: no complete protocol header (or PROXY header) from the client")
 			return
 		}
-		s.log.Info().Err(err).Msg("client left before sending a protocol header")
+		// Most often a readiness probe: a bare TCP connect, then gone.
+		s.log.Debug().Err(err).Msg("client left before sending a protocol header")
 		return
 	}
 
 	if err := s.dialUpstream(ctx); err != nil {
-		s.log.Error().Err(err).Stringer("core", s.route.Core).Msg("cannot reach the broker; closing the client")
+		s.refuseUnreachable(err)
 		return
 	}
 	defer s.up.Close()

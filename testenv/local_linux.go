@@ -249,7 +249,7 @@ func (be *localBackend) baseEnv(nodeDir string) []string {
 		// rabbitmqctl listens for distribution on loopback, in a wider port
 		// range than the default 11 ports (many CLIs may run at once).
 		"RABBITMQ_CTL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}",
-		"RABBITMQ_CTL_DIST_PORT_MIN=35672",
-		"RABBITMQ_CTL_DIST_PORT_MAX=35871",
+		"RABBITMQ_CTL_DIST_PORT_MIN=" + strconv.Itoa(ctlDistPortMin),
+		"RABBITMQ_CTL_DIST_PORT_MAX=" + strconv.Itoa(ctlDistPortMax),
 	}
 }

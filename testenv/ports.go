@@ -4,51 +4,88 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 )
 
-// freePorts returns n distinct loopback TCP ports that were free a moment
-// ago: it listens on 127.0.0.1:0 n times, holding every listener until all
-// are chosen, then closes them. Another process may take one before the
-// broker binds it; the broker then fails with eaddrinuse and the start is
-// retried on new ports.
-func freePorts(n int) ([]int, error) {
-	ls := make([]net.Listener, 0, n)
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("listen on a free loopback port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
+// The ports rabbitmqctl's Erlang distribution listens on (baseEnv sets
+// this range, wider than RabbitMQ's default 35672-35682): a broker or a
+// sidecar given one of them fails to bind it while a rabbitmqctl runs, or
+// makes the next rabbitmqctl move on. No port of the range is handed out.
+const (
+	ctlDistPortMin = 35672
+	ctlDistPortMax = 35871
+)
+
+// handedOut holds every port this process handed out (freePorts,
+// reservePorts, ReserveAddrs), so it never hands one out twice, even
+// after its TIME_WAIT reservation ended and before its owner bound it.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
 }
+
+// ReserveAddrs returns n distinct loopback addresses ("127.0.0.1:port")
+// for processes the caller starts and that bind them explicitly (a
+// sidecar's client, gm, raft and admin addresses in the demo). Each port
+// is reserved as reservePorts does — left with a socket in TIME_WAIT, so
+// for a minute no bind(0) or connect() of any process on the machine is
+// handed it (test packages running beside this one, the brokers' own
+// picks) while a bind that names it with SO_REUSEADDR, as Go's
+// net.Listen and Erlang's listeners do, succeeds — and none is ever
+// handed out twice by this process or lies in rabbitmqctl's distribution
+// range.
+func ReserveAddrs(n int) ([]string, error) {
+	ports, err := reservePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]string, len(ports))
+	for i, p := range ports {
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	}
+	return addrs, nil
+}
+
+// freePorts returns n distinct loopback ports for a broker (AMQP,
+// distribution, management): they are reserved as ReserveAddrs does.
+// Should a port be taken all the same (a process that named it), the
+// broker fails with eaddrinuse and the start is retried on new ports.
+func freePorts(n int) ([]int, error) { return reservePorts(n) }
 
 // reservePorts returns n distinct loopback TCP ports that no other
 // process will be handed for about a minute, unless it names them
 // explicitly: each port is left with a socket in TIME_WAIT (see
-// reservePort). The sidecars of a group bind them explicitly, with
-// SO_REUSEADDR (Go's net.Listen sets it), which a TIME_WAIT socket does
-// not block.
+// timeWait). The sidecars of a group and the brokers bind them
+// explicitly, with SO_REUSEADDR (Go's net.Listen and Erlang's listeners
+// set it), which a TIME_WAIT socket does not block. Ports in
+// rabbitmqctl's distribution range, or handed out before by this process,
+// are skipped.
 func reservePorts(n int) ([]int, error) {
-	ls := make([]net.Listener, 0, n)
+	var ls, skipped []net.Listener
 	defer func() {
-		for _, l := range ls {
+		// Held until all are chosen, so bind(0) does not hand one out again.
+		for _, l := range append(ls, skipped...) {
 			l.Close()
 		}
 	}()
-	// Hold all listeners first, so the n ports are distinct.
-	for range n {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = make(map[int]bool)
+	}
+	for len(ls) < n {
+		if len(skipped) > 1000 {
+			return nil, fmt.Errorf("no free loopback port outside rabbitmqctl's range after %d tries", len(skipped))
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("listen on a free loopback port: %w", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		if (p >= ctlDistPortMin && p <= ctlDistPortMax) || handedOut.ports[p] {
+			skipped = append(skipped, l)
+			continue
 		}
 		ls = append(ls, l)
 	}
@@ -57,7 +94,9 @@ func reservePorts(n int) ([]int, error) {
 		if err := timeWait(l); err != nil {
 			return nil, err
 		}
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := l.Addr().(*net.TCPAddr).Port
+		handedOut.ports[p] = true
+		ports = append(ports, p)
 	}
 	return ports, nil
 }

@@ -3,8 +3,10 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -103,6 +105,48 @@ func TestFreePortsDistinct(t *testing.T) {
 		}
 		seen[p] = true
 	}
+}
+
+// TestReserveAddrs: addresses are loopback, distinct across calls, and
+// never in rabbitmqctl's distribution range (about 0.7% of the ephemeral
+// range: among 200 ports some usually fall there without the filter).
+func TestReserveAddrs(t *testing.T) {
+	seen := map[string]bool{}
+	for range 20 {
+		addrs, err := ReserveAddrs(10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			host, port, err := net.SplitHostPort(a)
+			if err != nil || host != "127.0.0.1" {
+				t.Fatalf("bad address %q", a)
+			}
+			p, _ := strconv.Atoi(port)
+			if p >= ctlDistPortMin && p <= ctlDistPortMax {
+				t.Fatalf("%s is in rabbitmqctl's distribution range", a)
+			}
+			if seen[a] {
+				t.Fatalf("%s handed out twice", a)
+			}
+			seen[a] = true
+		}
+	}
+	// Reserved means bindable by its owner, who names it.
+	ln, err := net.Listen("tcp", addrsOf(t, 1)[0])
+	if err != nil {
+		t.Fatalf("the owner cannot bind a reserved address: %v", err)
+	}
+	ln.Close()
+}
+
+func addrsOf(t *testing.T, n int) []string {
+	t.Helper()
+	a, err := ReserveAddrs(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 func TestOptionsDefaults(t *testing.T) {

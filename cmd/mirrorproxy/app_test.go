@@ -73,6 +73,35 @@ func TestCommands(t *testing.T) {
 	}
 }
 
+// TestUnknownCommand: a command that does not exist is named, the
+// commands are listed, and the exit status is 2 (urfave/cli said "No help
+// topic for 'bogus'", exit 3); no argument still shows the help.
+func TestUnknownCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		list []string
+	}{
+		{[]string{"bogus"}, []string{"run", "config", "version", "ctl", "bench", "demo"}},
+		{[]string{"ctl", "bogus"}, []string{"list_queues", "set_policy", "sync_queue", "transfer_master"}},
+	} {
+		code, out, errs := runCLI(tc.args...)
+		if code != 2 || out != "" || !strings.HasPrefix(errs, "unknown command 'bogus'; the commands are:\n") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", tc.args, code, out, errs)
+		}
+		for _, name := range tc.list {
+			if !strings.Contains(errs, "\n  "+name+" ") {
+				t.Errorf("%v: %q not listed in %q", tc.args, name, errs)
+			}
+		}
+	}
+	for _, args := range [][]string{nil, {"ctl"}, {"--help"}} {
+		code, out, errs := runCLI(args...)
+		if code != 0 || !strings.Contains(out, "COMMANDS:") || errs != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+	}
+}
+
 func TestConfigCheck(t *testing.T) {
 	good := writeFile(t, "good.yaml", "listen:\n  address: :5672\n")
 	bad := writeFile(t, "bad.yaml", "listen:\n  address: :5672\nlimits:\n  heartbeat: 5x\n  frame_max: 10\nfoo: 1\n")

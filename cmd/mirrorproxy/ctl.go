@@ -25,6 +25,7 @@ import (
 func ctlCommand() *cli.Command {
 	vhost := &cli.StringFlag{Name: "vhost", Aliases: []string{"p"}, Value: "/", Usage: "the `VHOST`"}
 	quiet := &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print no informational lines"}
+	verbose := &cli.BoolFlag{Name: "verbose", Usage: "also print the timeout line rabbitmqctl prints"}
 	return &cli.Command{
 		Name:  "ctl",
 		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue, transfer_master)",
@@ -37,13 +38,16 @@ func ctlCommand() *cli.Command {
 			&cli.StringFlag{Name: "token", EnvVars: []string{"MIRRORPROXY_ADMIN_TOKEN"}, Usage: "the node's admin.token, for changes"},
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, TakesFile: true, Usage: "read admin.address and admin.token from this config `FILE`"},
 			&cli.IntFlag{Name: "timeout", Aliases: []string{"t"}, Value: ctlTimeoutSecs, Usage: "give up after `SECONDS` (sync_queue: 600 unless given)"},
+			verbose,
 		},
+		Action: unknownCommand(func(c *cli.Context) []*cli.Command { return c.Command.VisibleCommands() },
+			cli.ShowSubcommandHelp),
 		Subcommands: []*cli.Command{
 			{
 				Name:      "list_queues",
 				Usage:     "mirrored queues with the chosen columns (default: name messages)",
 				ArgsUsage: "[COLUMN ...] (name vhost node messages slave_pids synchronised_slave_pids policy state)",
-				Flags:     []cli.Flag{vhost, quiet, &cli.BoolFlag{Name: "no-table-headers", Usage: "no column names line"}},
+				Flags:     []cli.Flag{vhost, quiet, verbose, &cli.BoolFlag{Name: "no-table-headers", Usage: "no column names line"}},
 				Action:    ctlListQueues,
 			},
 			{
@@ -212,6 +216,16 @@ func (cl *ctlClient) ctx(c *cli.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.Context, cl.timeout)
 }
 
+// isSet reports whether a boolean flag is true after the verb or before it.
+func isSet(c *cli.Context, flag string) bool {
+	for _, cc := range c.Lineage() {
+		if cc.Bool(flag) {
+			return true
+		}
+	}
+	return false
+}
+
 // ctlExit turns an error into the exit code rabbitmqctl uses for a failed
 // command (69: unavailable or refused, 64: usage).
 func ctlExit(err error, code int) error { return cli.Exit(err.Error(), code) }
@@ -233,7 +247,9 @@ func ctlListQueues(c *cli.Context) error {
 	vhost := c.String("vhost")
 	w := c.App.Writer
 	if !c.Bool("quiet") {
-		fmt.Fprintf(w, "Timeout: %.1f seconds ...\n", cl.timeout.Seconds())
+		if isSet(c, "verbose") {
+			fmt.Fprintf(w, "Timeout: %.1f seconds ...\n", cl.timeout.Seconds())
+		}
 		fmt.Fprintf(w, "Listing queues for vhost %s ...\n", vhost)
 	}
 	ctx, cancel := cl.ctx(c)

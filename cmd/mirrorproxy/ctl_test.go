@@ -106,7 +106,7 @@ func TestCtlListQueues(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	want := "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\n" +
+	want := "Listing queues for vhost / ...\n" +
 		"name\tslave_pids\tsynchronised_slave_pids\tpolicy\tstate\n" +
 		"ha.q1\t[b, c]\t[c]\tha-all\trunning\n" +
 		"ha.q2\t[b, c]\t[]\tha-all\tsyncing\n"
@@ -119,8 +119,15 @@ func TestCtlListQueues(t *testing.T) {
 		t.Errorf("quiet default columns: exit %d %q", code, out)
 	}
 	code, out, _ = runCLI("ctl", "--admin", addr, "list_queues", "-p", "other", "--no-table-headers")
-	if code != 0 || out != "Timeout: 60.0 seconds ...\nListing queues for vhost other ...\n" {
+	if code != 0 || out != "Listing queues for vhost other ...\n" {
 		t.Errorf("vhost other: exit %d %q", code, out)
+	}
+	// The timeout line only with --verbose, given before or after the verb.
+	for _, args := range [][]string{{"--verbose", "list_queues"}, {"list_queues", "--verbose"}} {
+		code, out, _ = runCLI(append([]string{"ctl", "--admin", addr}, append(args, "-p", "other", "--no-table-headers")...)...)
+		if code != 0 || out != "Timeout: 60.0 seconds ...\nListing queues for vhost other ...\n" {
+			t.Errorf("%v: exit %d %q", args, code, out)
+		}
 	}
 	if code, _, errs := runCLI("ctl", "--admin", addr, "list_queues", "colour"); code != 64 || !strings.Contains(errs, `unknown column "colour"`) {
 		t.Errorf("unknown column: exit %d %q", code, errs)

@@ -175,6 +175,9 @@ func TestExecRunSIGTERM(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v, want 0; log: %q", exitErr, msgs)
 	}
 	joined := strings.Join(msgs, "|")
+	if !strings.Contains(joined, "cannot reach the broker at start-up") {
+		t.Errorf("no start-up warning about the unreachable broker 127.0.0.1:1: %q", msgs)
+	}
 	if !strings.Contains(joined, "shutting down") || msgs[len(msgs)-1] != "stopped" {
 		t.Errorf("log should show the shutdown and end with stopped: %q", msgs)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -12,14 +11,15 @@ import (
 	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
+// freeAddr is a loopback address for a sidecar binary to bind, reserved
+// so that nothing else is handed it meanwhile (testenv.ReserveAddrs).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := testenv.ReserveAddrs(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a[0]
 }
 
 // TestExecRunGroupOfOne runs a sidecar configured as the only node of a
@@ -79,6 +79,11 @@ admin:
 	msgs = stopBinary(t, cmd, lines, exited, msgs, 10*time.Second)
 	if msgs[len(msgs)-1] != "stopped" || !strings.Contains(strings.Join(msgs, "|"), "view committed") {
 		t.Errorf("log should show a committed view and end with stopped: %q", msgs)
+	}
+	// The master's own admission is no mirror's: no warning about copies.
+	joined := strings.Join(msgs, "|")
+	if !strings.Contains(joined, "admitted to the group as the master") || strings.Contains(joined, "mirror's copies are unsynced") {
+		t.Errorf("the master's admission should be logged as the master's: %q", msgs)
 	}
 }
 

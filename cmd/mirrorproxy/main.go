@@ -48,6 +48,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		// exit code; the default handler would call os.Exit itself.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands:       commands(),
+		Action: unknownCommand(func(c *cli.Context) []*cli.Command { return c.App.VisibleCommands() },
+			cli.ShowAppHelp),
 	}
 }
 

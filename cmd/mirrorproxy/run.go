@@ -133,6 +133,7 @@ func runAction(c *cli.Context) error {
 	}
 	ev.Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).
 		Str("proxy_protocol", cfg.ProxyProtocol.Mode).Msg("mirrorproxy starting")
+	checkUpstream(log, cfg.Upstream.Address)
 	err = serve(log, srv, ln, cfg.ShutdownGrace, signals)
 	if adm != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

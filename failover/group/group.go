@@ -89,6 +89,11 @@ type Group struct {
 	apply *replicate.Follower
 	mir   *replicate.Mirror
 
+	// viewMaster is the master of the latest committed view, set before
+	// gm is given that view: gm's OnReset (on its own goroutine) reads it
+	// to tell the master's admission from a mirror's.
+	viewMaster atomic.Pointer[string]
+
 	viewMu   sync.Mutex
 	view     failover.View
 	viewCh   chan struct{} // closed and replaced on every committed view
@@ -175,9 +180,7 @@ func Start(cfg Config) (*Group, error) {
 		Resolve:     func(id string) string { return addrs[id] },
 		Deliver:     g.deliver,
 		OnHeartbeat: g.heard,
-		OnReset: func(self gm.Member) {
-			g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
-		},
+		OnReset:     g.admitted,
 		Handoff: map[string]func(net.Conn, string){peerlink.Purpose: func(c net.Conn, peer string) {
 			peerlink.Serve(linkCtx, c, peer, peerlink.Handler{Session: g.serveLeg, Request: g.serveRequest},
 				log.With().Str("part", "peerlink").Logger())
@@ -264,11 +267,24 @@ func (g *Group) heard(peer string) {
 	}
 }
 
+// admitted logs this node's admission to the ring as a new incarnation
+// (gm's OnReset). A mirror's copies start unsynced, which an operator
+// should know; the master (the group's first node at bootstrap, say) has
+// no copies to sync: its admission is news, not a warning.
+func (g *Group) admitted(self gm.Member) {
+	if m := g.viewMaster.Load(); m != nil && *m == g.cfg.Self {
+		g.log.Info().Uint64("incarnation", self.Inc).Msg("admitted to the group as the master")
+		return
+	}
+	g.log.Warn().Uint64("incarnation", self.Inc).Msg("admitted as a new incarnation: this mirror's copies are unsynced until a sync")
+}
+
 // onView runs on raft's FSM goroutine for every committed view.
 func (g *Group) onView(v failover.View) {
 	// View() shows a committed view before gm acts on it: a confirm gm
 	// releases once it installed a view without a member is never seen
 	// beside a View() that still lists that member.
+	g.viewMaster.Store(&v.Master)
 	g.viewMu.Lock()
 	old := g.view
 	g.view = v

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,24 +44,43 @@ func Command() *cli.Command {
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return run(ctx, c.App.Writer, c.Int("messages"), c.Bool("sidecar-logs"))
+			err := run(ctx, c.App.Writer, c.Int("messages"), c.Bool("sidecar-logs"))
+			if err != nil && ctx.Err() != nil && c.Context.Err() == nil {
+				// A signal, not a failure: everything the demo started is
+				// stopped by now. 130 is what a shell reports for SIGINT.
+				return cli.Exit("demo interrupted: the sidecars and brokers it started are stopped", 130)
+			}
+			return err
 		},
 	}
 }
 
+// executable is the binary the sidecars and ctl calls run: this one (a
+// test points it at a built binary).
+var executable = os.Executable
+
 // nodes is the size of the demo group.
 const nodes = 3
 
-func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
+func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) (err error) {
 	say := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	t0 := time.Now()
 
 	say("1. Starting %d RabbitMQ nodes (local rabbitmq-server processes, random ports, not clustered)…", nodes)
 	g, err := testenv.StartGroup(ctx, testenv.Options{Nodes: nodes})
 	if err != nil {
-		return err
+		return err // a broker that did not start: the error has its last log lines
 	}
+	killed := make([]bool, len(g.Nodes)) // brokers the demo kills on purpose
 	defer func() {
+		if err != nil && ctx.Err() == nil {
+			// A broker that died under the demo: show why, whatever the flags.
+			for i, node := range g.Nodes {
+				if !killed[i] && !node.Running() {
+					say("   node-%d's broker is not running; its last log lines:\n%s", i, indent(node.LogTail(20)))
+				}
+			}
+		}
 		g.Close()
 		say("   brokers stopped and their directories removed")
 	}()
@@ -82,7 +102,7 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	var sidecars []*sidecarProc
 	defer func() {
 		for i := len(sidecars) - 1; i >= 0; i-- {
-			sidecars[i].stop(say)
+			sidecars[i].stop(say, fmt.Sprintf("node-%d", i))
 		}
 	}()
 	for i, cfg := range cfgs {
@@ -100,7 +120,7 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	say("   Policy ha (in the config): ^hello- queues get exactly 2 copies — the master's and node-1's")
 
 	ctl := func(args ...string) {
-		exe, err := os.Executable()
+		exe, err := executable()
 		if err != nil {
 			say("   (%v)", err)
 			return
@@ -144,11 +164,11 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	// the demo shows the state the group converges to, not a moment of it.
 	settle := func(i int, want string) {
 		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
+		for time.Now().Before(deadline) && ctx.Err() == nil {
 			if f, _ := queueOn(i); f != nil && f[1] == want && f[2] == want {
 				return
 			}
-			time.Sleep(50 * time.Millisecond)
+			pause(ctx, 50*time.Millisecond)
 		}
 	}
 	count := strconv.Itoa(n)
@@ -166,10 +186,10 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 			ctl("set_policy", "ha", "^hello-", `{"ha-mode":"all"}`)
 			deadline := time.Now().Add(30 * time.Second)
 			for {
-				if f, _ := queueOn(2); f != nil || time.Now().After(deadline) {
+				if f, _ := queueOn(2); f != nil || time.Now().After(deadline) || ctx.Err() != nil {
 					break
 				}
-				time.Sleep(50 * time.Millisecond)
+				pause(ctx, 50*time.Millisecond)
 			}
 			say("   the master replicated the policy; node-2 declared its copy, which starts empty and unsynced:")
 			listQueues()
@@ -199,7 +219,7 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 	if err := client(ctx, "amqp://guest:guest@"+clients[0]+"/", "amqp://guest:guest@"+clients[2]+"/", n, say, steps); err != nil {
 		return err
 	}
-	if err := failoverStep(ctx, say, g, clients); err != nil {
+	if err := failoverStep(ctx, say, g, clients, func() { killed[0] = true }); err != nil {
 		return err
 	}
 	say("9. Done in %.1fs.", time.Since(t0).Seconds())
@@ -209,7 +229,7 @@ func run(ctx context.Context, w io.Writer, n int, sidecarLogs bool) error {
 // failoverStep kills the master's broker while a producer (with confirms)
 // and a consumer (manual acks) stream through two different sidecars,
 // and counts what the clients saw: nothing confirmed is lost.
-func failoverStep(ctx context.Context, say func(string, ...any), g *testenv.Group, clients []string) error {
+func failoverStep(ctx context.Context, say func(string, ...any), g *testenv.Group, clients []string, kill func()) error {
 	const queue = "hello-failover"
 	say("8. Failover. A producer with publisher confirms streams through node-2's sidecar into %s (ha-mode all),", queue)
 	say("   a consumer with manual acks reads it through node-1's; both reconnect to the next sidecar on an error.")
@@ -241,6 +261,7 @@ func failoverStep(ctx context.Context, say func(string, ...any), g *testenv.Grou
 	say("   after 3s: kill -9 of the master's broker (node-0); its sidecar notices, steps down, a synced mirror takes over")
 	killed := h.Now()
 	h.Fault("kill -9 master broker", "node-0")
+	kill()
 	if err := g.Nodes[0].Kill(); err != nil {
 		run.Stop()
 		return err
@@ -276,15 +297,17 @@ type demoSteps struct {
 // paths, the sidecars' client addresses and admin addresses.
 func groupConfigs(dir string, g *testenv.Group) (cfgs, clients, admins []string, err error) {
 	type addrs struct{ client, gm, raft, admin string }
+	// Reserved, not merely free a moment ago: nothing else on the machine
+	// (test packages running beside this one, rabbitmqctl) is handed one
+	// of them before the sidecar binds it.
+	reserved, err := testenv.ReserveAddrs(4 * len(g.Nodes))
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	var as []addrs
-	for range g.Nodes {
-		var a addrs
-		for _, p := range []*string{&a.client, &a.gm, &a.raft, &a.admin} {
-			if *p, err = freeAddr(); err != nil {
-				return nil, nil, nil, err
-			}
-		}
-		as = append(as, a)
+	for i := range g.Nodes {
+		r := reserved[4*i:]
+		as = append(as, addrs{client: r[0], gm: r[1], raft: r[2], admin: r[3]})
 	}
 	var peers strings.Builder
 	for i, a := range as {
@@ -361,6 +384,9 @@ func members(ctx context.Context, addr string) (int, error) {
 	return len(ms), nil
 }
 
+// confirmWait bounds the wait for each publisher confirm.
+const confirmWait = 30 * time.Second
+
 // client runs the articles' example: a durable direct exchange hello-exch,
 // a queue hello-queue declared with x-ha-policy all, persistent publishes
 // with routing key hala (with publisher confirms), consumed with manual acks.
@@ -389,6 +415,8 @@ func client(ctx context.Context, url, consumeURL string, n int, say func(string,
 		return err
 	}
 	say("   declared exchange hello-exch (direct, durable), queue hello-queue {x-ha-policy: all}, binding hala")
+	say("   note: the queue asks for x-ha-policy all (a copy on every node), but it gets 2 copies: a matching")
+	say("   policy wins over the queue's x-ha-policy argument, as in RabbitMQ, and policy ha says exactly 2")
 
 	if err := ch.Confirm(false); err != nil {
 		return err
@@ -397,12 +425,28 @@ func client(ctx context.Context, url, consumeURL string, n int, say func(string,
 	body := make([]byte, 1024)
 	start := time.Now()
 	inflight, acked := 0, 0
-	for i := 0; i < n; i++ {
-		for inflight >= 256 {
-			c := <-confirms
+	// confirm waits for the next confirm, at most confirmWait.
+	confirm := func() error {
+		select {
+		case c, ok := <-confirms:
+			if !ok {
+				return fmt.Errorf("client: the channel closed with %d of %d publishes confirmed", acked, n)
+			}
 			inflight--
 			if c.Ack {
 				acked++
+			}
+			return nil
+		case <-time.After(confirmWait):
+			return fmt.Errorf("client: no confirm within %s (%d of %d confirmed, %d waiting): the group withholds a confirm until every synced mirror has the message", confirmWait, acked, n, inflight)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for i := 0; i < n; i++ {
+		for inflight >= 256 {
+			if err := confirm(); err != nil {
+				return err
 			}
 		}
 		err := ch.PublishWithContext(ctx, "hello-exch", "hala", false, false, amqp091.Publishing{
@@ -413,9 +457,9 @@ func client(ctx context.Context, url, consumeURL string, n int, say func(string,
 		}
 		inflight++
 	}
-	for ; inflight > 0; inflight-- {
-		if c := <-confirms; c.Ack {
-			acked++
+	for inflight > 0 {
+		if err := confirm(); err != nil {
+			return err
 		}
 	}
 	el := time.Since(start)
@@ -475,11 +519,43 @@ func client(ctx context.Context, url, consumeURL string, n int, say func(string,
 
 type sidecarProc struct {
 	cmd  *exec.Cmd
-	done chan error
+	done chan error // the exit, once the log is read to its end
+	tail *logTail
 }
 
+// sidecarTailLines is how many of a sidecar's last log lines the demo
+// keeps, to show when it exits early.
+const sidecarTailLines = 30
+
+// logTail keeps the last lines of a log.
+type logTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *logTail) add(line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == sidecarTailLines {
+		t.lines = t.lines[1:]
+	}
+	t.lines = append(t.lines, line)
+}
+
+func (t *logTail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == 0 {
+		return "(no log lines)"
+	}
+	return strings.Join(t.lines, "\n")
+}
+
+// startSidecar starts a sidecar and waits until it listens on listen. A
+// sidecar that exits first is reported with its last log lines, whatever
+// showLogs says.
 func startSidecar(ctx context.Context, cfg, listen string, w io.Writer, showLogs bool, name string) (*sidecarProc, error) {
-	exe, err := os.Executable()
+	exe, err := executable()
 	if err != nil {
 		return nil, err
 	}
@@ -491,12 +567,13 @@ func startSidecar(ctx context.Context, cfg, listen string, w io.Writer, showLogs
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the sidecar: %w", err)
 	}
-	p := &sidecarProc{cmd: cmd, done: make(chan error, 1)}
+	p := &sidecarProc{cmd: cmd, done: make(chan error, 1), tail: &logTail{}}
 	logsDone := make(chan struct{})
 	go func() {
 		defer close(logsDone)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			p.tail.add(sc.Text())
 			if showLogs {
 				fmt.Fprintf(w, "   %s | %s\n", name, sc.Text())
 			}
@@ -515,39 +592,68 @@ func startSidecar(ctx context.Context, cfg, listen string, w io.Writer, showLogs
 		}
 		select {
 		case err := <-p.done:
-			return nil, fmt.Errorf("the sidecar exited: %v", err)
+			p.done <- err
+			return nil, fmt.Errorf("the sidecar of %s exited: %v; its last log lines:\n%s", name, err, indent(p.tail.String()))
 		case <-ctx.Done():
 			cmd.Process.Kill()
+			<-p.done
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			return nil, fmt.Errorf("the sidecar did not listen on %s within 10s", listen)
+			<-p.done
+			return nil, fmt.Errorf("the sidecar of %s did not listen on %s within 10s; its last log lines:\n%s", name, listen, indent(p.tail.String()))
 		}
 	}
 }
 
-func (p *sidecarProc) stop(say func(string, ...any)) {
+// stop ends the sidecar with SIGTERM (or finds it gone: then its last log
+// lines are shown, whatever the flags).
+func (p *sidecarProc) stop(say func(string, ...any), name string) {
+	select {
+	case err := <-p.done:
+		say("   %s's sidecar had exited early (%v); its last log lines:\n%s", name, exitText(err), indent(p.tail.String()))
+		return
+	default:
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
 		if err != nil {
-			say("   sidecar stopped: %v", err)
+			say("   %s's sidecar stopped: %v; its last log lines:\n%s", name, err, indent(p.tail.String()))
 		} else {
 			say("   sidecar stopped on SIGTERM (exit 0)")
 		}
 	case <-time.After(15 * time.Second):
 		p.cmd.Process.Kill()
-		say("   sidecar did not stop on SIGTERM within 15s; killed")
+		<-p.done
+		say("   %s's sidecar did not stop on SIGTERM within 15s; killed", name)
 	}
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+func exitText(err error) string {
+	if err == nil {
+		return "exit 0"
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return err.Error()
+}
+
+// pause waits for d or until ctx is done.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// indent prefixes every line of text with the demo's margin.
+func indent(text string) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = "   | " + l
+	}
+	return strings.Join(lines, "\n")
 }
