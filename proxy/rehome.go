@@ -313,19 +313,30 @@ func (rp *replayer) channels() error {
 	// Every channel moves together: the session's replicated state (the
 	// master's core hooks) stays with the old leg.
 	st.repl, st.redeliver = nil, nil
+	// The old broker's close-oks for channels the client finished with
+	// will not come.
+	st.staleCloseOks = nil
 	cancelNotify := st.caps.consumerCancelNotify
 	st.mu.Unlock()
 
 	for _, ch := range chans {
 		st.mu.Lock()
-		closing := ch.closing
-		st.mu.Unlock()
+		closing, answer := ch.closing(), ch.clientClosed
 		if closing {
-			// Its close was lost with the old leg: answer it here.
-			st.mu.Lock()
-			st.closeChannel(ch)
-			st.mu.Unlock()
+			// Not opened on the new leg. The client's close is answered
+			// here (its answer was lost with the old leg); a close of the
+			// broker's waits for the client's close-ok, which the proxy
+			// takes (the new broker never knew the channel).
+			ch.clientClosed, ch.gone = false, true
+			if !ch.brokerClosed {
+				st.closeChannel(ch)
+			}
+		}
+		st.mu.Unlock()
+		if answer {
 			s.cout.queue(amqp.AppendMethodFrame(nil, ch.id, &amqp.ChannelCloseOk{}))
+		}
+		if closing {
 			continue
 		}
 		if err := rp.call(ch.id, &amqp.ChannelOpen{}, amqp.ChannelOpenOkID); err != nil {

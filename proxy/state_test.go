@@ -262,7 +262,6 @@ func TestStateProtocolErrors(t *testing.T) {
 		raw  []byte
 		code uint16
 	}{
-		{"method on an unopened channel", method(3, &amqp.BasicQos{}), amqp.ChannelError},
 		{"second channel.open", method(1, &amqp.ChannelOpen{}), amqp.ChannelError},
 		{"header without a method", amqp.AppendContentHeaderFrame(nil, 1, 60, 1, &amqp.Properties{}), amqp.UnexpectedFrame},
 		{"body without a method", amqp.AppendFrame(nil, amqp.FrameBody, 1, []byte("x")), amqp.UnexpectedFrame},
@@ -274,7 +273,7 @@ func TestStateProtocolErrors(t *testing.T) {
 			return amqp.AppendFrame(b, amqp.FrameBody, 1, []byte("xyz"))
 		}(), amqp.UnexpectedFrame},
 		{"unknown method", amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 99, 0, 1}), amqp.CommandInvalid},
-		{"channel above channel_max", method(4000, &amqp.ChannelOpen{}), amqp.ChannelError},
+		{"heartbeat on channel 1", []byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}, amqp.UnexpectedFrame},
 		{"connection.open again", method(0, &amqp.ConnectionOpen{VirtualHost: "/"}), amqp.CommandInvalid},
 	}
 	for _, tc := range cases {
