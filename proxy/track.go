@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"strconv"
+
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
@@ -190,9 +192,27 @@ func (s *sessionState) oweCloseOk(id uint16) {
 }
 
 // errHeartbeatOnChannel is RabbitMQ's answer to a heartbeat frame on a
-// channel other than 0 (rabbit_reader's unexpected_frame).
-func errHeartbeatOnChannel(f amqp.Frame) error {
-	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, all octets = <<>>", f.Type)
+// channel other than 0.
+func errHeartbeatOnChannel(f amqp.Frame) error { return errUnexpectedFrame(f) }
+
+// errUnexpectedFrame is RabbitMQ's answer to a frame of a type that has no
+// place where it came (rabbit_reader's unexpected_frame): 505 with the
+// type and the payload's first octets as an Erlang binary.
+func errUnexpectedFrame(f amqp.Frame) error {
+	which, p := "all", f.Payload
+	if len(p) > 16 {
+		which, p = "first 16", p[:16]
+	}
+	b := make([]byte, 0, 2+4*len(p)+2)
+	b = append(b, "<<"...)
+	for i, o := range p {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(o), 10)
+	}
+	b = append(b, ">>"...)
+	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s octets = %s", f.Type, which, b)
 }
 
 // isChannelCloseOk: a channel.close-ok frame.
@@ -306,7 +326,7 @@ func (s *sessionState) clientChannelMethod(ch *channelState, key uint32, p []byt
 // clientConnFrame tracks channel 0 after the handshake.
 func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
 	if f.Type != amqp.FrameMethod {
-		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - unexpected content frame on channel 0")
+		return false, errUnexpectedFrame(f)
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
@@ -321,7 +341,9 @@ func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
 			_, err := amqp.DecodeMethod(f.Payload)
 			return false, err
 		}
-		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - %s is not valid on an open connection", amqp.MethodName(key))
+		// RabbitMQ's rabbit_reader, for any known method on channel 0
+		// that is not for an open connection.
+		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - unexpected method in connection state running")
 	}
 	return true, nil
 }

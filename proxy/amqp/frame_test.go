@@ -171,8 +171,14 @@ func TestReaderErrors(t *testing.T) {
 			t.Errorf("%s: %v, want 501 %q", c.name, err, c.reason)
 		}
 	}
-	if _, err := NewReader(strings.NewReader("AMQP\x00\x00\x09\x02"), 0).ReadProtocolHeader(); err != ErrBadProtocolHeader {
-		t.Errorf("bad protocol header: %v", err)
+	for _, h := range []string{"AMQP\x00\x00\x09\x02", "AMQP\x01\x01\x08\x00", "AMQP\x01\x01\x09\x01", "AMQP\x03\x01\x00\x00"} {
+		if _, err := NewReader(strings.NewReader(h), 0).ReadProtocolHeader(); err != ErrBadProtocolHeader {
+			t.Errorf("bad protocol header %q: %v", h, err)
+		}
+	}
+	// 0-9's header: RabbitMQ speaks 0-9-1 to it.
+	if _, err := NewReader(strings.NewReader("AMQP\x01\x01\x00\x09"), 0).ReadProtocolHeader(); err != nil {
+		t.Errorf("AMQP 0-9 header: %v", err)
 	}
 	if _, err := NewReader(strings.NewReader("AMQ"), 0).ReadProtocolHeader(); err != io.ErrUnexpectedEOF {
 		t.Errorf("short protocol header: %v", err)
