@@ -63,13 +63,13 @@ func (s *session) forceClose(reason string) {
 type errKind uint8
 
 const (
-	kindClientGone    errKind = iota // the client's TCP connection ended or failed
-	kindClientFault                  // the client broke the protocol
-	kindUpstreamGone                 // the broker's TCP connection ended or failed
-	kindUpstreamFault                // the broker broke the protocol
-	kindTimeout                      // handshake or heartbeat timeout on the client
-	kindShutdown                     // the server is shutting down
-	kindHandshakeRefused             // the client's handshake is refused as RabbitMQ refuses it: no close frame
+	kindClientGone       errKind = iota // the client's TCP connection ended or failed
+	kindClientFault                     // the client broke the protocol
+	kindUpstreamGone                    // the broker's TCP connection ended or failed
+	kindUpstreamFault                   // the broker broke the protocol
+	kindTimeout                         // handshake or heartbeat timeout on the client
+	kindShutdown                        // the server is shutting down
+	kindHandshakeRefused                // the client's handshake is refused as RabbitMQ refuses it: no close frame
 )
 
 type sessionError struct {
