@@ -300,9 +300,11 @@ func TestStateFaultTextsAreTheBrokers(t *testing.T) {
 		{"content header on channel 0", "UNEXPECTED_FRAME - type 2, all octets = <<0,60,0,0,0,0,0,0,0,0,0,4,0,0>>", amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{})},
 		{"body of 20 octets on channel 0", "UNEXPECTED_FRAME - type 3, first 16 octets = <<48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53>>", amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("01234567890123456789"))},
 		{"channel.open on channel 0", "CHANNEL_ERROR - unexpected method in connection state running", method(0, &amqp.ChannelOpen{})},
+		{"method frame of 2 octets", "FRAME_ERROR - type 1, all octets = <<0,60>>: unknown_frame", amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 60})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newScript(t, 1<<20, clientCaps{})
+			s.mustClient(method(1, &amqp.ChannelOpen{}))
 			_, err := s.client(tc.raw)
 			var fe *amqp.FrameError
 			if !errors.As(err, &fe) || fe.Reason != tc.want {

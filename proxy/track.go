@@ -65,7 +65,7 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	switch key {
 	case amqp.BasicPublishID:
@@ -196,23 +196,34 @@ func (s *sessionState) oweCloseOk(id uint16) {
 func errHeartbeatOnChannel(f amqp.Frame) error { return errUnexpectedFrame(f) }
 
 // errUnexpectedFrame is RabbitMQ's answer to a frame of a type that has no
-// place where it came (rabbit_reader's unexpected_frame): 505 with the
-// type and the payload's first octets as an Erlang binary.
+// place where it came (rabbit_reader's unexpected_frame).
 func errUnexpectedFrame(f amqp.Frame) error {
-	which, p := "all", f.Payload
+	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s", f.Type, octets(f.Payload))
+}
+
+// errShortMethod is RabbitMQ's answer to a method frame too short to name
+// its method (its frame analysis fails: unknown_frame).
+func errShortMethod(f amqp.Frame) error {
+	return connErr(amqp.FrameErrorCode, "FRAME_ERROR - type %d, %s: unknown_frame", f.Type, octets(f.Payload))
+}
+
+// octets shows a payload as rabbit_reader does in its errors: all of it, or
+// its first 16 octets, as an Erlang binary.
+func octets(p []byte) string {
+	which := "all"
 	if len(p) > 16 {
 		which, p = "first 16", p[:16]
 	}
-	b := make([]byte, 0, 2+4*len(p)+2)
-	b = append(b, "<<"...)
+	b := make([]byte, 0, len(which)+12+4*len(p))
+	b = append(b, which...)
+	b = append(b, " octets = <<"...)
 	for i, o := range p {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = strconv.AppendUint(b, uint64(o), 10)
 	}
-	b = append(b, ">>"...)
-	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s octets = %s", f.Type, which, b)
+	return string(append(b, ">>"...))
 }
 
 // isChannelCloseOk: a channel.close-ok frame.
@@ -330,7 +341,7 @@ func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	switch key {
 	case amqp.ConnectionCloseID:
@@ -391,7 +402,7 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	if len(ch.pending) > 0 && isReply(key) {
 		ch.pending = ch.pending[:0]
