@@ -188,3 +188,55 @@ func TestStateDroppedPublishIsNotUnconfirmed(t *testing.T) {
 		t.Fatalf("%d open", s.st.open)
 	}
 }
+
+// A session that moves to another broker leaves its closing channels
+// behind: the client's close is answered by the proxy, and the client's
+// close-ok to the old broker's close is taken by the proxy (the new broker
+// never knew the channel).
+func TestStateClosingChannelsLeftByAMove(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		before  []step // on the old leg
+		answer  bool   // the proxy answers the client's close
+		after   []step // on the new leg
+		tracked bool   // the channel is still tracked after the move
+	}{
+		{"client closing", []step{c(chClose(1, 200), true)}, true, nil, false},
+		{"broker closing", []step{b(chClose(1, 404), true)}, false, []step{c(chCloseOk(1), false)}, true},
+		{"both closing", []step{c(chClose(1, 200), true), b(chClose(1, 404), true)}, true, []step{c(chCloseOk(1), false)}, true},
+		{"broker closing, the client's close crosses it on the new leg", []step{b(chClose(1, 404), true)}, false,
+			[]step{c(chClose(1, 200), false), c(chCloseOk(1), false)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newScript(t, 1<<20, clientCaps{})
+			s.mustClient(chOpen(1))
+			s.mustUpstream(chOpenOk(1))
+			play := func(steps []step) {
+				for i, st := range steps {
+					var got []amqp.Frame
+					var err error
+					if st.from == "c" {
+						got, err = s.client(st.raw)
+					} else {
+						got, err = s.upstream(st.raw)
+					}
+					if err != nil || (len(got) > 0) != st.fwd {
+						t.Fatalf("step %d (%s): forwarded %d, err %v; want forwarded %v", i, st.from, len(got), err, st.fwd)
+					}
+				}
+			}
+			play(tc.before)
+			if got := s.st.leaveClosing(s.st.channel(1)); got != tc.answer {
+				t.Fatalf("answer the client's close: %v, want %v", got, tc.answer)
+			}
+			if (s.st.channel(1) != nil) != tc.tracked {
+				t.Fatalf("tracked after the move: %v, want %v", s.st.channel(1) != nil, tc.tracked)
+			}
+			play(tc.after)
+			if s.st.channel(1) != nil || s.st.open != 0 {
+				t.Fatalf("channel 1 still tracked (%d open)", s.st.open)
+			}
+			s.mustClient(chOpen(1)) // the number is free on the new leg
+		})
+	}
+}

@@ -321,17 +321,7 @@ func (rp *replayer) channels() error {
 
 	for _, ch := range chans {
 		st.mu.Lock()
-		closing, answer := ch.closing(), ch.clientClosed
-		if closing {
-			// Not opened on the new leg. The client's close is answered
-			// here (its answer was lost with the old leg); a close of the
-			// broker's waits for the client's close-ok, which the proxy
-			// takes (the new broker never knew the channel).
-			ch.clientClosed, ch.gone = false, true
-			if !ch.brokerClosed {
-				st.closeChannel(ch)
-			}
-		}
+		closing, answer := ch.closing(), st.leaveClosing(ch)
 		st.mu.Unlock()
 		if answer {
 			s.cout.queue(amqp.AppendMethodFrame(nil, ch.id, &amqp.ChannelCloseOk{}))

@@ -182,6 +182,23 @@ func (s *sessionState) clientOnClosing(ch *channelState, f amqp.Frame) (fwd, don
 	return false, true
 }
 
+// leaveClosing settles a closing channel when the session moves to another
+// broker, where it is not opened, and reports whether the client's close
+// is to be answered with close-ok (its answer was lost with the old leg).
+// A close of the old broker's still waits for the client's close-ok, which
+// the proxy takes: the new broker never knew the channel.
+func (s *sessionState) leaveClosing(ch *channelState) (answer bool) {
+	if !ch.closing() {
+		return false
+	}
+	answer = ch.clientClosed
+	ch.clientClosed, ch.gone = false, true
+	if !ch.brokerClosed {
+		s.closeChannel(ch)
+	}
+	return answer
+}
+
 // oweCloseOk records that the broker's next close-ok on channel id answers
 // a channel the proxy forgot already (see staleCloseOks).
 func (s *sessionState) oweCloseOk(id uint16) {
