@@ -312,3 +312,56 @@ func TestProtocolHeaders(t *testing.T) {
 		}
 	}
 }
+
+// A fault of the client's before its connection is open is answered by
+// RabbitMQ with no close at all: it logs it and drops the connection after
+// 3 s. So does the proxy.
+func TestHandshakeFaultsAreAnsweredAsByTheBroker(t *testing.T) {
+	b := needBroker(t)
+	p := startProxy(t, proxy.Options{})
+	startOk := &amqp.ConnectionStartOk{ClientProperties: amqp.Table{{Key: "product", Value: "rawclient"}}, Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"}
+	answer := func(addr string, send func(c *rawClient)) string {
+		c := dialRaw(t, addr)
+		c.send(amqp.ProtocolHeader[:])
+		c.expect("connection.start")
+		send(c)
+		_, m, err := c.next()
+		if err != nil {
+			return "dropped"
+		}
+		return describe(m)
+	}
+	for _, tc := range []struct {
+		name string
+		send func(c *rawClient)
+		want string
+	}{
+		{"connection.open instead of start-ok", func(c *rawClient) { c.sendMethod(0, &amqp.ConnectionOpen{VirtualHost: "/"}) }, "dropped"},
+		{"a method on channel 1", func(c *rawClient) { c.sendMethod(1, &amqp.ChannelOpen{}) }, "dropped"},
+		{"a content frame on channel 0", func(c *rawClient) { c.send(amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{})) }, "dropped"},
+		{"start-ok that does not decode", func(c *rawClient) {
+			c.send(amqp.AppendFrame(nil, amqp.FrameMethod, 0, []byte{0, 10, 0, 11, 0, 0, 0, 200}))
+		}, "dropped"},
+		{"connection.open instead of tune-ok", func(c *rawClient) {
+			c.sendMethod(0, startOk)
+			c.expect("connection.tune")
+			c.sendMethod(0, &amqp.ConnectionOpen{VirtualHost: "/"})
+		}, "dropped"},
+		{"a heartbeat on channel 1", func(c *rawClient) { c.send([]byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}) }, "dropped"},
+		{"a heartbeat, then start-ok", func(c *rawClient) {
+			c.send(amqp.HeartbeatFrame)
+			c.sendMethod(0, startOk)
+		}, "connection.tune"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // the broker waits 3 s before it drops a connection
+			direct, got := answer(b.AMQPAddr, tc.send), answer(p.Addr, tc.send)
+			if direct != tc.want {
+				t.Fatalf("the broker answered %s, the test expects %s", direct, tc.want)
+			}
+			if got != direct {
+				t.Fatalf("the proxy answered %s, the broker %s", got, direct)
+			}
+		})
+	}
+}

@@ -232,7 +232,7 @@ func (s *session) readClient() (amqp.Frame, error) {
 		if err != nil {
 			return f, s.clientReadError(err)
 		}
-		if f.Type == amqp.FrameHeartbeat {
+		if f.Type == amqp.FrameHeartbeat && f.Channel == 0 {
 			continue
 		}
 		if f.Type != amqp.FrameMethod || f.Channel != 0 {

@@ -177,6 +177,12 @@ func (s *session) serve(ctx context.Context) {
 
 	if err := s.safely(s.handshake); err != nil {
 		var se *sessionError
+		if errors.As(err, &se) && se.kind == kindClientFault {
+			// RabbitMQ answers any fault of the client's before the
+			// connection is open by dropping it, after a delay, without
+			// a close (rabbit_reader's handshake_error).
+			se.kind = kindHandshakeRefused
+		}
 		if errors.As(err, &se) && se.kind == kindHandshakeRefused {
 			s.log.Warn().Str("reason", se.reason).Msg("refused the client's handshake; dropping the connection without a close, as RabbitMQ does")
 			t := time.NewTimer(silentCloseDelay)

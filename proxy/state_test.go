@@ -298,7 +298,9 @@ func TestStateFaultTextsAreTheBrokers(t *testing.T) {
 	}{
 		{"heartbeat on channel 1", "UNEXPECTED_FRAME - type 8, all octets = <<>>", []byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}},
 		{"content header on channel 0", "UNEXPECTED_FRAME - type 2, all octets = <<0,60,0,0,0,0,0,0,0,0,0,4,0,0>>", amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{})},
-		{"body of 20 octets on channel 0", "UNEXPECTED_FRAME - type 3, first 16 octets = <<48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53>>", amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("01234567890123456789"))},
+		{"body of 20 octets on channel 0", `UNEXPECTED_FRAME - type 3, first 16 octets = <<"0123456789012345">>`, amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("01234567890123456789"))},
+		{"text body with escapes on channel 0", `UNEXPECTED_FRAME - type 3, all octets = <<"a\"b\\c\nd">>`, amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("a\"b\\c\nd"))},
+		{"method frame of 3 octets on channel 0", "FRAME_ERROR - type 1, all octets = <<0,10,0>>: unknown_frame", amqp.AppendFrame(nil, amqp.FrameMethod, 0, []byte{0, 10, 0})},
 		{"channel.open on channel 0", "CHANNEL_ERROR - unexpected method in connection state running", method(0, &amqp.ChannelOpen{})},
 		{"method frame of 2 octets", "FRAME_ERROR - type 1, all octets = <<0,60>>: unknown_frame", amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 60})},
 	} {

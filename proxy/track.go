@@ -225,7 +225,9 @@ func errShortMethod(f amqp.Frame) error {
 }
 
 // octets shows a payload as rabbit_reader does in its errors: all of it, or
-// its first 16 octets, as an Erlang binary.
+// its first 16 octets, as an Erlang binary printed with ~p (a string when
+// every octet is printable). Octets above 127, which Erlang may print as
+// Latin-1 text, are shown as numbers here.
 func octets(p []byte) string {
 	which := "all"
 	if len(p) > 16 {
@@ -234,13 +236,41 @@ func octets(p []byte) string {
 	b := make([]byte, 0, len(which)+12+4*len(p))
 	b = append(b, which...)
 	b = append(b, " octets = <<"...)
-	for i, o := range p {
-		if i > 0 {
-			b = append(b, ',')
+	if printable(p) {
+		b = append(b, '"')
+		for _, o := range p {
+			if e := erlEscapes[o]; e != 0 {
+				b = append(b, '\\', e)
+			} else {
+				b = append(b, o)
+			}
 		}
-		b = strconv.AppendUint(b, uint64(o), 10)
+		b = append(b, '"')
+	} else {
+		for i, o := range p {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, uint64(o), 10)
+		}
 	}
 	return string(append(b, ">>"...))
+}
+
+// erlEscapes are the octets Erlang's ~p writes escaped in a string.
+var erlEscapes = [256]byte{'\n': 'n', '\r': 'r', '\t': 't', '\v': 'v', '\b': 'b', '\f': 'f', 27: 'e', '"': '"', '\\': '\\'}
+
+// printable: a non-empty binary that Erlang's ~p prints as a string.
+func printable(p []byte) bool {
+	if len(p) == 0 {
+		return false
+	}
+	for _, o := range p {
+		if (o < ' ' || o > '~') && erlEscapes[o] == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // isChannelCloseOk: a channel.close-ok frame.
