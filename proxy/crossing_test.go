@@ -206,6 +206,8 @@ func TestStateClosingChannelsLeftByAMove(t *testing.T) {
 		{"both closing", []step{c(chClose(1, 200), true), b(chClose(1, 404), true)}, true, []step{c(chCloseOk(1), false)}, true},
 		{"broker closing, the client's close crosses it on the new leg", []step{b(chClose(1, 404), true)}, false,
 			[]step{c(chClose(1, 200), false), c(chCloseOk(1), false)}, true},
+		{"broker closing, the client opens the number again on the new leg", []step{b(chClose(1, 404), true)}, false,
+			[]step{c(chOpen(1), true), b(chOpenOk(1), true), c(qos(1), true), c(chClose(1, 200), true), b(chCloseOk(1), true)}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newScript(t, 1<<20, clientCaps{})

@@ -164,7 +164,14 @@ func (s *sessionState) clientOnClosing(ch *channelState, f amqp.Frame) (fwd, don
 		s.closeChannel(ch)
 		return !ch.gone, true
 	case amqp.ChannelOpenID:
-		if ch.clientClosed && !ch.brokerClosed && !ch.gone {
+		if ch.gone {
+			// The new broker never knew the old channel: this opens
+			// the number there.
+			s.closeChannel(ch)
+			s.openChannel(ch.id)
+			return true, true
+		}
+		if ch.clientClosed && !ch.brokerClosed {
 			// Before the broker's close-ok: the broker opens it if it
 			// forgot the old channel first (else it ignores it, and the
 			// client waits, as it would directly). What follows is the
