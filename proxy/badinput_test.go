@@ -27,12 +27,12 @@ var badInputs = []struct {
 }{
 	{"unknown frame type", func(c *rawClient) []byte {
 		return []byte{9, 0, 1, 0, 0, 0, 1, 0, amqp.FrameEnd}
-	}, amqp.FrameErrorCode, false},
+	}, amqp.FrameErrorCode, true},
 	{"wrong frame-end octet", func(c *rawClient) []byte {
 		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicQos{PrefetchCount: 1})
 		b[len(b)-1] = 0x00
 		return b
-	}, amqp.FrameErrorCode, false},
+	}, amqp.FrameErrorCode, true},
 	{"frame larger than frame_max", func(c *rawClient) []byte {
 		size := c.tune.FrameMax // payload alone already exceeds frame_max with the overhead
 		b := []byte{amqp.FrameBody, 0, 1, 0, 0, 0, 0}

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"strconv"
-
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
@@ -222,62 +220,13 @@ func errHeartbeatOnChannel(f amqp.Frame) error { return errUnexpectedFrame(f) }
 // errUnexpectedFrame is RabbitMQ's answer to a frame of a type that has no
 // place where it came (rabbit_reader's unexpected_frame).
 func errUnexpectedFrame(f amqp.Frame) error {
-	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s", f.Type, octets(f.Payload))
+	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s", f.Type, amqp.Octets(f.Payload))
 }
 
 // errShortMethod is RabbitMQ's answer to a method frame too short to name
 // its method (its frame analysis fails: unknown_frame).
 func errShortMethod(f amqp.Frame) error {
-	return connErr(amqp.FrameErrorCode, "FRAME_ERROR - type %d, %s: unknown_frame", f.Type, octets(f.Payload))
-}
-
-// octets shows a payload as rabbit_reader does in its errors: all of it, or
-// its first 16 octets, as an Erlang binary printed with ~p (a string when
-// every octet is printable). Octets above 127, which Erlang may print as
-// Latin-1 text, are shown as numbers here.
-func octets(p []byte) string {
-	which := "all"
-	if len(p) > 16 {
-		which, p = "first 16", p[:16]
-	}
-	b := make([]byte, 0, len(which)+12+4*len(p))
-	b = append(b, which...)
-	b = append(b, " octets = <<"...)
-	if printable(p) {
-		b = append(b, '"')
-		for _, o := range p {
-			if e := erlEscapes[o]; e != 0 {
-				b = append(b, '\\', e)
-			} else {
-				b = append(b, o)
-			}
-		}
-		b = append(b, '"')
-	} else {
-		for i, o := range p {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendUint(b, uint64(o), 10)
-		}
-	}
-	return string(append(b, ">>"...))
-}
-
-// erlEscapes are the octets Erlang's ~p writes escaped in a string.
-var erlEscapes = [256]byte{'\n': 'n', '\r': 'r', '\t': 't', '\v': 'v', '\b': 'b', '\f': 'f', 27: 'e', '"': '"', '\\': '\\'}
-
-// printable: a non-empty binary that Erlang's ~p prints as a string.
-func printable(p []byte) bool {
-	if len(p) == 0 {
-		return false
-	}
-	for _, o := range p {
-		if (o < ' ' || o > '~') && erlEscapes[o] == 0 {
-			return false
-		}
-	}
-	return true
+	return connErr(amqp.FrameErrorCode, "FRAME_ERROR - type %d, %s: unknown_frame", f.Type, amqp.Octets(f.Payload))
 }
 
 // isChannelCloseOk: a channel.close-ok frame.

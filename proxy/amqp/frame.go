@@ -118,11 +118,6 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	typ := h[0]
 	ch := binary.BigEndian.Uint16(h[1:3])
 	size := binary.BigEndian.Uint32(h[3:7])
-	switch typ {
-	case FrameMethod, FrameHeader, FrameBody, FrameHeartbeat:
-	default:
-		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("unknown frame type %d", typ)}
-	}
 	total := uint64(size) + FrameOverhead
 	if r.maxFrame != 0 && total > uint64(r.maxFrame) {
 		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("frame size %d exceeds frame_max %d", total, r.maxFrame)}
@@ -136,9 +131,17 @@ func (r *Reader) ReadFrame() (Frame, error) {
 		}
 		return Frame{}, err
 	}
+	// As RabbitMQ: the frame-end octet and the type are judged on the
+	// whole frame, and named in its words.
 	raw := r.buf[r.r : r.r+int(total)]
+	payload := raw[FrameHeaderSize : total-1]
 	if raw[total-1] != FrameEnd {
-		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("frame-end octet 0x%02x, want 0xce", raw[total-1])}
+		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("FRAME_ERROR - type %d, %s: {invalid_frame_end_marker,%d}", typ, Octets(payload), raw[total-1])}
+	}
+	switch typ {
+	case FrameMethod, FrameHeader, FrameBody, FrameHeartbeat:
+	default:
+		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("FRAME_ERROR - type %d, %s: unknown_frame", typ, Octets(payload))}
 	}
 	r.r += int(total)
 	return Frame{Type: typ, Channel: ch, Payload: raw[FrameHeaderSize : total-1], Raw: raw}, nil

@@ -158,10 +158,10 @@ func TestReaderErrors(t *testing.T) {
 		max    uint32
 		reason string
 	}{
-		{"type", []byte{9, 0, 0, 0, 0, 0, 0, FrameEnd}, FrameMinSize, "unknown frame type 9"},
+		{"type", []byte{9, 0, 1, 0, 0, 0, 1, 0, FrameEnd}, FrameMinSize, "FRAME_ERROR - type 9, all octets = <<0>>: unknown_frame"},
 		{"frame_max", big, FrameMinSize, "exceeds frame_max 4096"},
 		{"proxy limit", []byte{3, 0, 1, 0xff, 0xff, 0xff, 0xff}, 0, "exceeds the proxy's limit"},
-		{"frame-end", badEnd, FrameMinSize, "frame-end octet 0x00"},
+		{"frame-end", badEnd, FrameMinSize, `FRAME_ERROR - type 3, all octets = <<"x">>: {invalid_frame_end_marker,0}`},
 	} {
 		r := NewReader(bytes.NewReader(c.in), 0)
 		r.SetMaxFrameSize(c.max)
