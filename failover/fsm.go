@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -219,7 +220,13 @@ type FSM struct {
 	mu       sync.Mutex
 	view     View
 	onChange func(View) // called after each change, outside mu, in order
+	// applied is the index of the last log entry Apply finished (its
+	// onChange included).
+	applied atomic.Uint64
 }
+
+// Applied returns the index of the last log entry the FSM applied.
+func (f *FSM) Applied() uint64 { return f.applied.Load() }
 
 // NewFSM returns an FSM with an empty view; onChange (optional) sees every
 // new view in log order.
@@ -234,6 +241,7 @@ func (f *FSM) View() View {
 
 // Apply implements raft.FSM. It returns the new View or an error.
 func (f *FSM) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	var cmd Command
 	if err := json.Unmarshal(l.Data, &cmd); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadCommand, err)

@@ -108,6 +108,13 @@ type Service struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// leaseUntil (unix ns) is how long this voter may act on its lease
+	// without asking again (leaseLoop); leaseCh is closed and replaced at
+	// each renewal (under leaseMu).
+	leaseUntil atomic.Int64
+	leaseMu    sync.Mutex
+	leaseCh    chan struct{}
 }
 
 // Start starts the voter.
@@ -185,10 +192,15 @@ func Start(cfg Config) (*Service, error) {
 		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(1)
+	s.leaseCh = make(chan struct{})
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.leaderLoop()
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.leaseLoop()
 	}()
 	return s, nil
 }
@@ -221,6 +233,120 @@ func (s *Service) Lease() Lease {
 	return Lease{Duration: s.cfg.LeaseDuration, state: func() (bool, time.Time) {
 		return s.raft.State() == raft.Leader, s.raft.LastContact()
 	}}
+}
+
+// LeaseHeld reports, without waiting, whether this voter may act on its
+// lease now (see leaseLoop).
+func (s *Service) LeaseHeld() bool { return time.Now().UnixNano() < s.leaseUntil.Load() }
+
+// AwaitLease returns nil once this voter may act on its lease, or an error
+// after timeout. A master's core asks it before anything its broker said
+// reaches a client: a process that was frozen past its lease waits here
+// until raft confirms it (and never acts on what it held from before).
+func (s *Service) AwaitLease(timeout time.Duration) error {
+	if s.LeaseHeld() {
+		return nil
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		s.leaseMu.Lock()
+		ch := s.leaseCh
+		s.leaseMu.Unlock()
+		if s.LeaseHeld() {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return fmt.Errorf("failover: the lease is not held (no contact with the raft majority confirmed within %v)", timeout)
+		case <-s.ctx.Done():
+			return errors.New("failover: the voter stopped")
+		}
+	}
+}
+
+// leaseLoop renews leaseUntil a quarter lease ahead on every tick while
+// the lease holds (Lease). A tick late by more than half the lease means
+// the process did not run (SIGSTOP, a VM pause, starvation): raft may
+// still call this voter leader, or heartbeats read after the pause make a
+// follower's contact look fresh, while the group moved on. The lease is
+// then void until raft confirms it afresh: as leader by VerifyLeader (a
+// round with a quorum), as follower by a contact after the pause and the
+// FSM having applied everything committed by then (so the view is
+// current, and a master the group replaced knows it).
+func (s *Service) leaseLoop() {
+	d := s.cfg.LeaseDuration
+	tick := max(d/20, time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var last, resumed time.Time
+	suspect := false
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if !last.IsZero() && now.Sub(last) > d/2 {
+			if !suspect {
+				s.log.Warn().Dur("paused", now.Sub(last)).Msg("this process did not run for more than half the lease: the lease is void until raft confirms it")
+			}
+			suspect, resumed = true, now
+			s.leaseUntil.Store(0)
+		}
+		if suspect {
+			leader := s.raft.State() == raft.Leader
+			switch {
+			case leader && s.verifyLeader():
+				suspect = false
+			case !leader && s.raft.LastContact().After(resumed) && s.fsm.Applied() >= s.raft.CommitIndex():
+				suspect = false
+			}
+			if !suspect {
+				s.log.Info().Bool("leader", leader).Msg("raft confirmed the lease after the pause")
+			}
+			now = time.Now()
+		}
+		last = now
+		leader, contact := s.raft.State() == raft.Leader, s.raft.LastContact()
+		var until time.Time
+		switch {
+		case suspect:
+		case leader:
+			until = now.Add(d / 4)
+		case !contact.IsZero() && now.Sub(contact) < d:
+			until = now.Add(d / 4)
+			if c := contact.Add(d); c.Before(until) {
+				until = c
+			}
+		}
+		if until.IsZero() {
+			s.leaseUntil.Store(0)
+			continue
+		}
+		s.leaseUntil.Store(until.UnixNano())
+		s.leaseMu.Lock()
+		close(s.leaseCh)
+		s.leaseCh = make(chan struct{})
+		s.leaseMu.Unlock()
+	}
+}
+
+// verifyLeader asks a quorum whether this voter still leads; false when
+// not, or when the voter stops first (raft's shutdown answers the
+// question for the goroutine left behind).
+func (s *Service) verifyLeader() bool {
+	res := make(chan error, 1)
+	f := s.raft.VerifyLeader()
+	go func() { res <- f.Error() }()
+	select {
+	case err := <-res:
+		return err == nil
+	case <-s.ctx.Done():
+		return false
+	}
 }
 
 // IsLeader reports whether this voter is the raft leader and has applied

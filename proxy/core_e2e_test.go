@@ -2,7 +2,10 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,5 +139,70 @@ func TestMasterCoreOnARealBroker(t *testing.T) {
 	}
 	if string(got.Body) != "replicated" {
 		t.Fatalf("body %q", got.Body)
+	}
+}
+
+// A master's core whose authority fails (its lease lapsed, a newer view
+// names another master) passes nothing its broker said on: the confirm of
+// a publish the ring made stable is withheld, the broker side is closed and
+// the client told with 320 why.
+func TestMasterCoreWithoutAuthority(t *testing.T) {
+	needBroker(t)
+	ring := &ringStub{}
+	p := startProxy(t, proxy.Options{Replicator: ring})
+	var lost atomic.Bool
+	p.SetRoute(proxy.Route{Replicator: ring, Authority: func() error {
+		if lost.Load() {
+			return errors.New("the lease lapsed (test)")
+		}
+		return nil
+	}})
+	conn := p.dial(t)
+	closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(body string) *amqp091.DeferredConfirmation {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: []byte(body)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dc
+	}
+	ring.stableAll() // the declare
+	before := publish("before")
+	eventually(t, 5*time.Second, "the ring to take the first publish", func() bool { ring.mu.Lock(); defer ring.mu.Unlock(); return ring.pubs == 1 })
+	ring.stableAll()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ok, err := before.WaitContext(ctx); !ok || err != nil {
+		t.Fatalf("no confirm while the node is master: %v %v", ok, err)
+	}
+
+	after := publish("after")
+	eventually(t, 5*time.Second, "the ring to take the second publish", func() bool { ring.mu.Lock(); defer ring.mu.Unlock(); return ring.pubs == 2 })
+	lost.Store(true)
+	ring.stableAll()
+	select {
+	case e := <-closed:
+		if e == nil || e.Code != amqp091.ConnectionForced || !strings.Contains(e.Reason, "no longer the master") {
+			t.Fatalf("the connection closed with %v, want 320 naming the lost mastership", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session went on after the node stopped being master")
+	}
+	if after.Acked() {
+		t.Fatal("a confirm went out after the node stopped being master")
+	}
+	if !strings.Contains(p.Logs.String(), "may no longer confirm or deliver as the master") {
+		t.Errorf("no log line says why the session's broker side was closed")
 	}
 }

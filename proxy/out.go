@@ -25,6 +25,10 @@ type out struct {
 	scratch []byte      // bytes built by the proxy since the last flush
 	err     error       // sticky write error
 	timeout time.Duration
+	// gate, when set, is asked before a write of queued frames: an error
+	// discards them and fails that write (it is not sticky). The master's
+	// core gates what its broker sends to clients on its authority.
+	gate func() error
 
 	// wrote is set by every flush; the heartbeat loop clears it and sends a
 	// heartbeat only after an idle interval.
@@ -78,6 +82,12 @@ func (o *out) flushLocked() error {
 	if len(o.spans) == 0 {
 		return o.err
 	}
+	if o.gate != nil && o.err == nil {
+		if err := o.gate(); err != nil {
+			o.reset()
+			return err
+		}
+	}
 	if o.err != nil {
 		o.reset()
 		return o.err
@@ -107,6 +117,26 @@ func (o *out) reset() {
 func (o *out) write(b []byte) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	start := len(o.scratch)
+	o.scratch = append(o.scratch, b...)
+	o.queueLocked(o.scratch[start:])
+	return o.flushLocked()
+}
+
+// writeUngated writes b at once past the gate, with nothing queued before
+// it (what is queued is dropped): for heartbeats and the connection's
+// close, which carry nothing the gate guards.
+func (o *out) writeUngated(b []byte) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	g := o.gate
+	o.gate = func() error { return nil }
+	defer func() { o.gate = g }()
+	if len(o.spans) > 0 && g != nil && o.err == nil {
+		if err := g(); err != nil {
+			o.reset()
+		}
+	}
 	start := len(o.scratch)
 	o.scratch = append(o.scratch, b...)
 	o.queueLocked(o.scratch[start:])

@@ -286,6 +286,7 @@ func (s *session) replay() error {
 	}
 	s.up, s.ur, s.uout = c, r, w
 	s.route = route
+	s.lapsed.Store(false)
 	s.leg.mu.Unlock()
 	ok = true
 	c.SetDeadline(time.Now().Add(opts.HandshakeTimeout))
@@ -313,6 +314,7 @@ func (rp *replayer) channels() error {
 	// Every channel moves together: the session's replicated state (the
 	// master's core hooks) stays with the old leg.
 	st.repl, st.redeliver = nil, nil
+	s.gated.Store(false)
 	// The old broker's close-oks for channels the client finished with
 	// will not come.
 	st.staleCloseOks = nil

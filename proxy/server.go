@@ -96,6 +96,14 @@ func NewServer(opts Options) (*Server, error) {
 type Route struct {
 	Core       Core
 	Replicator Replicator
+	// Authority, with a Replicator, is asked before the core's sessions
+	// send clients anything their broker said (deliveries, confirms,
+	// replies): nil while this node may serve as the master; an error
+	// (its lease lapsed, a newer view names another master) ends the
+	// session's leg, and nothing queued for the client goes out. It may
+	// block briefly while the node re-establishes its lease (after a
+	// freeze of the process, say).
+	Authority func() error
 }
 
 // SetRoute sends the sessions opened from now on along r (a node that

@@ -49,6 +49,47 @@ type session struct {
 	force     chan string   // cap 1: CloseSessions' reason
 
 	leg legState // moves of the leg (rehome.go)
+
+	// gated: the leg is this node's master core with an Authority (set
+	// at the handshake, cleared when the session moves off it); lapsed is
+	// set once the authority failed and the leg was closed.
+	gated  atomic.Bool
+	lapsed atomic.Bool
+}
+
+// errAuthorityLost: this node stopped being the master while the session's
+// leg was its core; what the broker sent the client meanwhile is dropped.
+type errAuthorityLost struct{ err error }
+
+func (e errAuthorityLost) Error() string {
+	return "this node is no longer the master: " + e.err.Error()
+}
+
+func (e errAuthorityLost) Unwrap() error { return e.err }
+
+// authorityGate is the client output's gate on a master core's session: a
+// failed authority closes the leg (the session moves, or closes with 320)
+// and fails the write.
+func (s *session) authorityGate(auth func() error) func() error {
+	return func() error {
+		if !s.gated.Load() {
+			return nil
+		}
+		err := auth()
+		if err == nil {
+			return nil
+		}
+		if !s.lapsed.Swap(true) {
+			s.log.Warn().Err(err).Msg("this node may no longer confirm or deliver as the master: the session's broker side is closed, and what it sent is not passed on")
+			s.leg.mu.Lock()
+			up := s.up
+			s.leg.mu.Unlock()
+			if up != nil {
+				up.Close()
+			}
+		}
+		return errAuthorityLost{err}
+	}
 }
 
 // forceClose asks the session to close with 320 and reason.
@@ -204,6 +245,12 @@ func (s *session) serve(ctx context.Context) {
 		Uint32("upstream_frame_max", s.st.upstream.frameMax).Msg("session open")
 
 	if r := s.route.Replicator; r != nil {
+		if a := s.route.Authority; a != nil {
+			s.cout.mu.Lock()
+			s.cout.gate = s.authorityGate(a)
+			s.cout.mu.Unlock()
+			s.gated.Store(true)
+		}
 		s.st.mu.Lock()
 		s.st.repl, s.st.toClient = r, s.cout
 		if rd, ok := r.(Redeliverer); ok {
@@ -330,7 +377,12 @@ func (s *session) upstreamPump() error {
 	for {
 		if !s.ur.HasFrame() {
 			if err := s.cout.flush(); err != nil {
-				return clientGone(err)
+				var lost errAuthorityLost
+				if !errors.As(err, &lost) {
+					return clientGone(err)
+				}
+				// The leg is closed: the next read fails, and the session
+				// moves (or closes with 320) as for a lost broker.
 			}
 		}
 		f, err := s.ur.ReadFrame()
@@ -348,10 +400,16 @@ func (s *session) upstreamPump() error {
 				}
 				continue
 			}
+			if s.lapsed.Load() {
+				return &sessionError{kind: kindUpstreamGone, code: amqp.ConnectionForced,
+					reason: "CONNECTION_FORCED - this node is no longer the master", err: err}
+			}
 			return upstreamGone(err)
 		}
 		s.upRead.Store(true)
-		if s.closing.Load() {
+		if s.closing.Load() || s.lapsed.Load() {
+			// Closing; or the leg is closed for a lost authority, and what
+			// its reader still holds must not reach the client.
 			continue
 		}
 		if s.resumable() && isForcedClose(f) {
@@ -454,7 +512,7 @@ func (s *session) heartbeats() error {
 			if s.cout.wrote.Swap(false) {
 				cIdleSend = 0
 			} else if cIdleSend += tick; cIdleSend >= chb/2 {
-				if err := s.cout.write(amqp.HeartbeatFrame); err != nil {
+				if err := s.cout.writeUngated(amqp.HeartbeatFrame); err != nil {
 					return clientGone(err)
 				}
 				cIdleSend = 0
@@ -568,7 +626,7 @@ func (s *session) finish(err error, pumping bool) {
 	deadline := time.Now().Add(lingerTimeout)
 	if clientCode != 0 {
 		frame := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionClose{ReplyCode: clientCode, ReplyText: amqp.TruncateShortstr(clientReason)})
-		if s.cout.write(frame) != nil {
+		if s.cout.writeUngated(frame) != nil {
 			hardClient = true
 		}
 	}

@@ -57,6 +57,10 @@ type MasterConfig struct {
 	// GoneInterval is how often auto-delete queues are checked (default
 	// 1s; <0: only on CheckQueues). Needs BrokerURL.
 	GoneInterval time.Duration
+	// HoldUnrecorded holds confirms, once a mirror left a synced set,
+	// until Recorded says the view reflects it: an election reads the
+	// view, and must never elect a mirror that lacks a confirmed message.
+	HoldUnrecorded bool
 }
 
 // Master turns the master core's calls into ops on the ring: it is the
@@ -269,6 +273,9 @@ func (m *Master) watchStable() {
 			return
 		}
 		last = m.ring.Stable()
+		if !m.waitRecorded() {
+			return
+		}
 		m.mu.Lock()
 		ws := make([]func(proxy.Ticket), 0, len(m.watchers))
 		for _, w := range m.watchers {

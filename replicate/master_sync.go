@@ -54,6 +54,19 @@ type syncState struct {
 	// that reported so (Fresh). A report of that incarnation again is not
 	// news: acting on it would cut short the sync the join started.
 	fresh map[string]uint64
+	// removals counts members taken out of a synced set; recorded is the
+	// count the view (raft) is known to reflect (Recorded). While
+	// recorded < removals, confirms wait (MasterConfig.HoldUnrecorded):
+	// the view could still name as synced a mirror that lacks them.
+	removals, recorded uint64
+	recordedCh         chan struct{} // closed and replaced by Recorded
+	holding            bool          // watchStable waits for a record
+}
+
+// unsync takes node out of set, counting the removal.
+func (s *syncState) unsync(set map[string]bool, node string) {
+	delete(set, node)
+	s.removals++
 }
 
 type syncRun struct {
@@ -70,6 +83,7 @@ func (s *syncState) init(members []Member) {
 	s.synced = map[qkey]map[string]bool{}
 	s.runs = map[qkey]*syncRun{}
 	s.fresh = map[string]uint64{}
+	s.recordedCh = make(chan struct{})
 }
 
 func (s *syncState) forget(vhost, name string) {
@@ -122,7 +136,7 @@ func (m *Master) SetMembers(members []Member) {
 			if !slices.Contains(plan, n) || !slices.ContainsFunc(members, func(x Member) bool {
 				return x.Node == n && slices.Contains(old, x)
 			}) {
-				delete(set, n)
+				m.sy.unsync(set, n)
 			}
 		}
 	}
@@ -199,7 +213,7 @@ func (m *Master) changePolicy(op *Op, apply func() error) error {
 		set := m.sy.synced[k]
 		for n := range set {
 			if !slices.Contains(plan, n) {
-				delete(set, n)
+				m.sy.unsync(set, n)
 			}
 		}
 		for _, n := range plan {
@@ -249,7 +263,7 @@ func (m *Master) MarkUnsynced(node, vhost, queue string) {
 	m.mu.Lock()
 	for k, set := range m.sy.synced {
 		if k.vhost == vhost && (queue == "" || k.name == queue) && set[node] {
-			delete(set, node)
+			m.sy.unsync(set, node)
 			m.log.Warn().Str("mirror", node).Str("vhost", vhost).Str("queue", k.name).Msg("mirror is no longer synced: it could not apply an op")
 		}
 	}
@@ -282,7 +296,7 @@ func (m *Master) Fresh(node string, inc uint64) {
 	m.sy.fresh[node] = inc
 	for k, set := range m.sy.synced {
 		if set[node] {
-			delete(set, node)
+			m.sy.unsync(set, node)
 			m.log.Warn().Str("mirror", node).Str("vhost", k.vhost).Str("queue", k.name).Msg("mirror is no longer synced: it starts from empty")
 		}
 	}
@@ -706,4 +720,65 @@ func askReady(ctx context.Context, ch *brokerChan, queue string) <-chan readyCou
 		c <- readyCount{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
 	}()
 	return c
+}
+
+// Unrecorded returns the count of removals from the synced sets so far:
+// once the view reflects the synced sets read after this call, pass it to
+// Recorded.
+func (m *Master) Unrecorded() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sy.removals
+}
+
+// Recorded tells the master that the view reflects every removal from the
+// synced sets up to gen (Unrecorded): confirms held for them go out.
+func (m *Master) Recorded(gen uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gen > m.sy.recorded {
+		m.sy.recorded = gen
+		close(m.sy.recordedCh)
+		m.sy.recordedCh = make(chan struct{})
+	}
+}
+
+// Holding reports whether confirms wait for the view to record a mirror's
+// removal from a synced set.
+func (m *Master) Holding() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sy.holding
+}
+
+// waitRecorded blocks, with HoldUnrecorded, until the view reflects every
+// removal from the synced sets made so far. It reports false when the
+// master stops.
+func (m *Master) waitRecorded() bool {
+	if !m.cfg.HoldUnrecorded {
+		return true
+	}
+	var since time.Time
+	for {
+		m.mu.Lock()
+		if m.sy.recorded >= m.sy.removals {
+			m.sy.holding = false
+			m.mu.Unlock()
+			return true
+		}
+		m.sy.holding = true
+		ch := m.sy.recordedCh
+		m.mu.Unlock()
+		if since.IsZero() {
+			since = time.Now()
+		}
+		select {
+		case <-ch:
+		case <-m.ctx.Done():
+			return false
+		case <-time.After(time.Second):
+			m.log.Warn().Dur("waited", time.Since(since)).
+				Msg("confirms wait until the view records that a mirror is no longer synced")
+		}
+	}
 }

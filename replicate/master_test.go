@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/mirrorproxy/mirrorproxy/gm"
 	"github.com/mirrorproxy/mirrorproxy/proxy"
+	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
 // ringMember is one gm node on loopback whose application may hold back
@@ -187,5 +189,77 @@ func TestMasterSplitsLargeSettles(t *testing.T) {
 	got := ring[1].received()
 	if len(got[0].IDs) != MaxOpIDs || len(got[1].IDs) != 10 || got[1].IDs[9] != uint64(MaxOpIDs+10) {
 		t.Fatalf("split into %d and %d ids", len(got[0].IDs), len(got[1].IDs))
+	}
+}
+
+// A mirror taken out of a synced set holds confirms (HoldUnrecorded) until
+// the view is known to reflect it (Recorded): an election in between
+// would read the view and could elect the mirror that lacks them.
+func TestConfirmsWaitForTheViewToRecordAnUnsyncedMirror(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ring := startRing(t, 2)
+	ps := &Policies{}
+	def, err := ParseDefinitionJSON([]byte(`{"ha-mode":"all"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy("/", "ha-all", `^ha\.`, ApplyToQueues, 0, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Set(p); err != nil {
+		t.Fatal(err)
+	}
+	m := NewMaster(MasterConfig{Ring: ring[0].node, Epoch: 1, Self: "m0", Policies: ps, HoldUnrecorded: true,
+		Members: []Member{{Node: "m0", JoinEpoch: 1}, {Node: "m1", JoinEpoch: 1}}, Logger: zerolog.Nop()})
+	defer m.Close()
+	var mu sync.Mutex
+	var stable proxy.Ticket
+	defer m.Watch(func(t proxy.Ticket) { mu.Lock(); stable = t; mu.Unlock() })()
+	stableNow := func() proxy.Ticket { mu.Lock(); defer mu.Unlock(); return stable }
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	t1, err := m.Topology("/", amqp.AppendMethod(nil, &amqp.QueueDeclare{Queue: "ha.q", Durable: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Synced("/", "ha.q"); !slices.Equal(got, []string{"m1"}) {
+		t.Fatalf("a new queue's synced mirrors: %v, want [m1]", got)
+	}
+	waitUntil("the declare confirmed (nothing to record yet)", func() bool { return stableNow() >= t1 })
+
+	gen0 := m.Unrecorded()
+	m.MarkUnsynced("m1", "/", "ha.q")
+	gen := m.Unrecorded()
+	if gen == gen0 {
+		t.Fatal("taking m1 out of the synced set was not counted")
+	}
+	t2, err := m.Publish(proxy.Publish{Vhost: "/", ID: m.NextID(), Exchange: []byte(""), RoutingKey: []byte("ha.q"), Header: []byte{0, 60}, Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("the publish stable on the ring and the master holding its confirm", func() bool {
+		return ring[0].node.Stable() >= uint64(t2) && m.Holding()
+	})
+	if s := stableNow(); s >= t2 {
+		t.Fatalf("confirm %d went out before the view recorded that m1 is no longer synced", s)
+	}
+	m.Recorded(gen0) // an older record does not cover it
+	if s := stableNow(); s >= t2 || !m.Holding() {
+		t.Fatalf("confirm %d went out on a record older than the removal", s)
+	}
+	m.Recorded(gen)
+	waitUntil("the held confirm after the record", func() bool { return stableNow() >= t2 })
+	if m.Holding() {
+		t.Fatal("still holding after the record")
 	}
 }

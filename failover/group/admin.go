@@ -101,8 +101,12 @@ func (g *Group) masterLoop(m *replicate.Master, seen failover.View, stop <-chan 
 			seen = v
 			m.SetMembers(members(v))
 		}
-		g.pushSynced(m)
+		var retry <-chan time.Time
+		if !g.pushSynced(m) {
+			retry = time.After(200 * time.Millisecond)
+		}
 		select {
+		case <-retry:
 		case <-ch:
 		case <-g.syncedCh:
 		case <-stop:
@@ -116,7 +120,8 @@ func (g *Group) masterLoop(m *replicate.Master, seen failover.View, stop <-chan 
 // pushSynced writes the master's synced sets into the view (raft), where
 // elections read them: on the raft leader directly, from elsewhere as a
 // request over the peer link (only the master's are taken).
-func (g *Group) pushSynced(m *replicate.Master) {
+func (g *Group) pushSynced(m *replicate.Master) bool {
+	gen := m.Unrecorded()
 	want, placed := m.SyncedSets(), m.Placement()
 	v := g.View()
 	have := v.Synced
@@ -137,9 +142,13 @@ func (g *Group) pushSynced(m *replicate.Master) {
 		cancel()
 		if err != nil {
 			g.log.Warn().Err(err).Msg("could not record a queue's synced mirrors in the view")
-			return
+			return false
 		}
 	}
+	// The view now names no mirror as synced that the master no longer
+	// counts: the confirms held for that go out.
+	m.Recorded(gen)
+	return true
 }
 
 // syncedChanged is the master's OnSyncedChange: it wakes masterLoop.

@@ -242,6 +242,7 @@ func (g *Group) openCore(epoch uint64) {
 		m = g.apply.Promote(replicate.MasterConfig{
 			Ring: g.node, Epoch: epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
 			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
+			HoldUnrecorded: true,
 			Outstanding: func(vhost, queue string) []uint64 {
 				g.roleMu.Lock()
 				srv := g.srv
@@ -277,7 +278,38 @@ func (g *Group) openCore(epoch uint64) {
 
 func (g *Group) localRoute(m *replicate.Master) proxy.Route {
 	return proxy.Route{Core: proxy.BrokerCore{Addr: g.cfg.Proxy.Upstream, DialTimeout: g.cfg.Proxy.DialTimeout,
-		SendProxyProtocol: g.cfg.Proxy.SendProxyProtocol}, Replicator: m}
+		SendProxyProtocol: g.cfg.Proxy.SendProxyProtocol}, Replicator: m, Authority: g.authority}
+}
+
+// authority is the core's check before its broker's frames reach a client
+// (proxy.Route.Authority): this node holds its lease (waiting up to twice
+// the lease while raft confirms it, after a freeze of the process, say)
+// and the latest view it applied names it master. A master the group
+// replaced while it was frozen fails it, so what its broker delivered or
+// confirmed meanwhile never reaches a client.
+func (g *Group) authority() error {
+	svc := g.svc.Load()
+	if svc == nil {
+		return errors.New("no raft voter")
+	}
+	if err := svc.AwaitLease(2 * g.leaseDuration()); err != nil {
+		return err
+	}
+	if m := g.viewMaster.Load(); m == nil || *m != g.cfg.Self {
+		master := ""
+		if m != nil {
+			master = *m
+		}
+		return fmt.Errorf("the view names %q master", master)
+	}
+	return nil
+}
+
+func (g *Group) leaseDuration() time.Duration {
+	if g.cfg.LeaseDuration > 0 {
+		return g.cfg.LeaseDuration
+	}
+	return time.Second
 }
 
 // fence stops confirming and delivering at once: every session this core
