@@ -206,3 +206,43 @@ func TestMasterCoreWithoutAuthority(t *testing.T) {
 		t.Errorf("no log line says why the session's broker side was closed")
 	}
 }
+
+// DropRemoteLegs (a front whose master changed) ends the sessions whose leg
+// is not this server's own core: without Resume the client is closed with
+// 320 and reconnects; a session on the local core is kept.
+func TestDropRemoteLegs(t *testing.T) {
+	needBroker(t)
+	remote := startProxy(t, proxy.Options{})
+	ring := &ringStub{}
+	local := startProxy(t, proxy.Options{Replicator: ring})
+
+	rc := remote.dial(t)
+	rclosed := rc.NotifyClose(make(chan *amqp091.Error, 1))
+	lc := local.dial(t)
+	lclosed := lc.NotifyClose(make(chan *amqp091.Error, 1))
+	eventually(t, 5*time.Second, "both sessions open", func() bool {
+		return remote.Sessions() == 1 && local.Sessions() == 1
+	})
+	if n := local.DropRemoteLegs(); n != 0 {
+		t.Fatalf("dropped %d sessions on the local core, want 0", n)
+	}
+	if n := remote.DropRemoteLegs(); n != 1 {
+		t.Fatalf("dropped %d sessions with a plain upstream, want 1", n)
+	}
+	select {
+	case e := <-rclosed:
+		if e == nil || e.Code != amqp091.ConnectionForced {
+			t.Fatalf("the remote session closed with %v, want 320", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session whose leg was dropped is still open")
+	}
+	select {
+	case e := <-lclosed:
+		t.Fatalf("the session on the local core closed: %v", e)
+	default:
+	}
+	if _, err := lc.Channel(); err != nil {
+		t.Fatalf("the session on the local core does not serve: %v", err)
+	}
+}

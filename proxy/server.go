@@ -143,6 +143,36 @@ func (s *Server) DropLegs() int {
 	return len(live)
 }
 
+// DropRemoteLegs ends the broker side of every client session whose leg
+// does not go to this server's own core (a peer link to another sidecar,
+// or a plain upstream without a Replicator): a front whose master changed
+// lets those sessions move (with Options.Resume) or close with 320, so
+// that a client is not left waiting on a master that froze or was
+// replaced. Legs other fronts opened here and legs to the local core are
+// kept. It returns how many it dropped.
+func (s *Server) DropRemoteLegs() int {
+	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
+	for _, sess := range s.live {
+		live = append(live, sess)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, sess := range live {
+		if sess.served {
+			continue
+		}
+		sess.leg.mu.Lock()
+		up, local := sess.up, sess.route.Replicator != nil
+		sess.leg.mu.Unlock()
+		if up != nil && !local {
+			up.Close()
+			n++
+		}
+	}
+	return n
+}
+
 // CloseSessions closes every open session with 320 CONNECTION_FORCED and
 // reason (a fenced master's), and waits for nothing: each ends on its own
 // goroutine. The server keeps accepting.

@@ -341,9 +341,15 @@ func (g *Group) moveSessions(to string) {
 	}
 	if to == g.cfg.Self && serving && m != nil {
 		srv.SetRoute(g.localRoute(m))
-		return
+	} else {
+		srv.SetRoute(proxy.Route{Core: masterCore{g}})
 	}
-	srv.SetRoute(proxy.Route{Core: masterCore{g}})
+	// Sessions whose leg goes to the old master over a peer link would
+	// wait for it while it is frozen or cut off (its socket stays open):
+	// they move now, or close with 320 and their clients reconnect.
+	if n := srv.DropRemoteLegs(); n > 0 {
+		g.log.Info().Int("sessions", n).Str("master", to).Msg("the master changed: sessions served through the old master leave it")
+	}
 }
 
 // closeCore ends this node's mastership: its Master stops.
