@@ -76,8 +76,9 @@ func (s *session) dialUpstream(ctx context.Context) error {
 		c.Close()
 		return err
 	}
-	s.up = c
-	s.ur = amqp.NewReader(c, opts.ReadBufferSize)
-	s.uout = newOut(c, sendTimeout)
+	r, w := amqp.NewReader(c, opts.ReadBufferSize), newOut(c, sendTimeout)
+	s.leg.mu.Lock() // DropLegs and DropRemoteLegs read the leg from other goroutines
+	s.up, s.ur, s.uout = c, r, w
+	s.leg.mu.Unlock()
 	return nil
 }
