@@ -149,6 +149,13 @@ var crossings = []struct {
 		c.send(join(frameOf(1, &amqp.ChannelOpen{}), frameOf(0, &amqp.ConnectionClose{ReplyCode: 200, ReplyText: "bye"})))
 		return c.toEOF()
 	}, []string{"0:connection.close 504", "eof"}},
+
+	{"connection.close from both sides, the broker's its own", func(c *rawClient) []string {
+		// A method on a channel never opened goes to the broker, which
+		// closes the connection (504) as the client's close crosses it.
+		c.send(join(frameOf(7, &amqp.BasicQos{PrefetchCount: 1}), frameOf(0, &amqp.ConnectionClose{ReplyCode: 200, ReplyText: "bye"})))
+		return c.toEOF()
+	}, nil},
 }
 
 // TestCrossingsAsTheBrokerSettlesThem plays each crossing against the

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -391,8 +392,12 @@ func (s *session) upstreamPump() error {
 			if errors.As(err, &fe) {
 				return s.upstreamFault(err)
 			}
-			if s.st.isClosing() && errors.Is(err, io.EOF) {
-				return nil // the broker closed after close-ok
+			if s.st.isClosing() && connEnded(err) {
+				// The broker ended the connection after a connection.close
+				// (either side's). A reset is such an end: RabbitMQ closes
+				// its socket after its own close even when the client's
+				// close crossed it and is still unread.
+				return nil
 			}
 			if s.resumable() {
 				if err := s.rehome(err); err != nil {
@@ -612,7 +617,7 @@ func (s *session) finish(err error, pumping bool) {
 		s.log.Warn().Err(se.err).Msg("the broker dropped the connection during the handshake (refused credentials?); dropping the client's")
 		hardClient, hardUpstream = true, true
 	case se.kind == kindUpstreamGone, se.kind == kindUpstreamFault:
-		if s.st.isClosing() && isEOF(se.err) {
+		if s.st.isClosing() && connEnded(se.err) {
 			hardClient, hardUpstream = true, true
 			break
 		}
@@ -670,6 +675,12 @@ func closeCause(se *sessionError) string {
 
 func isEOF(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// connEnded: the peer ended the connection, cleanly or with a reset (a
+// peer that closes with unread input resets it), or it was closed here.
+func connEnded(err error) bool {
+	return isEOF(err) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // lingerTimeout bounds waiting for a peer to read our close and go.
