@@ -23,6 +23,21 @@ func (d *Detector) Watch(peer string, now time.Time) {
 	}
 }
 
+// Lead is the owner's news that it just became the one who acts on
+// suspicions (the raft leader). Peers heard within the timeout keep their
+// time: a master that froze shortly before the election (often the old
+// leader itself) is suspected when its own timeout runs out, not a whole
+// timeout after the election. Peers last heard longer ago get a full
+// timeout from now: what this node heard before it led may be stale (it
+// did not have to watch them closely).
+func (d *Detector) Lead(now time.Time) {
+	for p, t := range d.last {
+		if now.Sub(t) >= d.timeout {
+			d.last[p] = now
+		}
+	}
+}
+
 // Forget stops watching peer.
 func (d *Detector) Forget(peer string) { delete(d.last, peer) }
 

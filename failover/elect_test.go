@@ -222,3 +222,62 @@ func TestViewJSONCompatible(t *testing.T) {
 		t.Fatalf("legacy set-synced: %+v", s)
 	}
 }
+
+// F1 (docs/RELIABILITY.md): the master leaves with no member synced to
+// succeed it, then the unsynced survivors leave and rejoin. No one but the
+// lost master may be master again: the others would serve its queues
+// without the messages only its broker holds.
+func TestNextWaitsForTheLostMaster(t *testing.T) {
+	v := abcView(t) // a master; q1 synced on b and c
+	v = mustNext(t, v, Command{Kind: CmdSetSynced, Queue: "q2", IDs: []string{"b"}, Mirrors: []string{"b", "c"}})
+	v = mustNext(t, v, Command{Kind: CmdRemove, IDs: []string{"b"}})
+	if v.Master != "a" {
+		t.Fatalf("a mirror left: %+v", v)
+	}
+	// a leaves: c lacks q2, so no master; the view remembers a and q2 (q1
+	// too: c is synced for it, but a is the one holding every queue).
+	v = mustNext(t, v, Command{Kind: CmdRemove, IDs: []string{"a"}})
+	if v.Master != "" || v.LostMaster != "a" || !slices.Equal(v.LostQueues, []string{"q1", "q2"}) {
+		t.Fatalf("master lost: %+v", v)
+	}
+	// c rejoins from empty while alone (the sole-member rule used to make
+	// it master), then b rejoins: still no master.
+	w := mustNext(t, v, Command{Kind: CmdJoin, Member: Member{ID: "c"}})
+	w = mustNext(t, w, Command{Kind: CmdJoin, Member: Member{ID: "b"}})
+	if w.Master != "" || w.LostMaster != "a" || len(w.Members) != 2 {
+		t.Fatalf("unsynced members rejoined: %+v", w)
+	}
+	// a comes back: master again, its queues still mirrored on b and c
+	// once the master pushes its synced sets; nothing recorded as lost.
+	x := mustNext(t, w, Command{Kind: CmdJoin, Member: Member{ID: "a"}})
+	if x.Master != "a" || x.MasterEpoch != x.Epoch || x.LostMaster != "" || x.LostQueues != nil || len(x.MasterUnsynced) != 0 {
+		t.Fatalf("lost master back: %+v", x)
+	}
+	// ha-promote-on-failure: always elects another and records the loss.
+	p := mustNext(t, w, Command{Kind: CmdJoin, Member: Member{ID: "x"}, PromoteUnsynced: true})
+	if p.Master == "" || p.Master == "a" || !slices.Equal(p.MasterUnsynced, []string{"q1", "q2"}) || p.LostMaster != "" {
+		t.Fatalf("promote unsynced: %+v", p)
+	}
+	// With no mirrored queue there is nothing to wait for.
+	var s View
+	s = mustNext(t, s, Command{Kind: CmdJoin, Member: Member{ID: "a"}})
+	s = mustNext(t, s, Command{Kind: CmdJoin, Member: Member{ID: "b"}})
+	s = mustNext(t, s, Command{Kind: CmdRemove, IDs: []string{"a"}})
+	if s.Master != "b" || s.LostMaster != "" {
+		t.Fatalf("no mirrored queue: %+v", s)
+	}
+}
+
+// A restarted master with no synced mirror stays master: its broker holds
+// what no member has.
+func TestNextRejoiningMasterWithoutSyncedMirror(t *testing.T) {
+	v := abcView(t)
+	v = mustNext(t, v, Command{Kind: CmdSetSynced, Queue: "q1", IDs: nil, Mirrors: []string{"b", "c"}})
+	v = mustNext(t, v, Command{Kind: CmdSetSynced, Queue: "q2", IDs: nil, Mirrors: []string{"b"}})
+	for _, promote := range []bool{false, true} {
+		n := mustNext(t, v, Command{Kind: CmdJoin, Member: Member{ID: "a"}, PromoteUnsynced: promote})
+		if n.Master != "a" || n.MasterEpoch != n.Epoch || len(n.MasterUnsynced) != 0 {
+			t.Fatalf("promote %v: %+v", promote, n)
+		}
+	}
+}

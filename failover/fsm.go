@@ -70,11 +70,35 @@ func Next(v View, cmd Command) (View, error) {
 		n.Members = slices.DeleteFunc(n.Members, func(m Member) bool { return m.ID == cmd.Member.ID })
 		m := cmd.Member
 		m.JoinEpoch = n.Epoch
-		if n.Master == cmd.Member.ID || n.Master == "" {
-			// A rejoining master starts empty like any mirror; an empty
-			// group takes its first member as master. The election runs
-			// before the old incarnation leaves the synced sets, so its
-			// queues still count as mirrored.
+		// The elections run before the old incarnation leaves the synced
+		// sets, so its queues still count as mirrored.
+		switch {
+		case n.Master == m.ID:
+			// A rejoining master (a restart) hands the role to a member
+			// synced for every mirrored queue and mirrors again from
+			// empty. With none, it stays master: its broker holds what no
+			// member has, so it beats any unsynced member.
+			e := Elect(n, cmd.Progress, false)
+			if e.Master == "" {
+				e = Election{Master: m.ID}
+			}
+			setMaster(&n, e)
+		case n.Master == "" && len(n.LostQueues) > 0:
+			// The group waits for the master it lost (LostMaster).
+			switch {
+			case m.ID == n.LostMaster:
+				setMaster(&n, Election{Master: m.ID})
+			case cmd.PromoteUnsynced:
+				e := Elect(n, cmd.Progress, true)
+				if e.Master == "" {
+					e = Election{Master: m.ID}
+				}
+				lost := n.LostQueues
+				setMaster(&n, e)
+				addUnsynced(&n, lost)
+			}
+		case n.Master == "":
+			// An empty group takes its first member as master.
 			if len(n.Members) == 0 {
 				setMaster(&n, Election{Master: m.ID})
 			} else {
@@ -90,11 +114,16 @@ func Next(v View, cmd Command) (View, error) {
 			return v, fmt.Errorf("%w: %v", ErrNoMember, cmd.IDs)
 		}
 		n.Epoch++
-		if slices.Contains(cmd.IDs, n.Master) {
+		if lost := n.Master; slices.Contains(cmd.IDs, lost) {
 			// Elect among the survivors while the departed are still in
 			// the synced sets: a queue whose synced mirrors all left is
-			// still mirrored, and the new master lacks it.
+			// still mirrored, and the new master lacks it. With no one
+			// electable the group waits for the lost master.
+			queues := n.MirroredQueues()
 			setMaster(&n, Elect(n, cmd.Progress, cmd.PromoteUnsynced))
+			if n.Master == "" && len(queues) > 0 {
+				n.LostMaster, n.LostQueues = lost, queues
+			}
 		}
 		for _, id := range cmd.IDs {
 			dropSynced(&n, id)
@@ -157,6 +186,7 @@ func setMaster(n *View, e Election) {
 	addUnsynced(n, e.Unsynced)
 	if e.Master != "" {
 		dropSynced(n, e.Master)
+		n.LostMaster, n.LostQueues = "", nil
 	}
 }
 

@@ -86,6 +86,36 @@ func TestDetector(t *testing.T) {
 	}
 }
 
+// A new leader suspects a peer that went silent shortly before the
+// election when that peer's own timeout runs out (F6: a frozen master
+// sidecar that was the raft leader), and gives a full timeout to peers it
+// had not heard for longer.
+func TestDetectorLead(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := NewDetector(2 * time.Second)
+	d.Watch("frozen", t0)
+	d.Watch("alive", t0)
+	d.Watch("stale", t0)
+	d.Heard("alive", t0.Add(2500*time.Millisecond))
+	d.Heard("frozen", t0.Add(1500*time.Millisecond)) // then nothing
+	// "stale" was last heard at t0, 2.6 s before this node leads.
+	d.Lead(t0.Add(2600 * time.Millisecond))
+	if s := d.Suspects(t0.Add(3499 * time.Millisecond)); len(s) != 0 {
+		t.Fatalf("suspects before the frozen peer's timeout: %v", s)
+	}
+	if s := d.Suspects(t0.Add(3500 * time.Millisecond)); !slices.Equal(s, []string{"frozen"}) {
+		t.Fatalf("suspects at the frozen peer's timeout: %v, want [frozen] (not a timeout after the election)", s)
+	}
+	d.Forget("frozen")
+	d.Heard("alive", t0.Add(4*time.Second))
+	if s := d.Suspects(t0.Add(4599 * time.Millisecond)); len(s) != 0 {
+		t.Fatalf("a peer stale before the election suspected early: %v", s)
+	}
+	if s := d.Suspects(t0.Add(4600 * time.Millisecond)); !slices.Equal(s, []string{"stale"}) {
+		t.Fatalf("suspects a full timeout after the election: %v, want [stale]", s)
+	}
+}
+
 func TestLease(t *testing.T) {
 	now := time.Unix(1000, 0)
 	leader, last := false, now.Add(-500*time.Millisecond)

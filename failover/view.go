@@ -54,6 +54,17 @@ type View struct {
 	// logged and counted. Later elections add to it; only force-queue and
 	// forget-synced take a queue out.
 	MasterUnsynced []string `json:"master_unsynced,omitempty"`
+	// LostMaster is, while the view names no master, the master the group
+	// lost with no member synced to succeed it, and LostQueues (sorted)
+	// the mirrored queues it held: its broker may hold confirmed messages
+	// no member has. Only LostMaster itself is master again when it
+	// rejoins (its broker kept its queues); any other member would serve
+	// those queues without them, and a mirror rejoining "from empty"
+	// discards its own copies. Elections that allow an unsynced master
+	// (ha-promote-on-failure: always) elect another and move LostQueues
+	// to MasterUnsynced. Both are empty while a master is named.
+	LostMaster string   `json:"lost_master,omitempty"`
+	LostQueues []string `json:"lost_queues,omitempty"`
 }
 
 // Member returns the member with id.
@@ -117,6 +128,7 @@ func (v View) clone() View {
 	c.Synced = cloneSets(v.Synced)
 	c.Mirrors = cloneSets(v.Mirrors)
 	c.MasterUnsynced = slices.Clone(v.MasterUnsynced)
+	c.LostQueues = slices.Clone(v.LostQueues)
 	return c
 }
 

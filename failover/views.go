@@ -332,12 +332,8 @@ func (s *Service) leaderLoop() {
 		}
 		leader := s.raft.State() == raft.Leader
 		if leader && !wasLeader {
-			// A new leader gives everyone a full timeout from now.
 			s.mu.Lock()
-			now := time.Now()
-			for id := range s.det.last {
-				s.det.last[id] = now
-			}
+			s.det.Lead(time.Now())
 			s.mu.Unlock()
 		}
 		wasLeader = leader

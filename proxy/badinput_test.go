@@ -23,49 +23,62 @@ import (
 // longer than its header said) the proxy still closes with the code the
 // spec gives, and a reason.
 var badInputs = []struct {
-	name string
-	send func(c *rawClient) []byte
-	want uint16 // the code we expect both to send
+	name     string
+	send     func(c *rawClient) []byte
+	want     uint16 // the code we expect both to send
+	sameText bool   // and the broker's very words
 }{
 	{"unknown frame type", func(c *rawClient) []byte {
 		return []byte{9, 0, 1, 0, 0, 0, 1, 0, amqp.FrameEnd}
-	}, amqp.FrameErrorCode},
+	}, amqp.FrameErrorCode, true},
 	{"wrong frame-end octet", func(c *rawClient) []byte {
 		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicQos{PrefetchCount: 1})
 		b[len(b)-1] = 0x00
 		return b
-	}, amqp.FrameErrorCode},
+	}, amqp.FrameErrorCode, true},
 	{"frame larger than frame_max", func(c *rawClient) []byte {
 		size := c.tune.FrameMax // payload alone already exceeds frame_max with the overhead
 		b := []byte{amqp.FrameBody, 0, 1, 0, 0, 0, 0}
 		binary.BigEndian.PutUint32(b[3:], size)
 		return b // the proxy must refuse before the payload arrives
-	}, amqp.FrameErrorCode},
+	}, amqp.FrameErrorCode, false},
 	{"unknown class and method", func(c *rawClient) []byte {
 		return amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 99, 0, 1})
-	}, 0},
+	}, 0, false},
 	{"method on a channel never opened", func(c *rawClient) []byte {
 		return amqp.AppendMethodFrame(nil, 7, &amqp.BasicQos{PrefetchCount: 1})
-	}, amqp.ChannelError},
+	}, amqp.ChannelError, true},
+	{"content header on a channel never opened", func(c *rawClient) []byte {
+		return amqp.AppendContentHeaderFrame(nil, 7, 60, 4, &amqp.Properties{})
+	}, amqp.UnexpectedFrame, true},
+	{"undecodable method on a channel never opened", func(c *rawClient) []byte {
+		return amqp.AppendFrame(nil, amqp.FrameMethod, 7, []byte{0, 50, 0, 10, 0, 0, 200, 'a', 'b', 'c'})
+	}, amqp.FrameErrorCode, true},
+	{"channel.close-ok on an open channel", func(c *rawClient) []byte {
+		return amqp.AppendMethodFrame(nil, 1, &amqp.ChannelCloseOk{})
+	}, amqp.CommandInvalid, true},
+	{"heartbeat on channel 1", func(c *rawClient) []byte {
+		return []byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}
+	}, amqp.UnexpectedFrame, true},
 	{"second channel.open", func(c *rawClient) []byte {
 		return amqp.AppendMethodFrame(nil, 1, &amqp.ChannelOpen{})
-	}, amqp.ChannelError},
+	}, amqp.ChannelError, true},
 	{"body longer than the header said", func(c *rawClient) []byte {
 		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicPublish{RoutingKey: "nowhere"})
 		b = amqp.AppendContentHeaderFrame(b, 1, 60, 4, &amqp.Properties{})
 		return amqp.AppendFrame(b, amqp.FrameBody, 1, []byte("0123456789"))
-	}, 0},
+	}, 0, false},
 	{"content header without a method", func(c *rawClient) []byte {
 		return amqp.AppendContentHeaderFrame(nil, 1, 60, 4, &amqp.Properties{})
-	}, amqp.UnexpectedFrame},
+	}, amqp.UnexpectedFrame, false},
 	{"method where a content header belongs", func(c *rawClient) []byte {
 		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicPublish{RoutingKey: "nowhere"})
 		return amqp.AppendMethodFrame(b, 1, &amqp.BasicQos{PrefetchCount: 1})
-	}, amqp.UnexpectedFrame},
+	}, amqp.UnexpectedFrame, false},
 	{"truncated method arguments", func(c *rawClient) []byte {
 		// queue.declare whose queue name says 200 octets but has 3.
 		return amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 50, 0, 10, 0, 0, 200, 'a', 'b', 'c'})
-	}, 0},
+	}, 0, false},
 }
 
 // closeCode sends the bad input after a good handshake and returns the
@@ -104,6 +117,9 @@ func TestBadInputGetsTheBrokersClose(t *testing.T) {
 			}
 			if text == "" {
 				t.Error("the close has no reason text")
+			}
+			if tc.sameText && text != directText {
+				t.Errorf("proxy said %q, the broker says %q", text, directText)
 			}
 			// The other session does not notice.
 			healthy(t, bystander)
@@ -223,4 +239,161 @@ func methodOrNil(c *amqp.ConnectionClose) amqp.Method {
 		return nil
 	}
 	return c
+}
+
+// tuneOkAnswer sends tune-ok with channelMax and frameMax after the offer
+// and says how it is answered: "open-ok" when the handshake goes on, the
+// close when there is one, "dropped" when the connection just ends.
+func tuneOkAnswer(t *testing.T, addr string, channelMax uint16, frameMax uint32) string {
+	c := dialRaw(t, addr)
+	c.send(amqp.ProtocolHeader[:])
+	c.expect("connection.start")
+	c.sendMethod(0, &amqp.ConnectionStartOk{ClientProperties: amqp.Table{{Key: "product", Value: "rawclient"}}, Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"})
+	c.expect("connection.tune")
+	c.sendMethod(0, &amqp.ConnectionTuneOk{ChannelMax: channelMax, FrameMax: frameMax})
+	c.sendMethod(0, &amqp.ConnectionOpen{VirtualHost: "/"})
+	_, m, err := c.next()
+	switch {
+	case err != nil:
+		return "dropped"
+	case m.Name() == "connection.open-ok":
+		return "open-ok"
+	}
+	return describe(m)
+}
+
+// The client's tune-ok is checked as RabbitMQ checks it (the proxy offers
+// the broker's channel_max and, by default, its frame_max): the broker
+// logs the fault and drops the connection without a close; so does the
+// proxy, with the broker's words in its log.
+func TestTuneOkIsCheckedAsByTheBroker(t *testing.T) {
+	b := needBroker(t)
+	p := startProxy(t, proxy.Options{})
+	t.Cleanup(func() {
+		for _, want := range []string{
+			"negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)",
+			"negotiated frame_max = 4095 is lower than the minimum allowed value (4096)",
+			"negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
+		} {
+			if p.Logs.lineWith(want) == "" {
+				t.Errorf("no log line saying %q", want)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name       string
+		channelMax uint16
+		frameMax   uint32
+		want       string
+	}{
+		{"as offered", 2047, 131072, "open-ok"},
+		{"channel_max 0 (no limit)", 0, 131072, "dropped"},
+		{"channel_max above the offer", 3000, 131072, "dropped"},
+		{"channel_max lower", 10, 131072, "open-ok"},
+		{"frame_max 0 (no limit)", 2047, 0, "dropped"},
+		{"frame_max above the offer", 2047, 200000, "dropped"},
+		{"frame_max below 4096", 2047, 4095, "dropped"},
+		{"frame_max 4096", 2047, 4096, "open-ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // the broker waits 3 s before it drops a connection
+			direct := tuneOkAnswer(t, b.AMQPAddr, tc.channelMax, tc.frameMax)
+			got := tuneOkAnswer(t, p.Addr, tc.channelMax, tc.frameMax)
+			if direct != tc.want {
+				t.Fatalf("the broker answered %s, the test expects %s", direct, tc.want)
+			}
+			if got != direct {
+				t.Fatalf("the proxy answered %s, the broker %s", got, direct)
+			}
+		})
+	}
+}
+
+// AMQP 0-9's header gets 0-9-1, as from RabbitMQ. The 0-8 headers, which
+// RabbitMQ answers with 0-8, are refused (docs/PROXY-STRICTNESS.md).
+func TestProtocolHeaders(t *testing.T) {
+	b := needBroker(t)
+	p := startProxy(t, proxy.Options{})
+	start := func(addr string, h []byte) *amqp.ConnectionStart {
+		c := dialRaw(t, addr)
+		c.send(h)
+		_, m, err := c.next()
+		if err != nil {
+			return nil
+		}
+		st, _ := m.(*amqp.ConnectionStart)
+		return st
+	}
+	v09 := []byte("AMQP\x01\x01\x00\x09")
+	d, s := start(b.AMQPAddr, v09), start(p.Addr, v09)
+	if d == nil || s == nil || d.VersionMajor != s.VersionMajor || d.VersionMinor != s.VersionMinor {
+		t.Fatalf("AMQP 0-9 header: broker %v, proxy %v", d, s)
+	}
+	for _, h := range []string{"AMQP\x01\x01\x08\x00", "AMQP\x01\x01\x09\x01"} {
+		if d := start(b.AMQPAddr, []byte(h)); d == nil || d.VersionMajor != 8 {
+			t.Errorf("header %q: the broker answered %v, the test expects 0-8's start", h, d)
+		}
+		c := dialRaw(t, p.Addr)
+		c.send([]byte(h))
+		got, err := io.ReadAll(c.conn)
+		if err != nil && !isReset(err) {
+			t.Fatal(err)
+		}
+		if string(got) != string(amqp.ProtocolHeader[:]) {
+			t.Errorf("header %q: the proxy answered %q, want its 0-9-1 header", h, got)
+		}
+	}
+}
+
+// A fault of the client's before its connection is open is answered by
+// RabbitMQ with no close at all: it logs it and drops the connection after
+// 3 s. So does the proxy.
+func TestHandshakeFaultsAreAnsweredAsByTheBroker(t *testing.T) {
+	b := needBroker(t)
+	p := startProxy(t, proxy.Options{})
+	startOk := &amqp.ConnectionStartOk{ClientProperties: amqp.Table{{Key: "product", Value: "rawclient"}}, Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"}
+	answer := func(addr string, send func(c *rawClient)) string {
+		c := dialRaw(t, addr)
+		c.send(amqp.ProtocolHeader[:])
+		c.expect("connection.start")
+		send(c)
+		_, m, err := c.next()
+		if err != nil {
+			return "dropped"
+		}
+		return describe(m)
+	}
+	for _, tc := range []struct {
+		name string
+		send func(c *rawClient)
+		want string
+	}{
+		{"connection.open instead of start-ok", func(c *rawClient) { c.sendMethod(0, &amqp.ConnectionOpen{VirtualHost: "/"}) }, "dropped"},
+		{"a method on channel 1", func(c *rawClient) { c.sendMethod(1, &amqp.ChannelOpen{}) }, "dropped"},
+		{"a content frame on channel 0", func(c *rawClient) { c.send(amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{})) }, "dropped"},
+		{"start-ok that does not decode", func(c *rawClient) {
+			c.send(amqp.AppendFrame(nil, amqp.FrameMethod, 0, []byte{0, 10, 0, 11, 0, 0, 0, 200}))
+		}, "dropped"},
+		{"connection.open instead of tune-ok", func(c *rawClient) {
+			c.sendMethod(0, startOk)
+			c.expect("connection.tune")
+			c.sendMethod(0, &amqp.ConnectionOpen{VirtualHost: "/"})
+		}, "dropped"},
+		{"a heartbeat on channel 1", func(c *rawClient) { c.send([]byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}) }, "dropped"},
+		{"a heartbeat, then start-ok", func(c *rawClient) {
+			c.send(amqp.HeartbeatFrame)
+			c.sendMethod(0, startOk)
+		}, "connection.tune"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // the broker waits 3 s before it drops a connection
+			direct, got := answer(b.AMQPAddr, tc.send), answer(p.Addr, tc.send)
+			if direct != tc.want {
+				t.Fatalf("the broker answered %s, the test expects %s", direct, tc.want)
+			}
+			if got != direct {
+				t.Fatalf("the proxy answered %s, the broker %s", got, direct)
+			}
+		})
+	}
 }

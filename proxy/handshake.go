@@ -112,15 +112,15 @@ func (s *session) handshake() error {
 		return s.clientFault(err)
 	}
 	tuneOk := m.(*amqp.ConnectionTuneOk)
+	if err := checkNegotiated("frame_max", amqp.FrameMinSize, offer.FrameMax, tuneOk.FrameMax); err != nil {
+		return handshakeRefused(err)
+	}
+	if err := checkNegotiated("channel_max", 1, uint32(offer.ChannelMax), uint32(tuneOk.ChannelMax)); err != nil {
+		return handshakeRefused(err)
+	}
 	s.st.client = tuneValues{channelMax: tuneOk.ChannelMax, frameMax: tuneOk.FrameMax, heartbeat: tuneOk.Heartbeat}
-	if s.st.client.frameMax == 0 || s.st.client.frameMax > offer.FrameMax {
-		s.st.client.frameMax = offer.FrameMax
-	}
-	if s.st.client.frameMax < amqp.FrameMinSize {
-		return s.clientFault(connErr(amqp.SyntaxError, "SYNTAX_ERROR - frame_max=%d < %d min size", tuneOk.FrameMax, amqp.FrameMinSize))
-	}
-	if offer.ChannelMax != 0 && (s.st.client.channelMax == 0 || s.st.client.channelMax > offer.ChannelMax) {
-		s.st.client.channelMax = offer.ChannelMax
+	if s.st.client.frameMax == 0 {
+		s.st.client.frameMax = offer.FrameMax // the proxy offered no limit
 	}
 
 	// Our answer to the broker.
@@ -173,6 +173,42 @@ func (s *session) handshake() error {
 	return nil
 }
 
+// silentCloseDelay is how long RabbitMQ waits before it drops a connection
+// whose handshake failed (rabbit_reader's SILENT_CLOSE_DELAY, against
+// clients that retry in a loop).
+const silentCloseDelay = 3 * time.Second
+
+// handshakeRefused is a fault in the client's handshake that RabbitMQ
+// answers by logging it and, after silentCloseDelay, dropping the
+// connection without a connection.close: the proxy does the same.
+func handshakeRefused(err error) error {
+	reason := err.Error()
+	var fe *amqp.FrameError
+	if errors.As(err, &fe) {
+		reason = fe.Reason
+	}
+	return &sessionError{kind: kindHandshakeRefused, reason: reason}
+}
+
+// checkNegotiated checks a value of the client's tune-ok against the
+// proxy's offer as RabbitMQ checks it against its own (rabbit_reader's
+// validate_negotiated_integer_value): 0 means no limit, which is more than
+// any limit offered; below min is refused too. The text is RabbitMQ's (it
+// logs it, and sends no close: see handshakeRefused).
+func checkNegotiated(field string, min, offered, value uint32) error {
+	detail := ""
+	if field == "channel_max" && value == 0 {
+		detail = " (no limit)"
+	}
+	switch {
+	case value != 0 && value < min:
+		return connErr(amqp.NotAllowed, "NOT_ALLOWED - negotiated %s = %d%s is lower than the minimum allowed value (%d)", field, value, detail, min)
+	case offered != 0 && (value == 0 || value > offered):
+		return connErr(amqp.NotAllowed, "NOT_ALLOWED - negotiated %s = %d%s is higher than the maximum allowed value (%d)", field, value, detail, offered)
+	}
+	return nil
+}
+
 // relayHandshakeClose passes the broker's connection.close (a refused login
 // or vhost) to the client and its close-ok back.
 func (s *session) relayHandshakeClose(f amqp.Frame) error {
@@ -196,7 +232,7 @@ func (s *session) readClient() (amqp.Frame, error) {
 		if err != nil {
 			return f, s.clientReadError(err)
 		}
-		if f.Type == amqp.FrameHeartbeat {
+		if f.Type == amqp.FrameHeartbeat && f.Channel == 0 {
 			continue
 		}
 		if f.Type != amqp.FrameMethod || f.Channel != 0 {

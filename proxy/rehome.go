@@ -313,19 +313,20 @@ func (rp *replayer) channels() error {
 	// Every channel moves together: the session's replicated state (the
 	// master's core hooks) stays with the old leg.
 	st.repl, st.redeliver = nil, nil
+	// The old broker's close-oks for channels the client finished with
+	// will not come.
+	st.staleCloseOks = nil
 	cancelNotify := st.caps.consumerCancelNotify
 	st.mu.Unlock()
 
 	for _, ch := range chans {
 		st.mu.Lock()
-		closing := ch.closing
+		closing, answer := ch.closing(), st.leaveClosing(ch)
 		st.mu.Unlock()
-		if closing {
-			// Its close was lost with the old leg: answer it here.
-			st.mu.Lock()
-			st.closeChannel(ch)
-			st.mu.Unlock()
+		if answer {
 			s.cout.queue(amqp.AppendMethodFrame(nil, ch.id, &amqp.ChannelCloseOk{}))
+		}
+		if closing {
 			continue
 		}
 		if err := rp.call(ch.id, &amqp.ChannelOpen{}, amqp.ChannelOpenOkID); err != nil {

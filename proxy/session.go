@@ -63,12 +63,13 @@ func (s *session) forceClose(reason string) {
 type errKind uint8
 
 const (
-	kindClientGone    errKind = iota // the client's TCP connection ended or failed
-	kindClientFault                  // the client broke the protocol
-	kindUpstreamGone                 // the broker's TCP connection ended or failed
-	kindUpstreamFault                // the broker broke the protocol
-	kindTimeout                      // handshake or heartbeat timeout on the client
-	kindShutdown                     // the server is shutting down
+	kindClientGone       errKind = iota // the client's TCP connection ended or failed
+	kindClientFault                     // the client broke the protocol
+	kindUpstreamGone                    // the broker's TCP connection ended or failed
+	kindUpstreamFault                   // the broker broke the protocol
+	kindTimeout                         // handshake or heartbeat timeout on the client
+	kindShutdown                        // the server is shutting down
+	kindHandshakeRefused                // the client's handshake is refused as RabbitMQ refuses it: no close frame
 )
 
 type sessionError struct {
@@ -176,6 +177,22 @@ func (s *session) serve(ctx context.Context) {
 	defer s.up.Close()
 
 	if err := s.safely(s.handshake); err != nil {
+		var se *sessionError
+		if errors.As(err, &se) && se.kind == kindClientFault {
+			// RabbitMQ answers any fault of the client's before the
+			// connection is open by dropping it, after a delay, without
+			// a close (rabbit_reader's handshake_error).
+			se.kind = kindHandshakeRefused
+		}
+		if errors.As(err, &se) && se.kind == kindHandshakeRefused {
+			s.log.Warn().Str("reason", se.reason).Msg("refused the client's handshake; dropping the connection without a close, as RabbitMQ does")
+			t := time.NewTimer(silentCloseDelay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
 		s.finish(err, false)
 		return
 	}
@@ -524,6 +541,8 @@ func (s *session) finish(err error, pumping bool) {
 	case se.kind == kindTimeout:
 		s.log.Warn().Err(se.err).Msg(se.reason)
 		hardClient, upstreamClose = true, true
+	case se.kind == kindHandshakeRefused:
+		hardClient, hardUpstream = true, true // logged by serve
 	case se.kind == kindClientFault:
 		s.log.Warn().Uint16("code", se.code).Str("reason", se.reason).Msg("closing client connection: protocol error")
 		clientCode, clientReason, upstreamClose = se.code, se.reason, true

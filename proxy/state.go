@@ -37,7 +37,13 @@ type sessionState struct {
 
 	channels []*channelState // by channel number; nil when closed
 	open     int             // channels open
-	closing  bool            // connection.close seen from either side
+	// staleCloseOks counts, by channel number, the close-oks the broker
+	// still owes for a channel both sides closed at once, where the
+	// client's close-ok came first: the client is done with that channel
+	// (and may open the number again), the broker's answer to its
+	// channel.close is still on its way.
+	staleCloseOks map[uint16]int
+	closing       bool // connection.close seen from either side
 	// Replication (nil repl: a plain proxy). stable is the highest ticket
 	// the Replicator reported stable; toClient receives frames the core
 	// makes up (confirms, held commit-oks), queued under mu so they keep
@@ -78,8 +84,20 @@ type clientCaps struct {
 
 // channelState is one open channel.
 type channelState struct {
-	id        uint16
-	closing   bool // channel.close sent by the client or the broker
+	id uint16
+	// Closing, per side (the two may cross): clientClosed is the client's
+	// channel.close, unanswered by the broker's close-ok; brokerClosed the
+	// broker's, unanswered by the client's. The channel is forgotten once
+	// every close is answered (or, when the client answered the broker's
+	// first, at that answer: see sessionState.staleCloseOks).
+	clientClosed bool
+	brokerClosed bool
+	// dropping: a method with content was dropped on a closing channel
+	// (the broker would ignore it); its content frames go with it.
+	dropping bool
+	// gone: the broker side does not know this channel (a move replayed
+	// only open channels): the client's close-ok is answered here.
+	gone      bool
 	flowOff   bool
 	confirm   bool   // confirm.select sent
 	nextSeq   uint64 // next publish sequence number in confirm mode (from 1)
@@ -223,6 +241,9 @@ func (c *content) step(f amqp.Frame) error {
 	}
 	return nil
 }
+
+// closing reports whether either side has sent channel.close.
+func (ch *channelState) closing() bool { return ch.clientClosed || ch.brokerClosed }
 
 // isClosing reports whether either side has sent connection.close.
 func (s *sessionState) isClosing() bool {

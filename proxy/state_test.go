@@ -262,7 +262,6 @@ func TestStateProtocolErrors(t *testing.T) {
 		raw  []byte
 		code uint16
 	}{
-		{"method on an unopened channel", method(3, &amqp.BasicQos{}), amqp.ChannelError},
 		{"second channel.open", method(1, &amqp.ChannelOpen{}), amqp.ChannelError},
 		{"header without a method", amqp.AppendContentHeaderFrame(nil, 1, 60, 1, &amqp.Properties{}), amqp.UnexpectedFrame},
 		{"body without a method", amqp.AppendFrame(nil, amqp.FrameBody, 1, []byte("x")), amqp.UnexpectedFrame},
@@ -274,8 +273,10 @@ func TestStateProtocolErrors(t *testing.T) {
 			return amqp.AppendFrame(b, amqp.FrameBody, 1, []byte("xyz"))
 		}(), amqp.UnexpectedFrame},
 		{"unknown method", amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 99, 0, 1}), amqp.CommandInvalid},
-		{"channel above channel_max", method(4000, &amqp.ChannelOpen{}), amqp.ChannelError},
-		{"connection.open again", method(0, &amqp.ConnectionOpen{VirtualHost: "/"}), amqp.CommandInvalid},
+		{"heartbeat on channel 1", []byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}, amqp.UnexpectedFrame},
+		{"connection.open again", method(0, &amqp.ConnectionOpen{VirtualHost: "/"}), amqp.ChannelError},
+		{"channel.open on channel 0", method(0, &amqp.ChannelOpen{}), amqp.ChannelError},
+		{"content header on channel 0", amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{}), amqp.UnexpectedFrame},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -283,6 +284,34 @@ func TestStateProtocolErrors(t *testing.T) {
 			s.mustClient(method(1, &amqp.ChannelOpen{}))
 			_, err := s.client(tc.raw)
 			wantCode(t, err, tc.code)
+		})
+	}
+}
+
+// The words of RabbitMQ 3.10.8's closes, for the faults the proxy finds
+// itself (probed on a real node; TestBadInputGetsTheBrokersClose compares
+// them live).
+func TestStateFaultTextsAreTheBrokers(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		raw        []byte
+	}{
+		{"heartbeat on channel 1", "UNEXPECTED_FRAME - type 8, all octets = <<>>", []byte{amqp.FrameHeartbeat, 0, 1, 0, 0, 0, 0, amqp.FrameEnd}},
+		{"content header on channel 0", "UNEXPECTED_FRAME - type 2, all octets = <<0,60,0,0,0,0,0,0,0,0,0,4,0,0>>", amqp.AppendContentHeaderFrame(nil, 0, 60, 4, &amqp.Properties{})},
+		{"body of 20 octets on channel 0", `UNEXPECTED_FRAME - type 3, first 16 octets = <<"0123456789012345">>`, amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("01234567890123456789"))},
+		{"text body with escapes on channel 0", `UNEXPECTED_FRAME - type 3, all octets = <<"a\"b\\c\nd">>`, amqp.AppendFrame(nil, amqp.FrameBody, 0, []byte("a\"b\\c\nd"))},
+		{"method frame of 3 octets on channel 0", "FRAME_ERROR - type 1, all octets = <<0,10,0>>: unknown_frame", amqp.AppendFrame(nil, amqp.FrameMethod, 0, []byte{0, 10, 0})},
+		{"channel.open on channel 0", "CHANNEL_ERROR - unexpected method in connection state running", method(0, &amqp.ChannelOpen{})},
+		{"method frame of 2 octets", "FRAME_ERROR - type 1, all octets = <<0,60>>: unknown_frame", amqp.AppendFrame(nil, amqp.FrameMethod, 1, []byte{0, 60})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newScript(t, 1<<20, clientCaps{})
+			s.mustClient(method(1, &amqp.ChannelOpen{}))
+			_, err := s.client(tc.raw)
+			var fe *amqp.FrameError
+			if !errors.As(err, &fe) || fe.Reason != tc.want {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
 		})
 	}
 }

@@ -15,6 +15,9 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f.Type == amqp.FrameHeartbeat {
+		if f.Channel != 0 {
+			return false, errHeartbeatOnChannel(f)
+		}
 		return false, nil
 	}
 	if f.Channel == 0 {
@@ -22,21 +25,23 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	}
 	ch := s.channel(f.Channel)
 	if ch == nil {
-		if f.Type != amqp.FrameMethod {
-			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - expected 'channel.open'")
+		// The proxy knows no channel by this number: the broker does not
+		// either (the proxy forgets a channel when the broker does), so
+		// it judges the frame. Only channel.open is tracked.
+		if f.Type == amqp.FrameMethod {
+			if key, ok := amqp.MethodKey(f.Payload); ok && key == amqp.ChannelOpenID {
+				s.openChannel(f.Channel)
+			}
 		}
-		key, ok := amqp.MethodKey(f.Payload)
-		if !ok || key != amqp.ChannelOpenID {
-			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - expected 'channel.open'")
-		}
-		if s.client.channelMax != 0 && f.Channel > s.client.channelMax {
-			return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - channel %d is above the negotiated channel_max %d", f.Channel, s.client.channelMax)
-		}
-		s.openChannel(f.Channel)
 		return true, nil
 	}
 	if err := ch.in.step(f); err != nil {
 		return false, err
+	}
+	if ch.closing() {
+		if fwd, done := s.clientOnClosing(ch, f); done {
+			return fwd, nil
+		}
 	}
 	if f.Type != amqp.FrameMethod {
 		raw := f.Raw
@@ -58,7 +63,7 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	switch key {
 	case amqp.BasicPublishID:
@@ -90,9 +95,10 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 	case amqp.ChannelOpenID:
 		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - second 'channel.open' seen")
 	case amqp.ChannelCloseID:
-		ch.closing = true
+		ch.clientClosed = true
 	case amqp.ChannelCloseOkID:
-		s.closeChannel(ch)
+		// Not answering a close (the broker's is handled above): the
+		// broker's channel judges it.
 	default:
 		if err := s.clientChannelMethod(ch, key, f.Payload); err != nil {
 			return false, err
@@ -105,6 +111,131 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// clientOnClosing handles a client frame on a channel that either side is
+// closing, after its content sequence was checked. done says the frame is
+// handled (fwd: forward it); otherwise it goes the way of any frame on an
+// open channel: the content of a method forwarded before the close, and
+// the client's own channel.close crossing the broker's.
+//
+// A closing channel at the broker ignores every method but channel.close
+// and channel.close-ok (RabbitMQ's rabbit_channel in state closing), so
+// the proxy drops them, and their content, rather than replicate or track
+// what the broker will not do.
+func (s *sessionState) clientOnClosing(ch *channelState, f amqp.Frame) (fwd, done bool) {
+	if f.Type != amqp.FrameMethod {
+		if !ch.dropping {
+			return false, false
+		}
+		if ch.in.state == contentNone {
+			ch.dropping = false
+		}
+		return false, true
+	}
+	key, ok := amqp.MethodKey(f.Payload)
+	if !ok {
+		return false, false // a frame error, as on any channel
+	}
+	switch key {
+	case amqp.ChannelCloseID:
+		if ch.clientClosed {
+			return !ch.gone, true // a second close: the broker's channel judges it
+		}
+		if ch.gone {
+			// The broker side of this channel went with the old leg:
+			// the client's close-ok to the broker's close ends it.
+			ch.clientClosed = true
+			return false, true
+		}
+		return false, false
+	case amqp.ChannelCloseOkID:
+		if !ch.brokerClosed {
+			return !ch.gone, true
+		}
+		// The client answered the broker's close: the broker forgets the
+		// channel when it reads this, and so may the client.
+		ch.brokerClosed = false
+		if ch.clientClosed && !ch.gone {
+			s.oweCloseOk(ch.id)
+		}
+		s.closeChannel(ch)
+		return !ch.gone, true
+	case amqp.ChannelOpenID:
+		if ch.gone {
+			// The new broker never knew the old channel: this opens
+			// the number there.
+			s.closeChannel(ch)
+			s.openChannel(ch.id)
+			return true, true
+		}
+		if ch.clientClosed && !ch.brokerClosed {
+			// Before the broker's close-ok: the broker opens it if it
+			// forgot the old channel first (else it ignores it, and the
+			// client waits, as it would directly). What follows is the
+			// new channel's; the close-ok still owed is the old one's.
+			s.oweCloseOk(ch.id)
+			s.closeChannel(ch)
+			s.openChannel(ch.id)
+		}
+		return true, true
+	}
+	if key == amqp.BasicPublishID {
+		ch.in.state, ch.in.classID = contentHeader, 60
+		ch.dropping = true
+	}
+	return false, true
+}
+
+// leaveClosing settles a closing channel when the session moves to another
+// broker, where it is not opened, and reports whether the client's close
+// is to be answered with close-ok (its answer was lost with the old leg).
+// A close of the old broker's still waits for the client's close-ok, which
+// the proxy takes: the new broker never knew the channel.
+func (s *sessionState) leaveClosing(ch *channelState) (answer bool) {
+	if !ch.closing() {
+		return false
+	}
+	answer = ch.clientClosed
+	ch.clientClosed, ch.gone = false, true
+	if !ch.brokerClosed {
+		s.closeChannel(ch)
+	}
+	return answer
+}
+
+// oweCloseOk records that the broker's next close-ok on channel id answers
+// a channel the proxy forgot already (see staleCloseOks).
+func (s *sessionState) oweCloseOk(id uint16) {
+	if s.staleCloseOks == nil {
+		s.staleCloseOks = make(map[uint16]int)
+	}
+	s.staleCloseOks[id]++
+}
+
+// errHeartbeatOnChannel is RabbitMQ's answer to a heartbeat frame on a
+// channel other than 0.
+func errHeartbeatOnChannel(f amqp.Frame) error { return errUnexpectedFrame(f) }
+
+// errUnexpectedFrame is RabbitMQ's answer to a frame of a type that has no
+// place where it came (rabbit_reader's unexpected_frame).
+func errUnexpectedFrame(f amqp.Frame) error {
+	return connErr(amqp.UnexpectedFrame, "UNEXPECTED_FRAME - type %d, %s", f.Type, amqp.Octets(f.Payload))
+}
+
+// errShortMethod is RabbitMQ's answer to a method frame too short to name
+// its method (its frame analysis fails: unknown_frame).
+func errShortMethod(f amqp.Frame) error {
+	return connErr(amqp.FrameErrorCode, "FRAME_ERROR - type %d, %s: unknown_frame", f.Type, amqp.Octets(f.Payload))
+}
+
+// isChannelCloseOk: a channel.close-ok frame.
+func isChannelCloseOk(f amqp.Frame) bool {
+	if f.Type != amqp.FrameMethod {
+		return false
+	}
+	k, _ := amqp.MethodKey(f.Payload)
+	return k == amqp.ChannelCloseOkID
 }
 
 // awaitsReply: a channel method the broker answers (with no-wait unset);
@@ -209,11 +340,11 @@ func (s *sessionState) clientChannelMethod(ch *channelState, key uint32, p []byt
 // clientConnFrame tracks channel 0 after the handshake.
 func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
 	if f.Type != amqp.FrameMethod {
-		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - unexpected content frame on channel 0")
+		return false, errUnexpectedFrame(f)
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	switch key {
 	case amqp.ConnectionCloseID:
@@ -224,7 +355,9 @@ func (s *sessionState) clientConnFrame(f amqp.Frame) (bool, error) {
 			_, err := amqp.DecodeMethod(f.Payload)
 			return false, err
 		}
-		return false, connErr(amqp.CommandInvalid, "COMMAND_INVALID - %s is not valid on an open connection", amqp.MethodName(key))
+		// RabbitMQ's rabbit_reader, for any known method on channel 0
+		// that is not for an open connection.
+		return false, connErr(amqp.ChannelError, "CHANNEL_ERROR - unexpected method in connection state running")
 	}
 	return true, nil
 }
@@ -239,6 +372,17 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 	}
 	if f.Channel == 0 {
 		return s.upstreamConnFrame(f)
+	}
+	if n := s.staleCloseOks[f.Channel]; n > 0 && isChannelCloseOk(f) {
+		// The answer to the close of a channel the client has finished
+		// with already (see staleCloseOks): the client judges it, as
+		// it would from the broker directly.
+		if n == 1 {
+			delete(s.staleCloseOks, f.Channel)
+		} else {
+			s.staleCloseOks[f.Channel] = n - 1
+		}
+		return true, nil
 	}
 	ch := s.channel(f.Channel)
 	if ch == nil {
@@ -261,7 +405,7 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
-		return false, connErr(amqp.FrameErrorCode, "FRAME_ERROR - method frame of %d octets is too short", len(f.Payload))
+		return false, errShortMethod(f)
 	}
 	if len(ch.pending) > 0 && isReply(key) {
 		ch.pending = ch.pending[:0]
@@ -322,9 +466,14 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}
 	case amqp.ChannelCloseID:
-		ch.closing = true
+		ch.brokerClosed = true
 	case amqp.ChannelCloseOkID:
-		s.closeChannel(ch)
+		if ch.clientClosed {
+			ch.clientClosed = false
+			if !ch.brokerClosed {
+				s.closeChannel(ch)
+			}
+		}
 	case amqp.BasicGetEmptyID, amqp.TxCommitOkID,
 		amqp.ExchangeDeclareOkID, amqp.ExchangeDeleteOkID, amqp.ExchangeBindOkID, amqp.ExchangeUnbindOkID,
 		amqp.QueueDeclareOkID, amqp.QueueBindOkID, amqp.QueuePurgeOkID, amqp.QueueDeleteOkID, amqp.QueueUnbindOkID:

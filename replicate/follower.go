@@ -64,7 +64,7 @@ type Follower struct {
 	queue  []delivered            // delivered, not given to the mirror yet
 	open   map[gm.Member][]*entry // given to the mirror, per sender in op order; head not done yet
 	closed bool
-	used   bool     // an op was delivered
+	used   bool     // an op other than a status report was delivered
 	failed int      // ops the mirror reported with an error
 	cat    *catalog // the topology of the master's stream, for a promotion
 
@@ -106,7 +106,8 @@ func newFollower(mirror opApplier, ring FollowerRing, self string, log zerolog.L
 // and never blocks. A sync that includes this node forgets the failure
 // reports of its queue (the sync makes the copy whole again).
 func (f *Follower) Deliver(op gm.Op) {
-	if k, _ := OpKindOf(op.Data); k == OpSyncStart {
+	k, _ := OpKindOf(op.Data)
+	if k == OpSyncStart {
 		if st, err := ParseOp(op.Data); err == nil && slices.Contains(st.Nodes, f.self) {
 			f.reportMu.Lock()
 			delete(f.reported, QueueKey(st.Vhost, st.Queue))
@@ -116,7 +117,9 @@ func (f *Follower) Deliver(op gm.Op) {
 	d := delivered{sender: op.Sender, seq: op.Seq, data: append([]byte(nil), op.Data...)}
 	f.mu.Lock()
 	if !f.closed {
-		f.used = true
+		// A member's status report tells the master about that member;
+		// it changes nothing here.
+		f.used = f.used || k != OpStatus
 		f.queue = append(f.queue, d)
 		f.cond.Broadcast() // run, and waitIdle shares the cond
 	}
@@ -141,7 +144,8 @@ func (f *Follower) Wait() {
 	f.reports.Wait()
 }
 
-// Used reports whether any op was delivered to the follower.
+// Used reports whether an op other than a member's status report was
+// delivered to the follower.
 func (f *Follower) Used() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

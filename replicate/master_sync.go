@@ -30,6 +30,15 @@ var (
 // QueueKey names a queue in the view's synced sets.
 func QueueKey(vhost, name string) string { return vhost + "\x00" + name }
 
+// QueueKeyText is a QueueKey for people: `"name" in vhost "vhost"`.
+func QueueKeyText(key string) string {
+	vhost, name, ok := strings.Cut(key, "\x00")
+	if !ok {
+		return fmt.Sprintf("%q", key)
+	}
+	return fmt.Sprintf("%q in vhost %q", name, vhost)
+}
+
 type qkey struct{ vhost, name string }
 
 // syncState is the master's knowledge of which mirrors hold every message
@@ -40,6 +49,11 @@ type syncState struct {
 	runs    map[qkey]*syncRun
 	nextRun uint64
 	notify  func(map[string][]string)
+	// fresh is, per node, the incarnation (JoinEpoch) this master last
+	// treated as a mirror from empty: one it saw join (SetMembers) or one
+	// that reported so (Fresh). A report of that incarnation again is not
+	// news: acting on it would cut short the sync the join started.
+	fresh map[string]uint64
 }
 
 type syncRun struct {
@@ -55,6 +69,7 @@ func (s *syncState) init(members []Member) {
 	s.members = slices.Clone(members)
 	s.synced = map[qkey]map[string]bool{}
 	s.runs = map[qkey]*syncRun{}
+	s.fresh = map[string]uint64{}
 }
 
 func (s *syncState) forget(vhost, name string) {
@@ -97,6 +112,7 @@ func (m *Master) SetMembers(members []Member) {
 	for _, n := range members {
 		if !slices.Contains(old, n) {
 			joined = true
+			m.sy.fresh[n.Node] = n.JoinEpoch
 		}
 	}
 	for _, e := range m.cat.all() {
@@ -251,9 +267,19 @@ func (m *Master) MarkUnsynced(node, vhost, queue string) {
 // synced for nothing, and the catalog is declared again on the ring, so
 // that its new mirror knows the queues (a mirror that knows a queue
 // ignores a declare of it) and automatic syncs bring their messages.
-func (m *Master) Fresh(node string) {
+// inc is the reporting incarnation (its JoinEpoch, the gm sender's): the
+// report of an incarnation this master saw join is ignored, as the join
+// did all of this already and a sync it started is running.
+func (m *Master) Fresh(node string, inc uint64) {
 	m.pol.Lock()
 	m.mu.Lock()
+	if m.sy.fresh[node] == inc {
+		m.mu.Unlock()
+		m.pol.Unlock()
+		m.log.Debug().Str("mirror", node).Uint64("incarnation", inc).Msg("a mirror starts from empty: known since it joined")
+		return
+	}
+	m.sy.fresh[node] = inc
 	for k, set := range m.sy.synced {
 		if set[node] {
 			delete(set, node)

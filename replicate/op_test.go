@@ -227,3 +227,12 @@ func TestAppendOpNoAllocs(t *testing.T) {
 		t.Fatalf("AppendOp into a reused buffer allocated %v times per call", n)
 	}
 }
+
+func TestQueueKeyText(t *testing.T) {
+	if got := QueueKeyText(QueueKey("/", "ha.q")); got != `"ha.q" in vhost "/"` {
+		t.Errorf("QueueKeyText: %s", got)
+	}
+	if got := QueueKeyText("bare"); got != `"bare"` {
+		t.Errorf("QueueKeyText of a key without a vhost: %s", got)
+	}
+}

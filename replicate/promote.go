@@ -66,3 +66,38 @@ func (f *Follower) Promote(cfg MasterConfig, synced map[string][]string) *Master
 	m.changed()
 	return m
 }
+
+// Topology is what a master knew of its vhosts' queues, exchanges and
+// bindings when it stopped (Master.Catalog): a node that is master again
+// before it learnt anything newer (Follower.Adopt) serves its broker's
+// queues with it, mirrored as before.
+type Topology struct{ cat *catalog }
+
+// Queues counts the queues in t.
+func (t Topology) Queues() int {
+	if t.cat == nil {
+		return 0
+	}
+	return len(t.cat.all())
+}
+
+// Catalog returns the master's topology. Call it once the Master is
+// closed: the catalog is handed over, not copied.
+func (m *Master) Catalog() Topology {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Topology{cat: m.cat}
+}
+
+// Adopt makes t the follower's catalog, for a Promote to come, when the
+// follower has applied no op: nothing it was told is newer than t. It
+// reports whether it did.
+func (f *Follower) Adopt(t Topology) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.used || t.cat == nil {
+		return false
+	}
+	f.cat = t.cat
+	return true
+}

@@ -175,6 +175,9 @@ type GroupOptions struct {
 	// zero keeps the sidecar's defaults (2s, 1s, 100ms). FailureTimeout
 	// must exceed LeaseDuration (the sidecar refuses the config otherwise).
 	FailureTimeout, LeaseDuration, HeartbeatInterval time.Duration
+	// MoveSessions sets raft.move_sessions: a surviving sidecar's clients
+	// keep their connections across a failover (experimental).
+	MoveSessions bool
 	// ShutdownGrace sets shutdown_grace, how long a stopped sidecar lets
 	// sessions finish; zero keeps the sidecar's default (30s).
 	ShutdownGrace time.Duration

@@ -76,6 +76,7 @@ type sidecarConfig struct {
 		DataDir        string `yaml:"data_dir,omitempty"`
 		FailureTimeout string `yaml:"failure_timeout,omitempty"`
 		LeaseDuration  string `yaml:"lease_duration,omitempty"`
+		MoveSessions   bool   `yaml:"move_sessions,omitempty"`
 	} `yaml:"raft"`
 	Broker struct {
 		Username string `yaml:"username"`
@@ -123,6 +124,7 @@ func groupConfig(o *GroupOptions, secret, token string, i int, addrs []sidecarAd
 	c.GM.HeartbeatInterval = durationOrEmpty(o.HeartbeatInterval)
 	c.Raft.DataDir = a.raftDir
 	c.Raft.FailureTimeout = durationOrEmpty(o.FailureTimeout)
+	c.Raft.MoveSessions = o.MoveSessions
 	c.Raft.LeaseDuration = durationOrEmpty(o.LeaseDuration)
 	c.Broker.Username, c.Broker.Password = o.BrokerUser, o.BrokerPassword
 	c.Policies = o.Policies

@@ -287,3 +287,63 @@ func TestCtlOnAMirror(t *testing.T) {
 		}
 	}
 }
+
+// ctlTransferer is a group of a, b and c whose master is a; b is synced
+// for every mirrored queue, c is not.
+type ctlTransferer struct{}
+
+func (ctlTransferer) TransferMaster(_ context.Context, target string) (string, uint64, error) {
+	switch target {
+	case "", "b":
+		return "b", 5, nil
+	case "a":
+		return "a", 4, nil
+	case "c":
+		return "", 0, fmt.Errorf("%w: c is not synced for %s (sync first: ctl sync_queue)", group.ErrCannotHandOver, `"ha.q1" in vhost "/"`)
+	}
+	return "", 0, fmt.Errorf("%w: %q (members: a, b, c)", group.ErrUnknownMember, target)
+}
+
+func TestCtlTransferMaster(t *testing.T) {
+	h, err := admin.NewHandler(admin.Config{Node: ctlNode{}, Policies: &replicate.Policies{}, Transferer: ctlTransferer{},
+		Token: ctlToken, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	if code, _, errs := runCLI("ctl", "--admin", addr, "transfer_master", "b"); code == 0 || !strings.Contains(errs, "token") {
+		t.Errorf("transfer_master without token: exit %d %q", code, errs)
+	}
+	ctl := func(args ...string) (int, string, string) {
+		return runCLI(append([]string{"ctl", "--admin", addr, "--token", ctlToken, "transfer_master"}, args...)...)
+	}
+	if code, out, errs := ctl("b"); code != 0 || out != "Transferring the master role to \"b\" ...\nb is the master (view epoch 5)\n" {
+		t.Errorf("transfer_master b: exit %d %q %q", code, out, errs)
+	}
+	if code, out, errs := ctl("-q"); code != 0 || out != "b is the master (view epoch 5)\n" {
+		t.Errorf("transfer_master -q: exit %d %q %q", code, out, errs)
+	}
+	if code, _, errs := ctl("c"); code != 69 || errs != "Error: cannot hand over: c is not synced for \"ha.q1\" in vhost \"/\" (sync first: ctl sync_queue) (409 Conflict)\n" {
+		t.Errorf("transfer_master to an unsynced mirror: exit %d %q", code, errs)
+	}
+	if code, _, errs := ctl("z"); code != 69 || errs != "Error: no such member in the view: \"z\" (members: a, b, c) (404 Not Found)\n" {
+		t.Errorf("transfer_master to a stranger: exit %d %q", code, errs)
+	}
+	if code, _, errs := ctl("b", "c"); code != 64 || !strings.Contains(errs, "at most one NODE") {
+		t.Errorf("transfer_master b c: exit %d %q", code, errs)
+	}
+
+	plain, err := admin.NewHandler(admin.Config{Node: ctlNode{}, Policies: &replicate.Policies{}, Token: ctlToken, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := httptest.NewServer(plain)
+	defer srv2.Close()
+	code, _, errs := runCLI("ctl", "--admin", strings.TrimPrefix(srv2.URL, "http://"), "--token", ctlToken, "transfer_master")
+	if code != 69 || !strings.Contains(errs, "not in a group") {
+		t.Errorf("transfer_master on a plain proxy: exit %d %q", code, errs)
+	}
+}

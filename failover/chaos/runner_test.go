@@ -24,12 +24,16 @@ var (
 	chaosLong   = flag.Bool("chaos.long", false, "run the long chaos suite (every fault kind, a long mixed run, RabbitMQ's own queues); also MIRRORPROXY_CHAOS=long")
 	chaosSeed   = flag.Int64("chaos.seed", 1, "seed of the chaos runs (mirror choice, the mixed run's schedule)")
 	chaosFaults = flag.Int("chaos.faults", 12, "faults in the long suite's mixed run")
+	chaosMoves  = flag.Bool("chaos.moves", false, "run the mirrorproxy groups with raft.move_sessions on (experimental); also "+EnvChaosMoves+"=1")
 	chaosReport = flag.String("chaos.report", "", "append the runs' Markdown rows to this file")
 	chaosKeep   = flag.String("chaos.keep", "", "write every run's report and history to a file in this directory (failed runs' are always kept)")
 )
 
 // EnvChaos set to "long" runs the long suite like -chaos.long.
 const EnvChaos = "MIRRORPROXY_CHAOS"
+
+// EnvChaosMoves=1 turns raft.move_sessions on in the chaos groups.
+const EnvChaosMoves = "MIRRORPROXY_CHAOS_MOVES"
 
 func longSuite() bool { return *chaosLong || os.Getenv(EnvChaos) == "long" }
 
@@ -439,6 +443,10 @@ func startMirroredGroup(t *testing.T) *GroupTarget {
 	}
 	opts := GroupOptions()
 	opts.Sidecar = &testenv.SidecarOptions{Binary: sidecarBinary(t)}
+	opts.Group.MoveSessions = *chaosMoves || os.Getenv(EnvChaosMoves) == "1"
+	if opts.Group.MoveSessions {
+		t.Log("chaos: sessions move with the master (raft.move_sessions)")
+	}
 	leakCheckAfterClose(t)
 	began := time.Now()
 	g := testenv.Start(t, opts)

@@ -232,6 +232,13 @@ func (g *Group) openCore(epoch uint64) {
 	g.roleMu.Lock()
 	m := g.master
 	if m == nil {
+		// Master again before it learnt anything newer (the lost master
+		// back, the sole member restarted in process): its broker holds
+		// the queues it had, mirrored as before.
+		if t := g.heldTopo; t != nil && g.apply.Adopt(*t) {
+			g.log.Info().Int("queues", t.Queues()).Msg("master again: its queues are mirrored as when it stopped serving")
+		}
+		g.heldTopo = nil
 		m = g.apply.Promote(replicate.MasterConfig{
 			Ring: g.node, Epoch: epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
 			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
@@ -318,6 +325,10 @@ func (g *Group) closeCore() {
 	}
 	if m != nil {
 		m.Close()
+		t := m.Catalog()
+		g.roleMu.Lock()
+		g.heldTopo = &t
+		g.roleMu.Unlock()
 	}
 }
 

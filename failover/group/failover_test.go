@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/failover"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
 )
 
@@ -261,4 +262,102 @@ func TestTransferMaster(t *testing.T) {
 	waitFor(t, "node-0 holding the queue's 2 messages as copies", 30*time.Second, func() bool {
 		return s.groups[0].Mirror().Held("/", "ha.failover") == 2
 	})
+}
+
+// F1 (docs/RELIABILITY.md): the master's broker freezes while no mirror is
+// synced for a mirrored queue. No unsynced mirror may be master (its
+// broker lacks the older messages, and the old master would discard its
+// own copy on rejoining as a mirror): the group waits with no master,
+// and when the old master's broker answers again it is master again, with
+// its queue still known and mirrored; nothing confirmed is lost.
+func TestLostMasterComesBack(t *testing.T) {
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	const queue = "ha.lost"
+	ch := channel(t, dial(t, "amqp://guest:guest@"+s.clients[0]+"/"))
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for i := 1; i <= 20; i++ {
+		bodies = append(bodies, strconv.Itoa(i))
+	}
+	publishConfirmed(t, ch, "", queue, bodies[:10]...)
+
+	// Both mirrors lose their brokers for a moment and come back empty
+	// (ha-sync-mode manual: they stay unsynced).
+	for _, i := range []int{1, 2} {
+		if err := env.Nodes[i].Pause(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("node-%d out of the view", i), 30*time.Second, func() bool {
+			_, in := s.groups[0].View().Member(fmt.Sprintf("node-%d", i))
+			return !in
+		})
+		if err := env.Nodes[i].Unpause(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("node-%d mirroring again", i), time.Minute, func() bool {
+			_, in := s.groups[0].View().Member(fmt.Sprintf("node-%d", i))
+			return in && s.groups[i].RoleState() == failover.RoleMirror
+		})
+	}
+	publishConfirmed(t, ch, "", queue, bodies[10:]...)
+	if got := s.groups[0].Synced("/", queue); len(got) != 0 {
+		t.Fatalf("synced mirrors %v, want none (manual sync)", got)
+	}
+	waitFor(t, "the view placing the queue's mirrors", 30*time.Second, func() bool {
+		return len(s.groups[1].View().Mirrors[replicate.QueueKey("/", queue)]) == 2
+	})
+
+	if err := env.Nodes[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	paused := true
+	defer func() {
+		if paused {
+			env.Nodes[0].Unpause()
+		}
+	}()
+	waitFor(t, "a view without a master, waiting for node-0", 30*time.Second, func() bool {
+		v := s.groups[1].View()
+		return v.Master == "" && v.LostMaster == "node-0"
+	})
+	for _, g := range s.groups[1:] {
+		if g.IsMaster() {
+			t.Fatalf("%s serves as master without the messages only node-0 holds", g.cfg.Self)
+		}
+	}
+	if err := env.Nodes[0].Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	paused = false
+	waitFor(t, "node-0 master again", time.Minute, func() bool {
+		return s.groups[0].IsMaster() && s.groups[1].View().Master == "node-0"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.groups[0].SyncQueue(ctx, "/", queue); err != nil {
+		t.Fatalf("sync of %s after node-0 came back: %v (the master must still know the queue)", queue, err)
+	}
+	cons := channel(t, dial(t, "amqp://guest:guest@"+s.clients[1]+"/"))
+	var got []string
+	for {
+		m, ok, err := cons.Get(queue, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got = append(got, string(m.Body))
+		if err := m.Ack(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(got, bodies) {
+		t.Fatalf("the queue holds %v, want every confirmed message %v", got, bodies)
+	}
 }

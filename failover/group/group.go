@@ -115,10 +115,11 @@ type Group struct {
 	probe       *failover.BrokerProbe
 
 	roleMu     sync.Mutex
-	master     *replicate.Master // while the core is open (serving or held)
-	masterStop chan struct{}     // stops masterLoop
-	serving    bool              // the core serves (not fenced)
-	srv        *proxy.Server     // the front; its legs: the broker on the master, peer links elsewhere
+	master     *replicate.Master   // while the core is open (serving or held)
+	masterStop chan struct{}       // stops masterLoop
+	heldTopo   *replicate.Topology // the last core's topology, until another master serves
+	serving    bool                // the core serves (not fenced)
+	srv        *proxy.Server       // the front; its legs: the broker on the master, peer links elsewhere
 	links      *peerlink.Dialer
 	closed     bool // Shutdown or Close: Serve starts no server
 
@@ -280,16 +281,29 @@ func (g *Group) admitted(self gm.Member) {
 
 // onView runs on raft's FSM goroutine for every committed view.
 func (g *Group) onView(v failover.View) {
+	// View() shows a committed view before gm acts on it: a confirm gm
+	// releases once it installed a view without a member is never seen
+	// beside a View() that still lists that member.
 	g.viewMaster.Store(&v.Master)
-	g.node.InstallView(v.GM())
 	g.viewMu.Lock()
 	old := g.view
 	g.view = v
 	close(g.viewCh)
 	g.viewCh = make(chan struct{})
 	g.viewMu.Unlock()
+	g.node.InstallView(v.GM())
 	if old.Master != "" && v.Master != old.Master {
 		g.log.Warn().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).Msg("the view changed master")
+	}
+	if v.Master != "" && v.Master != g.cfg.Self {
+		// Another master serves: what this node knew as master is stale.
+		g.roleMu.Lock()
+		g.heldTopo = nil
+		g.roleMu.Unlock()
+	}
+	if v.Master == "" && v.LostMaster != "" && (old.LostMaster != v.LostMaster || old.Master != "") {
+		g.log.Warn().Str("lost_master", v.LostMaster).Str("queues", queueList(v.LostQueues)).Uint64("epoch", v.Epoch).
+			Msg("the group has no master: no member is synced for these queues, so it waits for the master it lost (its broker holds messages no member has) to rejoin")
 	}
 	g.post(input{view: &v})
 }
@@ -384,7 +398,7 @@ func (g *Group) deliver(op gm.Op) {
 		if k, _ := replicate.OpKindOf(op.Data); k == replicate.OpStatus {
 			if st, err := replicate.ParseOp(op.Data); err == nil && len(st.Nodes) == 1 {
 				if m := g.Master(); m != nil && st.Vhost == "" && st.Queue == "" {
-					m.Fresh(st.Nodes[0])
+					m.Fresh(st.Nodes[0], op.Sender.Inc)
 				} else if m != nil {
 					m.MarkUnsynced(st.Nodes[0], st.Vhost, st.Queue)
 				}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mirrorproxy/mirrorproxy/failover"
 	"github.com/mirrorproxy/mirrorproxy/failover/peerlink"
+	"github.com/mirrorproxy/mirrorproxy/replicate"
 )
 
 // handoverTimeout bounds a graceful handover: a master that asked to hand
@@ -133,7 +134,7 @@ func checkTransfer(v failover.View, target string) error {
 		return nil
 	}
 	if q := v.UnsyncedFor(target); len(q) > 0 {
-		return fmt.Errorf("%w: %s is not synced for %v (sync first: ctl sync_queue)", ErrCannotHandOver, target, q)
+		return fmt.Errorf("%w: %s is not synced for %s (sync first: ctl sync_queue)", ErrCannotHandOver, target, queueList(q))
 	}
 	return nil
 }
@@ -144,4 +145,13 @@ func memberIDs(v failover.View) string {
 		ids[i] = m.ID
 	}
 	return strings.Join(ids, ", ")
+}
+
+// queueList names the queues of view keys (replicate.QueueKey) for people.
+func queueList(keys []string) string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = replicate.QueueKeyText(k)
+	}
+	return strings.Join(out, ", ")
 }

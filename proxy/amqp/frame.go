@@ -30,6 +30,13 @@ const (
 // ProtocolHeader is what an AMQP 0-9-1 client sends first.
 var ProtocolHeader = [8]byte{'A', 'M', 'Q', 'P', 0, 0, 9, 1}
 
+// ProtocolHeader09 is AMQP 0-9's header. RabbitMQ speaks 0-9-1 to a client
+// that sends it (0-9-1 is 0-9 with errata), and so does the Reader. The
+// 0-8 headers ("AMQP" 1 1 8 0, and 1 1 9 1 of the 0-8 spec on the AMQP
+// site) get 0-8 from RabbitMQ, a protocol this codec does not speak: they
+// are bad headers here.
+var ProtocolHeader09 = [8]byte{'A', 'M', 'Q', 'P', 1, 1, 0, 9}
+
 // Frame is one frame as it sits in a Reader's buffer. Payload and Raw alias
 // that buffer: they are valid until the next call to ReadFrame.
 type Frame struct {
@@ -85,7 +92,8 @@ func (r *Reader) HasFrame() bool {
 }
 
 // ReadProtocolHeader reads the 8-octet protocol header. It returns the octets
-// read and ErrBadProtocolHeader when they are not AMQP 0-9-1's.
+// read and ErrBadProtocolHeader when they are neither AMQP 0-9-1's nor
+// 0-9's (ProtocolHeader09).
 func (r *Reader) ReadProtocolHeader() ([8]byte, error) {
 	var h [8]byte
 	if err := r.fill(8); err != nil {
@@ -93,7 +101,7 @@ func (r *Reader) ReadProtocolHeader() ([8]byte, error) {
 	}
 	copy(h[:], r.buf[r.r:r.r+8])
 	r.r += 8
-	if h != ProtocolHeader {
+	if h != ProtocolHeader && h != ProtocolHeader09 {
 		return h, ErrBadProtocolHeader
 	}
 	return h, nil
@@ -110,11 +118,6 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	typ := h[0]
 	ch := binary.BigEndian.Uint16(h[1:3])
 	size := binary.BigEndian.Uint32(h[3:7])
-	switch typ {
-	case FrameMethod, FrameHeader, FrameBody, FrameHeartbeat:
-	default:
-		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("unknown frame type %d", typ)}
-	}
 	total := uint64(size) + FrameOverhead
 	if r.maxFrame != 0 && total > uint64(r.maxFrame) {
 		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("frame size %d exceeds frame_max %d", total, r.maxFrame)}
@@ -128,9 +131,17 @@ func (r *Reader) ReadFrame() (Frame, error) {
 		}
 		return Frame{}, err
 	}
+	// As RabbitMQ: the frame-end octet and the type are judged on the
+	// whole frame, and named in its words.
 	raw := r.buf[r.r : r.r+int(total)]
+	payload := raw[FrameHeaderSize : total-1]
 	if raw[total-1] != FrameEnd {
-		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("frame-end octet 0x%02x, want 0xce", raw[total-1])}
+		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("FRAME_ERROR - type %d, %s: {invalid_frame_end_marker,%d}", typ, Octets(payload), raw[total-1])}
+	}
+	switch typ {
+	case FrameMethod, FrameHeader, FrameBody, FrameHeartbeat:
+	default:
+		return Frame{}, &FrameError{Code: FrameErrorCode, Reason: fmt.Sprintf("FRAME_ERROR - type %d, %s: unknown_frame", typ, Octets(payload))}
 	}
 	r.r += int(total)
 	return Frame{Type: typ, Channel: ch, Payload: raw[FrameHeaderSize : total-1], Raw: raw}, nil

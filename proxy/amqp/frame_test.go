@@ -158,10 +158,10 @@ func TestReaderErrors(t *testing.T) {
 		max    uint32
 		reason string
 	}{
-		{"type", []byte{9, 0, 0, 0, 0, 0, 0, FrameEnd}, FrameMinSize, "unknown frame type 9"},
+		{"type", []byte{9, 0, 1, 0, 0, 0, 1, 0, FrameEnd}, FrameMinSize, "FRAME_ERROR - type 9, all octets = <<0>>: unknown_frame"},
 		{"frame_max", big, FrameMinSize, "exceeds frame_max 4096"},
 		{"proxy limit", []byte{3, 0, 1, 0xff, 0xff, 0xff, 0xff}, 0, "exceeds the proxy's limit"},
-		{"frame-end", badEnd, FrameMinSize, "frame-end octet 0x00"},
+		{"frame-end", badEnd, FrameMinSize, `FRAME_ERROR - type 3, all octets = <<"x">>: {invalid_frame_end_marker,0}`},
 	} {
 		r := NewReader(bytes.NewReader(c.in), 0)
 		r.SetMaxFrameSize(c.max)
@@ -171,8 +171,14 @@ func TestReaderErrors(t *testing.T) {
 			t.Errorf("%s: %v, want 501 %q", c.name, err, c.reason)
 		}
 	}
-	if _, err := NewReader(strings.NewReader("AMQP\x00\x00\x09\x02"), 0).ReadProtocolHeader(); err != ErrBadProtocolHeader {
-		t.Errorf("bad protocol header: %v", err)
+	for _, h := range []string{"AMQP\x00\x00\x09\x02", "AMQP\x01\x01\x08\x00", "AMQP\x01\x01\x09\x01", "AMQP\x03\x01\x00\x00"} {
+		if _, err := NewReader(strings.NewReader(h), 0).ReadProtocolHeader(); err != ErrBadProtocolHeader {
+			t.Errorf("bad protocol header %q: %v", h, err)
+		}
+	}
+	// 0-9's header: RabbitMQ speaks 0-9-1 to it.
+	if _, err := NewReader(strings.NewReader("AMQP\x01\x01\x00\x09"), 0).ReadProtocolHeader(); err != nil {
+		t.Errorf("AMQP 0-9 header: %v", err)
 	}
 	if _, err := NewReader(strings.NewReader("AMQ"), 0).ReadProtocolHeader(); err != io.ErrUnexpectedEOF {
 		t.Errorf("short protocol header: %v", err)
