@@ -14,6 +14,8 @@ const refuseTimeout = 5 * time.Second
 // unreachableStart is the connection.start the proxy sends when it has no
 // broker to take the broker's own: just enough for a client to answer
 // start-ok, after which the connection.close it reads carries the reason.
+// Its product "mirrorproxy" tells it from a broker's start, which passes
+// through unchanged: testenv's readiness probe relies on that.
 func unreachableStart() *amqp.ConnectionStart {
 	return &amqp.ConnectionStart{
 		VersionMajor: 0, VersionMinor: 9,

@@ -709,15 +709,30 @@ type readyCount struct {
 // queue. Asked from its own goroutine, so the reader never blocks the
 // connection's reader goroutine by waiting (sync and rotation both read a
 // whole queue this way).
+//
+// One declare-ok is not enough for that: RabbitMQ's channel process
+// answers the declare from inside its call to the queue process, and the
+// deliveries the queue process sent it just before that reply still wait
+// in its mailbox — the declare-ok with 0 ready can overtake the last
+// deliveries. A sync that stopped there left a mirror it then called
+// synced without them (TestDemo saw a copy of 483 messages of 500). So a
+// 0 is asked again: the channel handles the second declare after those
+// deliveries, and its answer comes behind them.
 func askReady(ctx context.Context, ch *brokerChan, queue string) <-chan readyCount {
 	c := make(chan readyCount, 1)
 	go func() {
-		ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: queue, Passive: true})
-		if err != nil {
-			c <- readyCount{err: err}
-			return
+		ask := func() (uint32, error) {
+			ok, err := ch.rpc(ctx, &amqp.QueueDeclare{Queue: queue, Passive: true})
+			if err != nil {
+				return 0, err
+			}
+			return ok.(*amqp.QueueDeclareOk).MessageCount, nil
 		}
-		c <- readyCount{ready: ok.(*amqp.QueueDeclareOk).MessageCount}
+		n, err := ask()
+		if err == nil && n == 0 {
+			n, err = ask()
+		}
+		c <- readyCount{ready: n, err: err}
 	}()
 	return c
 }

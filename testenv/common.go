@@ -3,8 +3,10 @@ package testenv
 // Helpers shared by the backends.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"net"
 	"time"
@@ -29,7 +31,11 @@ func randomHex(n int) string {
 }
 
 // amqpAnswers reports whether addr answers prefix and an AMQP 0-9-1
-// protocol header with a method frame on channel 0 (connection.start).
+// protocol header with a method frame on channel 0 (connection.start)
+// from a broker. A mirrorproxy sidecar whose broker cannot be reached
+// answers with a connection.start of its own, product "mirrorproxy" (a
+// broker's passes through unchanged), before it closes with 320: that is
+// no broker answering.
 func amqpAnswers(ctx context.Context, addr, prefix string) bool {
 	d := net.Dialer{Timeout: time.Second}
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -45,8 +51,27 @@ func amqpAnswers(ctx context.Context, addr, prefix string) bool {
 	if _, err := readFull(c, hdr[:]); err != nil {
 		return false
 	}
-	return hdr[0] == 1 && hdr[1] == 0 && hdr[2] == 0
+	if hdr[0] != 1 || hdr[1] != 0 || hdr[2] != 0 {
+		return false
+	}
+	size := binary.BigEndian.Uint32(hdr[3:])
+	if size > maxStartFrame {
+		return true // larger than any refusal: a broker's
+	}
+	payload := make([]byte, size)
+	if _, err := readFull(c, payload); err != nil {
+		return false
+	}
+	return !bytes.Contains(payload, sidecarRefusal)
 }
+
+// sidecarRefusal is the server-properties field product = "mirrorproxy"
+// as a field table encodes it: the connection.start a sidecar sends when
+// its broker cannot be reached (proxy/unreachable.go).
+var sidecarRefusal = []byte("\x07productS\x00\x00\x00\x0bmirrorproxy")
+
+// maxStartFrame bounds the connection.start payload amqpAnswers reads.
+const maxStartFrame = 64 << 10
 
 func readFull(c net.Conn, b []byte) (int, error) {
 	n := 0
