@@ -19,6 +19,8 @@ import (
 
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 // broker is the package's shared RabbitMQ node, started once in TestMain

@@ -12,6 +12,8 @@ import (
 
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -65,31 +64,6 @@ func dirOwnerAlive(dir string) bool {
 		return serr == nil && time.Since(st.ModTime()) < time.Minute
 	}
 	return ownerAlive(strings.TrimSpace(string(b)))
-}
-
-// selfOwner is this process's owner mark, "<pid>:<start time>".
-func selfOwner() (string, error) {
-	st, err := procStartTime(os.Getpid())
-	if err != nil {
-		return "", fmt.Errorf("testenv: read own start time: %w", err)
-	}
-	return fmt.Sprintf("%d:%d", os.Getpid(), st), nil
-}
-
-// ownerAlive reports whether owner ("<pid>:<start time>") names a live
-// process. A malformed owner is dead.
-func ownerAlive(owner string) bool {
-	p, st, ok := strings.Cut(owner, ":")
-	if !ok {
-		return false
-	}
-	pid, err1 := strconv.Atoi(p)
-	start, err2 := strconv.ParseUint(st, 10, 64)
-	if err1 != nil || err2 != nil {
-		return false
-	}
-	s, err := readStat(pid)
-	return err == nil && s.startTime == start && s.state != 'Z'
 }
 
 // killAndWait SIGKILLs pids and their descendants (never epmd) and waits

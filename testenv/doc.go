@@ -31,15 +31,18 @@
 // all nodes and one master; Node.View, Group.Master, WaitMaster and
 // WaitFormed read the views (sidecargroup.go, docs/TESTENV.md).
 //
-// The docker backend (Options.Backend or MIRRORPROXY_TESTENV=docker) runs
+// The docker backend (Options.Backend or MIRRORPROXY_TESTENV=docker) is the
+// package testenv/docker: a program has it only when it imports that
+// package (a blank import will do; see RegisterBackend and driver.go), so
+// programs that never run containers link no container client. It runs
 // each node in containers through testcontainers-go: a "pod" container
 // that owns the node's network namespace, host name and published ports, a
 // broker container and, with Options.Sidecar, a mirrorproxy sidecar
-// container, both joined to the pod's namespace (docker.go). The pods sit
+// container, both joined to the pod's namespace (docker/backend.go). The pods sit
 // on a private internal network made for the group, where nodes reach each
 // other as Node.Host. testenv never imports the product's packages: the
 // sidecar is the mirrorproxy binary in an image. Images are built locally
-// without a registry (images.go, `make images`) or named by options.
+// without a registry (docker/images.go, `make images`) or named by options.
 //
 // # Faults
 //
@@ -84,7 +87,7 @@
 // The docker backend labels every container and network with the group
 // and its owner process; Close removes them, the signal watcher removes
 // them on SIGINT/SIGTERM, and the next docker StartGroup (or
-// CleanupDocker, `testenv cleanup`) removes those of dead owners.
+// docker.Cleanup, `testenv cleanup`) removes those of dead owners.
 // Testcontainers' reaper is disabled (TESTCONTAINERS_RYUK_DISABLED=true
 // unless set): its image cannot be pulled without a registry.
 //

@@ -61,7 +61,7 @@ func (p Proc) Start(ctx context.Context) error {
 	if err := p.hasSidecar(); err != nil {
 		return err
 	}
-	return p.n.locked(func() error { return p.n.rt.sidecarStart(ctx) })
+	return p.n.locked(func() error { return p.n.rt.SidecarStart(ctx) })
 }
 
 // Stop stops the process gracefully (SIGTERM) and waits until it is gone;
@@ -74,7 +74,7 @@ func (p Proc) Stop(ctx context.Context) error {
 	if err := p.hasSidecar(); err != nil {
 		return err
 	}
-	return p.n.locked(func() error { return p.n.rt.sidecarStop(ctx) })
+	return p.n.locked(func() error { return p.n.rt.SidecarStop(ctx) })
 }
 
 // Kill SIGKILLs the process and waits until it is gone. Killing a stopped
@@ -86,7 +86,7 @@ func (p Proc) Kill() error {
 	if err := p.hasSidecar(); err != nil {
 		return err
 	}
-	return p.n.locked(p.n.rt.sidecarKill)
+	return p.n.locked(p.n.rt.SidecarKill)
 }
 
 // Restart stops the process gracefully and starts it again.
@@ -104,7 +104,7 @@ func (p Proc) Pause() error {
 	if err := p.hasSidecar(); err != nil {
 		return err
 	}
-	return p.n.locked(func() error { return p.n.rt.pause(p.part, true) })
+	return p.n.locked(func() error { return p.pause(true) })
 }
 
 // Unpause thaws a process frozen by Pause.
@@ -112,7 +112,14 @@ func (p Proc) Unpause() error {
 	if err := p.hasSidecar(); err != nil {
 		return err
 	}
-	return p.n.locked(func() error { return p.n.rt.pause(p.part, false) })
+	return p.n.locked(func() error { return p.pause(false) })
+}
+
+func (p Proc) pause(on bool) error {
+	if p.part == partSidecar {
+		return p.n.rt.SidecarPause(on)
+	}
+	return p.n.rt.Pause(on)
 }
 
 // Running reports whether the process is alive (started and not exited;
@@ -121,7 +128,7 @@ func (p Proc) Running() bool {
 	if p.part == partBroker {
 		return p.n.Running()
 	}
-	return p.hasSidecar() == nil && p.n.rt.sidecarRunning()
+	return p.hasSidecar() == nil && p.n.rt.SidecarRunning()
 }
 
 // Restart stops the broker gracefully and starts it again on the same
@@ -142,12 +149,12 @@ func (n *Node) Unpause() error { return n.Broker().Unpause() }
 // (ErrNotSupported on the local one). Partitioning a partitioned node is
 // a no-op, as is healing a connected one.
 func (n *Node) Partition(ctx context.Context) error {
-	return n.locked(func() error { return n.rt.partition(ctx, true) })
+	return n.locked(func() error { return n.rt.Partition(ctx, true) })
 }
 
 // Heal undoes Partition.
 func (n *Node) Heal(ctx context.Context) error {
-	return n.locked(func() error { return n.rt.partition(ctx, false) })
+	return n.locked(func() error { return n.rt.Partition(ctx, false) })
 }
 
 // Exec runs a command beside the broker: in the broker's container, as
@@ -155,7 +162,7 @@ func (n *Node) Heal(ctx context.Context) error {
 // returns the combined output; a non-zero exit is an error that includes
 // it.
 func (n *Node) Exec(ctx context.Context, args ...string) (string, error) {
-	return n.rt.exec(ctx, args...)
+	return n.rt.Exec(ctx, args...)
 }
 
 func (n *Node) locked(f func() error) error {

@@ -11,73 +11,6 @@ import (
 	"time"
 )
 
-// backend runs the brokers of one group. The local backend runs
-// rabbitmq-server processes; a container backend will implement the same
-// two interfaces. Methods are called by Group and Node only.
-type backend interface {
-	// setup prepares group-wide resources (directories, Erlang cookie,
-	// images, network) and sets g.ID and g.Dir. On error it leaves
-	// nothing behind. ctx is not bounded by StartTimeout (building images
-	// may take minutes once).
-	setup(ctx context.Context, g *Group) error
-	// newNode prepares node n (its Index is set) and returns its runtime;
-	// it starts nothing. It sets n.Name and the directory fields.
-	newNode(g *Group, n *Node) (nodeRuntime, error)
-	// teardown releases what setup made, after every node is gone. With
-	// keep the data and logs stay for inspection.
-	teardown(g *Group, keep bool) error
-}
-
-// nodeRuntime runs one node: its broker and, when configured, its
-// sidecar. start, stop, kill, close and the fault methods are never called
-// concurrently for one node (Node serialises them); running,
-// emergencyKill, ctl, exec, logTail and failureLogs may be called at any
-// time.
-type nodeRuntime interface {
-	// start starts the broker and returns once it is ready. The first
-	// start picks the ports (and sets them on the Node) and starts the
-	// sidecar too; later starts reuse them.
-	start(ctx context.Context) error
-	// stop stops the broker gracefully and waits until it is gone.
-	stop(ctx context.Context) error
-	// kill kills the broker at once and waits until it is gone.
-	kill() error
-	// close removes everything of the node (broker, sidecar, containers).
-	close() error
-	// emergencyKill kills the node without waiting for a running
-	// operation; used on SIGINT/SIGTERM of the process.
-	emergencyKill()
-	ctl(ctx context.Context, args ...string) (string, error)
-	// exec runs a command beside the broker (in its container).
-	exec(ctx context.Context, args ...string) (string, error)
-	running() bool
-	logTail(lines int) string
-	// failureLogs is what a failed test gets to read: log paths, or the
-	// logs of every container of the node.
-	failureLogs() string
-
-	// pause freezes (on) or thaws (!on) one part of the node.
-	pause(p part, on bool) error
-	// partition cuts the node off the group's network (cut) or heals it.
-	partition(ctx context.Context, cut bool) error
-	// sidecarStart, sidecarStop and sidecarKill act on the sidecar only.
-	sidecarStart(ctx context.Context) error
-	sidecarStop(ctx context.Context) error
-	sidecarKill() error
-	sidecarRunning() bool
-	sidecarLogTail(lines int) string
-
-	// With Options.Group (sidecargroup.go), before the sidecar's first
-	// start: groupAddrs picks the sidecar's addresses (new ones on every
-	// call), sets the Node's address fields and returns them;
-	// writeSidecarConfig stores the config every start of the sidecar
-	// reads; resetSidecar removes the sidecar's state (raft) before a new
-	// attempt to form the group.
-	groupAddrs() (sidecarAddrs, error)
-	writeSidecarConfig(content []byte) error
-	resetSidecar() error
-}
-
 // Group is a set of independent single-node brokers started together.
 // Its methods are safe for concurrent use.
 type Group struct {
@@ -93,7 +26,7 @@ type Group struct {
 	Secret, AdminToken string
 
 	opts Options
-	be   backend
+	be   Driver
 
 	keep atomic.Bool // read by the signal handler without mu
 
@@ -120,7 +53,7 @@ func Start(t testing.TB, opts Options) *Group {
 		if t.Failed() {
 			g.Keep()
 			for _, n := range g.Nodes {
-				t.Logf("testenv: test failed; %s", n.rt.failureLogs())
+				t.Logf("testenv: test failed; %s", n.rt.FailureLogs())
 			}
 		}
 		if err := g.Close(); err != nil {
@@ -146,14 +79,14 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 	}
 	g := &Group{opts: opts, be: be}
 	g.keep.Store(opts.KeepDirs)
-	if err := be.setup(ctx, g); err != nil {
+	if err := be.Setup(ctx, g); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 	for i := 0; i < opts.Nodes; i++ {
 		n := &Node{Index: i, group: g}
-		rt, err := be.newNode(g, n)
+		rt, err := be.NewNode(g, n)
 		if err != nil {
 			g.Keep()
 			return nil, errors.Join(err, g.Close())
@@ -212,18 +145,6 @@ func StartGroup(ctx context.Context, opts Options) (*Group, error) {
 	return g, nil
 }
 
-func newBackend(opts Options) (backend, error) {
-	switch opts.Backend {
-	case BackendLocal:
-		return newLocalBackend(opts)
-	case BackendDocker:
-		return newDockerBackend(opts)
-	default:
-		// withDefaults rejects every other value.
-		return nil, fmt.Errorf("%w: %q", ErrBackendNotImplemented, opts.Backend)
-	}
-}
-
 // Keep makes Close leave the group's directories in place.
 func (g *Group) Keep() { g.keep.Store(true) }
 
@@ -245,7 +166,7 @@ func (g *Group) Close() error {
 	}
 	wg.Wait()
 	unregister(g)
-	errs = append(errs, g.be.teardown(g, g.keep.Load()))
+	errs = append(errs, g.be.Teardown(g, g.keep.Load()))
 	g.closeErr = errors.Join(errs...)
 	return g.closeErr
 }
@@ -264,10 +185,10 @@ func (g *Group) URLs() []string {
 // (signals.go); g.Nodes is complete before the group is registered there.
 func (g *Group) emergencyKill() {
 	for _, n := range g.Nodes {
-		n.rt.emergencyKill()
+		n.rt.EmergencyKill()
 	}
 	if !g.keep.Load() {
-		_ = g.be.teardown(g, false)
+		_ = g.be.Teardown(g, false)
 	}
 }
 
@@ -326,7 +247,7 @@ type Node struct {
 	LogFile, ConsoleLog string
 
 	group *Group
-	rt    nodeRuntime
+	rt    NodeDriver
 	opMu  sync.Mutex
 	gone  bool // closed with its group
 }
@@ -340,7 +261,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("testenv: node %s: its group is closed", n.Name)
 	}
 	began := time.Now()
-	if err := n.rt.start(ctx); err != nil {
+	if err := n.rt.Start(ctx); err != nil {
 		return err
 	}
 	n.group.opts.Logger("testenv: %s ready in %.1fs on %s", n.Name, time.Since(began).Seconds(), n.AMQPAddr)
@@ -354,7 +275,7 @@ func (n *Node) Start(ctx context.Context) error {
 func (n *Node) Stop(ctx context.Context) error {
 	n.opMu.Lock()
 	defer n.opMu.Unlock()
-	return n.rt.stop(ctx)
+	return n.rt.Stop(ctx)
 }
 
 // Kill SIGKILLs the broker (its process group and helper processes such as
@@ -363,29 +284,29 @@ func (n *Node) Stop(ctx context.Context) error {
 func (n *Node) Kill() error {
 	n.opMu.Lock()
 	defer n.opMu.Unlock()
-	return n.rt.kill()
+	return n.rt.Kill()
 }
 
 // Running reports whether the broker process is alive (started and not
 // exited). It does not check readiness.
-func (n *Node) Running() bool { return n.rt.running() }
+func (n *Node) Running() bool { return n.rt.Running() }
 
 // Ctl runs `rabbitmqctl -n NODE ARGS...` with the group's Erlang cookie and
 // returns its combined output. A non-zero exit is an error that includes
 // the output.
 func (n *Node) Ctl(ctx context.Context, args ...string) (string, error) {
-	return n.rt.ctl(ctx, args...)
+	return n.rt.Ctl(ctx, args...)
 }
 
 // LogTail returns up to the last lines lines of the broker's console output
 // and of its log file, labelled, for error messages.
-func (n *Node) LogTail(lines int) string { return n.rt.logTail(lines) }
+func (n *Node) LogTail(lines int) string { return n.rt.LogTail(lines) }
 
 func (n *Node) close() error {
 	n.opMu.Lock()
 	defer n.opMu.Unlock()
 	n.gone = true
-	return n.rt.close()
+	return n.rt.Close()
 }
 
 // StartError is returned when a broker does not become ready. Its message

@@ -56,7 +56,7 @@ type localBackend struct {
 	pickPorts func(n int) ([]int, error)
 }
 
-func newLocalBackend(opts Options) (backend, error) {
+func newLocalBackend(opts Options) (Driver, error) {
 	server, ctl, err := findScripts()
 	if err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func isExecutable(p string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
-func (be *localBackend) setup(ctx context.Context, g *Group) error {
+func (be *localBackend) Setup(ctx context.Context, g *Group) error {
 	tmp := os.TempDir()
 	if strings.ContainsAny(tmp, " \t\n'\"\\") {
 		// The RabbitMQ scripts split some variables on spaces.
@@ -174,7 +174,7 @@ func (be *localBackend) setup(ctx context.Context, g *Group) error {
 	return nil
 }
 
-func (be *localBackend) newNode(g *Group, n *Node) (nodeRuntime, error) {
+func (be *localBackend) NewNode(g *Group, n *Node) (NodeDriver, error) {
 	dir := filepath.Join(g.Dir, "n"+strconv.Itoa(n.Index))
 	n.Name = fmt.Sprintf("mpt-%s-%d@localhost", g.ID, n.Index)
 	n.DataDir = filepath.Join(dir, "mnesia")
@@ -196,7 +196,7 @@ func (be *localBackend) newNode(g *Group, n *Node) (nodeRuntime, error) {
 	return &localNode{be: be, g: g, n: n, dir: dir}, nil
 }
 
-func (be *localBackend) teardown(g *Group, keep bool) error {
+func (be *localBackend) Teardown(g *Group, keep bool) error {
 	if keep || g.Dir == "" {
 		return nil
 	}

@@ -20,12 +20,12 @@ import (
 // ready and then lives independently of it: a killed broker leaves it
 // running. Partitions need the docker backend.
 
-func (r *localNode) close() error {
+func (r *localNode) Close() error {
 	r.closing.Store(true)
-	return errors.Join(r.sidecarKill(), r.kill())
+	return errors.Join(r.SidecarKill(), r.Kill())
 }
 
-func (r *localNode) failureLogs() string {
+func (r *localNode) FailureLogs() string {
 	s := fmt.Sprintf("kept %s: log %s, console %s", r.n.Name, r.n.LogFile, r.n.ConsoleLog)
 	if r.be.opts.Sidecar != nil {
 		s += ", sidecar " + r.sidecarLog()
@@ -43,6 +43,10 @@ func (r *localNode) sidecarProc() *proc {
 	defer r.mu.Unlock()
 	return r.sc
 }
+
+// Pause freezes or thaws the broker; SidecarPause the sidecar.
+func (r *localNode) Pause(on bool) error        { return r.pause(partBroker, on) }
+func (r *localNode) SidecarPause(on bool) error { return r.pause(partSidecar, on) }
 
 // pause sends SIGSTOP (or SIGCONT) to the process group and helper
 // processes of the broker or the sidecar.
@@ -62,11 +66,11 @@ func (r *localNode) pause(p part, on bool) error {
 	return nil
 }
 
-func (r *localNode) partition(context.Context, bool) error {
+func (r *localNode) Partition(context.Context, bool) error {
 	return fmt.Errorf("%w: Partition and Heal of %s (local brokers share the loopback interface; use the docker backend)", ErrNotSupported, r.n.Name)
 }
 
-func (r *localNode) exec(context.Context, ...string) (string, error) {
+func (r *localNode) Exec(context.Context, ...string) (string, error) {
 	return "", fmt.Errorf("%w: Exec on %s (run the command yourself, the broker is a local process)", ErrNotSupported, r.n.Name)
 }
 
@@ -76,14 +80,14 @@ func (r *localNode) firstSidecarStart(ctx context.Context) error {
 	if r.be.opts.Sidecar == nil || r.be.opts.Group != nil || r.sidecarProc() != nil {
 		return nil
 	}
-	return r.sidecarStart(ctx)
+	return r.SidecarStart(ctx)
 }
 
-func (r *localNode) sidecarStart(ctx context.Context) error {
+func (r *localNode) SidecarStart(ctx context.Context) error {
 	if r.be.opts.Sidecar == nil {
 		return fmt.Errorf("%w: node %s", ErrNoSidecar, r.n.Name)
 	}
-	if r.sidecarRunning() {
+	if r.SidecarRunning() {
 		return fmt.Errorf("testenv: the sidecar of %s is already running", r.n.Name)
 	}
 	n := r.n
@@ -137,8 +141,8 @@ func (r *localNode) sidecarStart(ctx context.Context) error {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	fail := func(err error) error {
-		kerr := r.sidecarKill()
-		se := &StartError{Node: n.Name, Dir: r.g.Dir, Err: err, LogTail: r.logTail(logTailLines)}
+		kerr := r.SidecarKill()
+		se := &StartError{Node: n.Name, Dir: r.g.Dir, Err: err, LogTail: r.LogTail(logTailLines)}
 		if out, rerr := readFrom(r.sidecarLog(), logOff); rerr == nil {
 			// A port of the group taken by someone else: the formation
 			// retries on new ports (a restart cannot: peers know them).
@@ -171,7 +175,7 @@ func (r *localNode) sidecarStart(ctx context.Context) error {
 
 // sidecarStop sends SIGTERM (the sidecar's graceful shutdown) and waits;
 // when ctx ends first it kills the sidecar.
-func (r *localNode) sidecarStop(ctx context.Context) error {
+func (r *localNode) SidecarStop(ctx context.Context) error {
 	p := r.sidecarProc()
 	if p == nil || p.exited() {
 		return nil
@@ -184,11 +188,11 @@ func (r *localNode) sidecarStop(ctx context.Context) error {
 	case <-p.done:
 		return nil
 	case <-ctx.Done():
-		return errors.Join(fmt.Errorf("testenv: graceful stop of the sidecar of %s did not finish: %w; killed it", r.n.Name, ctx.Err()), r.sidecarKill())
+		return errors.Join(fmt.Errorf("testenv: graceful stop of the sidecar of %s did not finish: %w; killed it", r.n.Name, ctx.Err()), r.SidecarKill())
 	}
 }
 
-func (r *localNode) sidecarKill() error {
+func (r *localNode) SidecarKill() error {
 	p := r.sidecarProc()
 	if p == nil {
 		return nil
@@ -196,7 +200,7 @@ func (r *localNode) sidecarKill() error {
 	return r.killProc(p)
 }
 
-func (r *localNode) sidecarRunning() bool {
+func (r *localNode) SidecarRunning() bool {
 	p := r.sidecarProc()
 	return p != nil && !p.exited()
 }
@@ -208,13 +212,15 @@ func (r *localNode) emergencyKillSidecar() {
 	}
 }
 
-func (r *localNode) sidecarLogTail(lines int) string {
+func (r *localNode) SidecarLogTail(lines int) string {
 	t, err := tailFile(r.sidecarLog(), lines)
 	if err != nil {
 		return fmt.Sprintf("--- sidecar log of %s: %v ---\n", r.n.Name, err)
 	}
 	return fmt.Sprintf("--- last lines of %s ---\n%s", r.sidecarLog(), t)
 }
+
+var _ groupNode = (*localNode)(nil)
 
 // groupAddrs reserves four loopback ports for the sidecar (client, gm,
 // raft, admin; see reservePorts) and sets the Node's fields.

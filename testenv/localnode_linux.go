@@ -64,13 +64,13 @@ func (r *localNode) current() *proc {
 	return r.p
 }
 
-func (r *localNode) running() bool {
+func (r *localNode) Running() bool {
 	p := r.current()
 	return p != nil && !p.exited()
 }
 
-func (r *localNode) start(ctx context.Context) error {
-	if r.running() {
+func (r *localNode) Start(ctx context.Context) error {
+	if r.Running() {
 		return fmt.Errorf("testenv: node %s is already running", r.n.Name)
 	}
 	fresh := r.n.AMQPPort == 0
@@ -292,7 +292,7 @@ func (r *localNode) waitReady(ctx context.Context, p *proc) error {
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = max(1, min(timeout, int(time.Until(dl).Seconds())))
 		}
-		_, err := r.ctl(ctx, "await_startup", "--timeout", strconv.Itoa(timeout))
+		_, err := r.Ctl(ctx, "await_startup", "--timeout", strconv.Itoa(timeout))
 		if err == nil {
 			return nil
 		}
@@ -307,7 +307,7 @@ func (r *localNode) waitReady(ctx context.Context, p *proc) error {
 	}
 }
 
-func (r *localNode) stop(ctx context.Context) error {
+func (r *localNode) Stop(ctx context.Context) error {
 	p := r.current()
 	if p == nil || p.exited() {
 		return nil
@@ -329,7 +329,7 @@ func (r *localNode) stop(ctx context.Context) error {
 	return r.reap(p, helpers)
 }
 
-func (r *localNode) kill() error {
+func (r *localNode) Kill() error {
 	p := r.current()
 	if p == nil {
 		return nil
@@ -393,7 +393,7 @@ func signalTree(p *proc, sig syscall.Signal) []int {
 	return helpers
 }
 
-func (r *localNode) emergencyKill() {
+func (r *localNode) EmergencyKill() {
 	r.emergencyKillSidecar()
 	p := r.current()
 	if p == nil {
@@ -408,7 +408,7 @@ func (r *localNode) emergencyKill() {
 	}
 }
 
-func (r *localNode) ctl(ctx context.Context, args ...string) (string, error) {
+func (r *localNode) Ctl(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"-n", r.n.Name}, args...)
 	cmd := exec.CommandContext(ctx, r.be.ctlPath, full...)
 	cmd.Dir = r.be.home
@@ -455,7 +455,7 @@ func (r *localNode) failureLog(off int64) string {
 	return b.String()
 }
 
-func (r *localNode) logTail(lines int) string {
+func (r *localNode) LogTail(lines int) string {
 	var b strings.Builder
 	files := []string{r.n.ConsoleLog, r.n.LogFile}
 	if r.be.opts.Sidecar != nil {

@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"fmt"
 	"io"
 	"os"
-	"strings"
 )
 
 // tailBytes bounds how much of a log file is read for its tail.
@@ -29,21 +27,6 @@ func tailFile(p string, lines int) (string, error) {
 	return lastLines(string(b), lines), nil
 }
 
-// lastLines returns the last n lines of s (a trailing newline does not
-// count as an empty line).
-func lastLines(s string, n int) string {
-	trimmed := strings.TrimRight(s, "\n")
-	idx := len(trimmed)
-	for i := 0; i < n; i++ {
-		j := strings.LastIndexByte(trimmed[:idx], '\n')
-		if j < 0 {
-			return s
-		}
-		idx = j
-	}
-	return s[idx+1:]
-}
-
 // readFrom returns file p from offset off on (at most 4*tailBytes: the
 // excess is cut from the middle).
 func readFrom(p string, off int64) (string, error) {
@@ -59,20 +42,4 @@ func readFrom(p string, off int64) (string, error) {
 		b = append(append(b[:2*tailBytes:2*tailBytes], "\n[...]\n"...), b[len(b)-2*tailBytes:]...)
 	}
 	return string(b), nil
-}
-
-// headTail returns s whole if it has at most head+tail lines, else its
-// first head lines, a line saying how many were left out, and its last
-// tail lines.
-func headTail(s string, head, tail int) string {
-	lines := strings.SplitAfter(s, "\n")
-	if lines[len(lines)-1] == "" {
-		lines = lines[:len(lines)-1]
-	}
-	if len(lines) <= head+tail {
-		return s
-	}
-	return strings.Join(lines[:head], "") +
-		fmt.Sprintf("[... %d lines left out ...]\n", len(lines)-head-tail) +
-		strings.Join(lines[len(lines)-tail:], "")
 }

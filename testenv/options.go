@@ -17,7 +17,8 @@ const (
 	BackendLocal Backend = "local"
 	// BackendDocker runs each node in containers through
 	// testcontainers-go: a broker container, and a sidecar container when
-	// Options.Sidecar is set, sharing one network namespace (docker.go).
+	// Options.Sidecar is set, sharing one network namespace. It is the
+	// package testenv/docker, which a program must import (driver.go).
 	BackendDocker Backend = "docker"
 )
 
@@ -247,8 +248,10 @@ func (o Options) withDefaults() (Options, error) {
 			o.BrokerImage = strings.TrimSpace(os.Getenv(EnvBrokerImage))
 		}
 	default:
-		return o, fmt.Errorf("testenv: unknown backend %q (want %q or %q; from Options.Backend or %s)",
-			o.Backend, BackendLocal, BackendDocker, EnvBackend)
+		if _, ok := registered(o.Backend); !ok {
+			return o, fmt.Errorf("testenv: unknown backend %q (want %q or %q; from Options.Backend or %s)",
+				o.Backend, BackendLocal, BackendDocker, EnvBackend)
+		}
 	}
 	if o.Group != nil {
 		gr := *o.Group

@@ -1,11 +1,11 @@
 package testenv
 
 import (
-	"bytes"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv/internal/backend"
 )
 
 // procStat is the part of /proc/PID/stat testenv uses.
@@ -16,41 +16,10 @@ type procStat struct {
 	startTime       uint64 // clock ticks after boot; with pid, names a process uniquely
 }
 
-// readStat parses /proc/PID/stat. The command name is in parentheses and
-// may itself hold spaces and parentheses, so fields are counted from the
-// last ')'.
+// readStat parses /proc/PID/stat (backend.ReadStat).
 func readStat(pid int) (procStat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseStat(pid, b)
-}
-
-func parseStat(pid int, b []byte) (procStat, error) {
-	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || end < open {
-		return procStat{}, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[end+1:]))
-	// f[0] is field 3 (state); start time is field 22.
-	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	s := procStat{pid: pid, comm: string(b[open+1 : end]), state: f[0][0]}
-	s.ppid, _ = strconv.Atoi(f[1])
-	s.pgrp, _ = strconv.Atoi(f[2])
-	s.startTime, _ = strconv.ParseUint(f[19], 10, 64)
-	return s, nil
-}
-
-// procStartTime returns the start time of pid (see procStat.startTime).
-func procStartTime(pid int) (uint64, error) {
-	s, err := readStat(pid)
-	if err != nil {
-		return 0, err
-	}
-	return s.startTime, nil
+	s, err := backend.ReadStat(pid)
+	return procStat{pid: s.PID, ppid: s.PPID, pgrp: s.Pgrp, comm: s.Comm, state: s.State, startTime: s.StartTime}, err
 }
 
 // allProcs returns every process that is not a zombie.

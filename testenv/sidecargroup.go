@@ -47,6 +47,19 @@ var ErrNoGroup = errors.New("testenv: not a group of sidecars (set Options.Group
 // sidecars names one master.
 var ErrNoMaster = errors.New("testenv: no master agreed by a majority of the sidecars")
 
+// groupNode is what a node driver needs for Options.Group: only the local
+// backend's has it (withDefaults refuses Group with any other backend).
+// Before the sidecar's first start, groupAddrs picks the sidecar's
+// addresses (new ones on every call), sets the Node's address fields and
+// returns them; writeSidecarConfig stores the config every start of the
+// sidecar reads; resetSidecar removes the sidecar's state (raft) before a
+// new attempt to form the group.
+type groupNode interface {
+	groupAddrs() (sidecarAddrs, error)
+	writeSidecarConfig(content []byte) error
+	resetSidecar() error
+}
+
 // sidecarAddrs are one sidecar's addresses in its group config.
 type sidecarAddrs struct {
 	// listen and admin are listen.address and admin.address, as the
@@ -165,7 +178,7 @@ func (g *Group) form(ctx context.Context) error {
 		}
 		g.opts.Logger("testenv: group %s: sidecars, attempt %d failed (%v); retrying on new ports", g.ID, attempt, se.Err)
 		if err := g.eachNode(func(n *Node) error {
-			return n.locked(func() error { return errors.Join(n.rt.sidecarKill(), n.rt.resetSidecar()) })
+			return n.locked(func() error { return errors.Join(n.rt.SidecarKill(), n.rt.(groupNode).resetSidecar()) })
 		}); err != nil {
 			return err
 		}
@@ -177,7 +190,7 @@ func (g *Group) form(ctx context.Context) error {
 func (g *Group) formOnce(ctx context.Context, attempt int) error {
 	addrs := make([]sidecarAddrs, len(g.Nodes))
 	for i, n := range g.Nodes {
-		a, err := n.rt.groupAddrs()
+		a, err := n.rt.(groupNode).groupAddrs()
 		if err != nil {
 			return err
 		}
@@ -191,7 +204,7 @@ func (g *Group) formOnce(ctx context.Context, attempt int) error {
 		if err != nil {
 			return err
 		}
-		if err := n.rt.writeSidecarConfig(cfg); err != nil {
+		if err := n.rt.(groupNode).writeSidecarConfig(cfg); err != nil {
 			return err
 		}
 	}
@@ -221,7 +234,7 @@ func (g *Group) formOnce(ctx context.Context, attempt int) error {
 			var b strings.Builder
 			fmt.Fprintf(&b, "%v", err)
 			for _, n := range g.Nodes {
-				fmt.Fprintf(&b, "\n%s", n.rt.sidecarLogTail(logTailLines/2))
+				fmt.Fprintf(&b, "\n%s", n.rt.SidecarLogTail(logTailLines/2))
 			}
 			err = errors.New(b.String())
 		}

@@ -26,20 +26,12 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // helperMain starts one broker, prints "READY <group dir>" and waits
 // forever; the parent test then signals or kills it.
 func helperMain() int {
-	opts := Options{Backend: BackendLocal}
-	if os.Getenv(helperEnv) == "docker" {
-		opts.Backend = BackendDocker
-	}
-	g, err := StartGroup(context.Background(), opts)
+	g, err := StartGroup(context.Background(), Options{Backend: BackendLocal})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 3
 	}
-	if opts.Backend == BackendDocker {
-		fmt.Printf("READY %s\n", g.ID)
-	} else {
-		fmt.Printf("READY %s\n", g.Dir)
-	}
+	fmt.Printf("READY %s\n", g.Dir)
 	select {}
 }
 

@@ -375,6 +375,13 @@ func TestBackendSelection(t *testing.T) {
 	if err != nil || o.BrokerImage != "rabbitmq:3.13" || o.Sidecar.Image != "my/sidecar:1" {
 		t.Fatalf("image variables: got %q, %+v, %v", o.BrokerImage, o.Sidecar, err)
 	}
+	// This test binary does not import testenv/docker: asking for the
+	// docker backend says which import is missing (and starts nothing).
+	t.Setenv(EnvBackend, "docker")
+	if _, err := StartGroup(context.Background(), Options{}); !errors.Is(err, ErrBackendNotLinked) ||
+		!strings.Contains(err.Error(), `"github.com/mirrorproxy/mirrorproxy/testenv/docker"`) {
+		t.Fatalf("docker backend not linked: got %v, want ErrBackendNotLinked naming the package", err)
+	}
 	t.Setenv(EnvBackend, "podman")
 	if _, err := StartGroup(context.Background(), Options{}); err == nil || !strings.Contains(err.Error(), "podman") {
 		t.Fatalf("unknown backend: got %v", err)

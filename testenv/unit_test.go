@@ -11,25 +11,6 @@ import (
 	"testing"
 )
 
-func TestParseStat(t *testing.T) {
-	// A command name with spaces and parentheses must not shift fields.
-	line := "4242 (we (ird) name) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n"
-	s, err := parseStat(4242, []byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.comm != "we (ird) name" || s.state != 'S' || s.ppid != 17 || s.pgrp != 4242 || s.startTime != 987654 {
-		t.Fatalf("parsed %+v", s)
-	}
-	if _, err := parseStat(1, []byte("1 (x) S 0")); err == nil {
-		t.Fatal("short stat line parsed")
-	}
-	own, err := readStat(os.Getpid())
-	if err != nil || own.pid != os.Getpid() || own.ppid != os.Getppid() {
-		t.Fatalf("own stat: %+v %v", own, err)
-	}
-}
-
 func TestLastLinesAndHeadTail(t *testing.T) {
 	cases := []struct {
 		in   string
@@ -169,42 +150,5 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	if _, err := (Options{StartTimeout: -1}).withDefaults(); err == nil {
 		t.Fatal("negative StartTimeout accepted")
-	}
-}
-
-func TestFirstSuite(t *testing.T) {
-	cases := map[string]string{
-		"Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\n": "bookworm",
-		"# comment\ndeb http://mirror.invalid/debian trixie main\n":                                             "trixie",
-		"deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian sid main\n":                             "sid",
-		"Types: deb\n": "",
-	}
-	for in, want := range cases {
-		if got := firstSuite([]byte(in)); got != want {
-			t.Errorf("firstSuite(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func TestHashOfSeparatesParts(t *testing.T) {
-	if hashOf("ab", "c") == hashOf("a", "bc") {
-		t.Fatal("hashOf does not separate its parts")
-	}
-	if hashOf("x") != hashOf("x") || len(hashOf("x")) != 64 {
-		t.Fatal("hashOf is not a stable sha256 hex")
-	}
-}
-
-func TestLimitWriter(t *testing.T) {
-	var b strings.Builder
-	w := &limitWriter{w: &b, n: 5}
-	if n, err := w.Write([]byte("abc")); n != 3 || err != nil {
-		t.Fatalf("first write: %d, %v", n, err)
-	}
-	if n, err := w.Write([]byte("defg")); n != 2 || err != errLimit {
-		t.Fatalf("second write: %d, %v", n, err)
-	}
-	if b.String() != "abcde" {
-		t.Fatalf("kept %q", b.String())
 	}
 }

@@ -9,6 +9,8 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 // TestBrokerMessages counts a queue's ready messages on a real broker with

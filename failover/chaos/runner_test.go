@@ -18,6 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 var (

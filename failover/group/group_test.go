@@ -20,6 +20,8 @@ import (
 	"github.com/mirrorproxy/mirrorproxy/proxy"
 	"github.com/mirrorproxy/mirrorproxy/replicate"
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 // waitFor polls cond until it holds or the deadline passes.

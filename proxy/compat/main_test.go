@@ -14,6 +14,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 // broker is the package's RabbitMQ node, started once in TestMain (nil

@@ -14,6 +14,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	// The docker backend, for MIRRORPROXY_TESTENV=docker.
+	_ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 // sharedBroker is started once for all Go benchmarks of the package (unless

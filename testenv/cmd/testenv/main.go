@@ -14,7 +14,7 @@
 // long it took (`make images`). `cleanup` kills brokers whose test process
 // is gone and removes their directories (see testenv.Cleanup), and removes
 // such groups' containers and networks when a Docker engine answers
-// (testenv.CleanupDocker); it leaves groups of running processes alone.
+// (docker.Cleanup); it leaves groups of running processes alone.
 // `--help` prints every command and flag (exit 0); an unknown command or
 // a bad flag is a usage error (exit 2).
 package main
@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/testenv"
+	"github.com/mirrorproxy/mirrorproxy/testenv/docker"
 )
 
 func main() {
@@ -139,8 +140,8 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 
 func cleanup(stdout io.Writer) error {
 	removed, err := testenv.Cleanup()
-	if derr := testenv.DockerAvailable(context.Background()); derr == nil {
-		more, cerr := testenv.CleanupDocker(context.Background())
+	if derr := docker.Available(context.Background()); derr == nil {
+		more, cerr := docker.Cleanup(context.Background())
 		removed = append(removed, more...)
 		err = errors.Join(err, cerr)
 	}
@@ -180,7 +181,7 @@ func up(args []string, stdout, stderr io.Writer) error {
 	}
 	get := func(name string) flag.Getter { return fs.Lookup(name).Value.(flag.Getter) }
 	nodes := get("nodes").Get().(int)
-	docker := get("docker").Get().(bool)
+	containers := get("docker").Get().(bool)
 	sidecar := get("sidecar").Get().(bool)
 	group := get("group").Get().(bool)
 	config := get("config").Get().(string)
@@ -189,7 +190,7 @@ func up(args []string, stdout, stderr io.Writer) error {
 		Management:   get("management").Get().(bool),
 		KeepDirs:     get("keep").Get().(bool),
 		StartTimeout: get("timeout").Get().(time.Duration),
-		Backend:      testenv.Backend(map[bool]string{true: "docker", false: ""}[docker]),
+		Backend:      map[bool]testenv.Backend{true: testenv.BackendDocker, false: ""}[containers],
 		Logger:       func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) },
 	}
 	if sidecar || group {
@@ -246,19 +247,19 @@ func images(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	logf := func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }
 	began := time.Now()
-	report := func(kind string, b testenv.ImageBuild) {
+	report := func(kind string, b docker.ImageBuild) {
 		what := "cached"
 		if b.Built {
 			what = "built"
 		}
 		fmt.Fprintf(stdout, "%s image %s: %s in %.1fs (inputs %s)\n", kind, b.Image, what, b.Took.Seconds(), b.Inputs[:12])
 	}
-	b, err := testenv.EnsureBrokerImage(ctx, logf)
+	b, err := docker.EnsureBrokerImage(ctx, logf)
 	if err != nil {
 		return err
 	}
 	report("broker", b)
-	s, err := testenv.EnsureSidecarImage(ctx, binary, logf)
+	s, err := docker.EnsureSidecarImage(ctx, binary, logf)
 	if err != nil {
 		return err
 	}

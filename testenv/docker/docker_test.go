@@ -1,6 +1,6 @@
 //go:build linux
 
-package testenv
+package docker
 
 import (
 	"bufio"
@@ -18,6 +18,9 @@ import (
 	"github.com/moby/moby/client"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv"
+	"github.com/mirrorproxy/mirrorproxy/testenv/internal/backend"
 )
 
 // dockerTest skips a container test under -short or when no Docker
@@ -28,17 +31,17 @@ func dockerTest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containers; skipped with -short")
 	}
-	if err := DockerAvailable(context.Background()); err != nil {
+	if err := Available(context.Background()); err != nil {
 		t.Skipf("SKIP container test: %v (start a Docker engine, or set DOCKER_HOST, to run it)", err)
 	}
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 }
 
 // startDocker starts a docker group with sidecars for a test.
-func startDocker(t *testing.T, nodes int) *Group {
+func startDocker(t *testing.T, nodes int) *testenv.Group {
 	t.Helper()
 	began := time.Now()
-	g := Start(t, Options{Backend: BackendDocker, Nodes: nodes, Sidecar: &SidecarOptions{}})
+	g := testenv.Start(t, testenv.Options{Backend: testenv.BackendDocker, Nodes: nodes, Sidecar: &testenv.SidecarOptions{}})
 	t.Logf("TIMING docker group of %d ready in %.1fs (images included)", nodes, time.Since(began).Seconds())
 	return g
 }
@@ -47,11 +50,11 @@ func startDocker(t *testing.T, nodes int) *Group {
 // docker's port forwarding a dead broker shows as a connection that is
 // accepted and then reset, never as "connection refused", so this is the
 // observable "refuses connections".
-func answers(addr string) bool { return amqpAnswers(context.Background(), addr, "") }
+func answers(addr string) bool { return backend.AMQPAnswers(context.Background(), addr, "") }
 
 // reachable reports whether from can open a TCP connection to to's broker
 // port over the group's network, tried from inside from's broker container.
-func reachable(t *testing.T, from, to *Node) bool {
+func reachable(t *testing.T, from, to *testenv.Node) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -229,8 +232,8 @@ func TestDockerFaults(t *testing.T) {
 		if err := n0.Stop(stopCtx); err != nil {
 			t.Fatal(err)
 		}
-		_, broker, _ := n0.rt.(*dockerNode).ids()
-		if st := n0.rt.(*dockerNode).exitStatus(broker); !strings.Contains(st, "exit code 0") {
+		_, broker, _ := dockerNodeOf(t, n0).ids()
+		if st := dockerNodeOf(t, n0).exitStatus(broker); !strings.Contains(st, "exit code 0") {
 			t.Fatalf("graceful stop: %s, want exit code 0", st)
 		}
 		if answers(n0.AMQPAddr) {
@@ -326,7 +329,7 @@ func TestDockerFaults(t *testing.T) {
 	})
 
 	t.Run("Logs", func(t *testing.T) {
-		logs := n0.rt.failureLogs()
+		logs := n0.Driver().FailureLogs()
 		if !strings.Contains(logs, "Server startup complete") || !strings.Contains(logs, "--- sidecar container") {
 			t.Fatalf("failure logs lack the broker's startup line or the sidecar's section:\n%s", logs)
 		}
@@ -343,7 +346,7 @@ func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	if _, err := EnsureBrokerImage(context.Background(), t.Logf); err != nil {
 		t.Fatal(err)
 	}
-	g := Start(t, Options{Backend: BackendDocker, Management: true, BrokerImage: BrokerImageRepo + ":latest"})
+	g := testenv.Start(t, testenv.Options{Backend: testenv.BackendDocker, Management: true, BrokerImage: BrokerImageRepo + ":latest"})
 	n := g.Nodes[0]
 	if n.MgmtURL == "" {
 		t.Fatal("no management URL")
@@ -365,8 +368,8 @@ func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	if n.SidecarAddr != "" {
 		t.Fatalf("sidecar address %q without Options.Sidecar", n.SidecarAddr)
 	}
-	if err := n.Sidecar().Kill(); !errors.Is(err, ErrNoSidecar) {
-		t.Fatalf("sidecar Kill without a sidecar: got %v, want ErrNoSidecar", err)
+	if err := n.Sidecar().Kill(); !errors.Is(err, testenv.ErrNoSidecar) {
+		t.Fatalf("sidecar Kill without a sidecar: got %v, want testenv.ErrNoSidecar", err)
 	}
 	conn, _ := dialURL(t, n.URL)
 	conn.Close()
@@ -378,18 +381,18 @@ func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	}
 
 	// A named image must be on the engine: testenv never pulls.
-	_, err = StartGroup(context.Background(), Options{Backend: BackendDocker, BrokerImage: "mirrorproxy-testenv/no-such-image:1"})
+	_, err = testenv.StartGroup(context.Background(), testenv.Options{Backend: testenv.BackendDocker, BrokerImage: "mirrorproxy-testenv/no-such-image:1"})
 	if err == nil || !strings.Contains(err.Error(), "no-such-image") || !strings.Contains(err.Error(), "not on this Docker engine") {
 		t.Fatalf("missing broker image: got %v", err)
 	}
 }
 
 // TestDockerCleanup checks that Close leaves nothing of the group, and
-// that a group whose owner is dead is removed by CleanupDocker.
+// that a group whose owner is dead is removed by Cleanup.
 func TestDockerCleanup(t *testing.T) {
 	dockerTest(t)
 	ctx := context.Background()
-	g, err := StartGroup(ctx, Options{Backend: BackendDocker, Nodes: 2, Sidecar: &SidecarOptions{}, Logger: t.Logf})
+	g, err := testenv.StartGroup(ctx, testenv.Options{Backend: testenv.BackendDocker, Nodes: 2, Sidecar: &testenv.SidecarOptions{}, Logger: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,18 +410,20 @@ func TestDockerCleanup(t *testing.T) {
 	}
 
 	// A group of a dead owner (a crashed test process).
-	dead, err := StartGroup(ctx, Options{Backend: BackendDocker, Logger: t.Logf, fakeOwner: "999999999:1"})
+	fakeOwner = "999999999:1"
+	dead, err := testenv.StartGroup(ctx, testenv.Options{Backend: testenv.BackendDocker, Logger: t.Logf})
+	fakeOwner = ""
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dead.Close()
-	removed, err := CleanupDocker(ctx)
+	removed, err := Cleanup(ctx)
 	if err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	t.Logf("cleanup removed %v", removed)
 	if got := groupObjects(t, dead.ID); len(got) != 0 {
-		t.Fatalf("after CleanupDocker, the dead owner's group %s still has %v", dead.ID, got)
+		t.Fatalf("after Cleanup, the dead owner's group %s still has %v", dead.ID, got)
 	}
 	if err := dead.Close(); err != nil {
 		t.Fatalf("close of a group cleaned up under it: %v", err)
@@ -484,11 +489,11 @@ func TestDockerInterruptAndHardKill(t *testing.T) {
 		t.Fatalf("after SIGKILL of its owner, group %s has %v, want everything still there", id, got)
 	}
 	// The next group's start removes what the dead owner left.
-	Start(t, Options{Backend: BackendDocker})
+	testenv.Start(t, testenv.Options{Backend: testenv.BackendDocker})
 	if got := groupObjects(t, id); len(got) != 0 {
 		t.Fatalf("a later start did not remove the dead owner's group %s: %v", id, got)
 	}
-	if _, err := CleanupDocker(context.Background()); err != nil {
+	if _, err := Cleanup(context.Background()); err != nil {
 		t.Fatalf("cleanup with nothing of dead owners left: %v", err)
 	}
 }

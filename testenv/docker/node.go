@@ -1,4 +1,4 @@
-package testenv
+package docker
 
 import (
 	"bytes"
@@ -19,14 +19,17 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv"
+	"github.com/mirrorproxy/mirrorproxy/testenv/internal/backend"
 )
 
 // dockerNode runs one node as a pod, a broker and maybe a sidecar
-// container (see docker.go).
+// container (see backend.go).
 type dockerNode struct {
 	be *dockerBackend
-	g  *Group
-	n  *Node
+	g  *testenv.Group
+	n  *testenv.Node
 
 	mu      sync.Mutex // guards the ids (read by emergencyKill and logs)
 	pod     string
@@ -50,7 +53,7 @@ func (r *dockerNode) labels(role string) map[string]string {
 
 // start creates the node on its first call (pod, broker, sidecar) and
 // otherwise starts the existing broker container again.
-func (r *dockerNode) start(ctx context.Context) error {
+func (r *dockerNode) Start(ctx context.Context) error {
 	pod, broker, _ := r.ids()
 	if broker != "" {
 		if r.containerRunning(broker) {
@@ -271,14 +274,14 @@ func (r *dockerNode) createSidecar(ctx context.Context) error {
 func (r *dockerNode) waitBroker(ctx context.Context) error {
 	_, broker, _ := r.ids()
 	began := time.Now()
-	tick := time.NewTicker(pollInterval)
+	tick := time.NewTicker(backend.PollInterval)
 	defer tick.Stop()
 	exited := func() error {
 		return r.startError(fmt.Errorf("broker container exited after %.1fs (%s)", time.Since(began).Seconds(), r.exitStatus(broker)))
 	}
 	// docker-proxy accepts on the host port even while nothing listens
 	// inside, so only an AMQP answer counts.
-	for !amqpAnswers(ctx, r.n.AMQPAddr, "") {
+	for !backend.AMQPAnswers(ctx, r.n.AMQPAddr, "") {
 		if !r.containerRunning(broker) {
 			return exited()
 		}
@@ -294,7 +297,7 @@ func (r *dockerNode) waitBroker(ctx context.Context) error {
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = max(1, min(timeout, int(time.Until(dl).Seconds())))
 		}
-		_, err := r.ctl(ctx, "await_startup", "--timeout", strconv.Itoa(timeout))
+		_, err := r.Ctl(ctx, "await_startup", "--timeout", strconv.Itoa(timeout))
 		if err == nil {
 			return nil
 		}
@@ -315,9 +318,9 @@ func (r *dockerNode) waitBroker(ctx context.Context) error {
 func (r *dockerNode) waitSidecar(ctx context.Context) error {
 	_, _, sidecar := r.ids()
 	began := time.Now()
-	tick := time.NewTicker(pollInterval)
+	tick := time.NewTicker(backend.PollInterval)
 	defer tick.Stop()
-	for !amqpAnswers(ctx, r.n.SidecarAddr, "") {
+	for !backend.AMQPAnswers(ctx, r.n.SidecarAddr, "") {
 		if !r.containerRunning(sidecar) {
 			return r.startError(fmt.Errorf("sidecar container exited after %.1fs (%s)", time.Since(began).Seconds(), r.exitStatus(sidecar)))
 		}
@@ -331,7 +334,7 @@ func (r *dockerNode) waitSidecar(ctx context.Context) error {
 }
 
 func (r *dockerNode) startError(err error) error {
-	return &StartError{Node: r.n.Name, Err: err, LogTail: r.logTail(logTailLines)}
+	return &testenv.StartError{Node: r.n.Name, Err: err, LogTail: r.LogTail(backend.LogTailLines)}
 }
 
 // inspect returns the container's state; ok is false when it is gone or
@@ -369,12 +372,12 @@ func (r *dockerNode) exitStatus(id string) string {
 	return s
 }
 
-func (r *dockerNode) running() bool {
+func (r *dockerNode) Running() bool {
 	_, broker, _ := r.ids()
 	return r.containerRunning(broker)
 }
 
-func (r *dockerNode) sidecarRunning() bool {
+func (r *dockerNode) SidecarRunning() bool {
 	_, _, sidecar := r.ids()
 	return r.containerRunning(sidecar)
 }
@@ -390,7 +393,7 @@ func (r *dockerNode) stopContainer(ctx context.Context, id, what string) error {
 		grace = max(1, int(time.Until(dl).Seconds())-2)
 	}
 	// The engine kills after the grace period; give the call room for it.
-	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(grace)*time.Second+goneTimeout)
+	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(grace)*time.Second+backend.GoneTimeout)
 	defer cancel()
 	if _, err := r.be.cli.ContainerStop(callCtx, id, client.ContainerStopOptions{Timeout: &grace}); err != nil {
 		return fmt.Errorf("testenv: stop %s of %s: %w", what, r.n.Name, err)
@@ -407,13 +410,13 @@ func (r *dockerNode) killContainer(id, what string) error {
 	if id == "" {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), goneTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), backend.GoneTimeout)
 	defer cancel()
 	if _, err := r.be.cli.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: "KILL"}); err != nil &&
 		!errdefs.IsNotFound(err) && !errdefs.IsConflict(err) && !strings.Contains(err.Error(), "is not running") {
 		return fmt.Errorf("testenv: kill %s of %s: %w", what, r.n.Name, err)
 	}
-	tick := time.NewTicker(pollInterval)
+	tick := time.NewTicker(backend.PollInterval)
 	defer tick.Stop()
 	for {
 		st, ok := r.inspect(id)
@@ -422,23 +425,23 @@ func (r *dockerNode) killContainer(id, what string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("testenv: %s of %s still running %v after SIGKILL", what, r.n.Name, goneTimeout)
+			return fmt.Errorf("testenv: %s of %s still running %v after SIGKILL", what, r.n.Name, backend.GoneTimeout)
 		case <-tick.C:
 		}
 	}
 }
 
-func (r *dockerNode) stop(ctx context.Context) error {
+func (r *dockerNode) Stop(ctx context.Context) error {
 	_, broker, _ := r.ids()
 	return r.stopContainer(ctx, broker, "broker")
 }
 
-func (r *dockerNode) kill() error {
+func (r *dockerNode) Kill() error {
 	_, broker, _ := r.ids()
 	return r.killContainer(broker, "broker")
 }
 
-func (r *dockerNode) sidecarStart(ctx context.Context) error {
+func (r *dockerNode) SidecarStart(ctx context.Context) error {
 	_, _, sidecar := r.ids()
 	if sidecar == "" {
 		return fmt.Errorf("testenv: node %s: its sidecar was never started", r.n.Name)
@@ -452,24 +455,31 @@ func (r *dockerNode) sidecarStart(ctx context.Context) error {
 	return r.waitSidecar(ctx)
 }
 
-func (r *dockerNode) sidecarStop(ctx context.Context) error {
+func (r *dockerNode) SidecarStop(ctx context.Context) error {
 	_, _, sidecar := r.ids()
 	return r.stopContainer(ctx, sidecar, "sidecar")
 }
 
-func (r *dockerNode) sidecarKill() error {
+func (r *dockerNode) SidecarKill() error {
 	_, _, sidecar := r.ids()
 	return r.killContainer(sidecar, "sidecar")
 }
 
-func (r *dockerNode) pause(p part, on bool) error {
-	_, broker, sidecar := r.ids()
-	id := broker
-	if p == partSidecar {
-		id = sidecar
-	}
+// Pause freezes (docker pause) or thaws the broker container;
+// SidecarPause the sidecar's.
+func (r *dockerNode) Pause(on bool) error {
+	_, broker, _ := r.ids()
+	return r.pause(broker, "broker", on)
+}
+
+func (r *dockerNode) SidecarPause(on bool) error {
+	_, _, sidecar := r.ids()
+	return r.pause(sidecar, "sidecar", on)
+}
+
+func (r *dockerNode) pause(id, what string, on bool) error {
 	if id == "" {
-		return fmt.Errorf("testenv: pause the %s of %s: not started", p, r.n.Name)
+		return fmt.Errorf("testenv: pause the %s of %s: not started", what, r.n.Name)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -481,14 +491,14 @@ func (r *dockerNode) pause(p part, on bool) error {
 	}
 	if err != nil {
 		verb := map[bool]string{true: "pause", false: "unpause"}[on]
-		return fmt.Errorf("testenv: %s the %s of %s: %w", verb, p, r.n.Name, err)
+		return fmt.Errorf("testenv: %s the %s of %s: %w", verb, what, r.n.Name, err)
 	}
 	return nil
 }
 
 // partition disconnects the pod from the group network (cut) or connects
 // it again under its host name.
-func (r *dockerNode) partition(ctx context.Context, cut bool) error {
+func (r *dockerNode) Partition(ctx context.Context, cut bool) error {
 	pod, _, _ := r.ids()
 	info, err := r.be.cli.ContainerInspect(ctx, pod, client.ContainerInspectOptions{})
 	if err != nil {
@@ -513,8 +523,8 @@ func (r *dockerNode) partition(ctx context.Context, cut bool) error {
 
 // close removes the node's containers (sidecar and broker before the pod
 // whose namespace they share). With KeepDirs they are only killed, for
-// inspection; CleanupDocker removes them once this process is gone.
-func (r *dockerNode) close() error {
+// inspection; Cleanup removes them once this process is gone.
+func (r *dockerNode) Close() error {
 	pod, broker, sidecar := r.ids()
 	var errs []error
 	for _, c := range []struct{ id, what string }{{sidecar, "sidecar"}, {broker, "broker"}, {pod, "pod"}} {
@@ -531,7 +541,7 @@ func (r *dockerNode) close() error {
 }
 
 func (r *dockerNode) removeContainer(id, what string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), goneTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), backend.GoneTimeout)
 	defer cancel()
 	if _, err := r.be.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("testenv: remove the %s container of %s: %w", what, r.n.Name, err)
@@ -539,21 +549,21 @@ func (r *dockerNode) removeContainer(id, what string) error {
 	return nil
 }
 
-func (r *dockerNode) emergencyKill() {
+func (r *dockerNode) EmergencyKill() {
 	if !r.be.opts.KeepDirs {
-		_ = r.close()
+		_ = r.Close()
 	}
 }
 
-func (r *dockerNode) ctl(ctx context.Context, args ...string) (string, error) {
-	out, err := r.exec(ctx, append([]string{"rabbitmqctl", "-n", r.n.Name}, args...)...)
+func (r *dockerNode) Ctl(ctx context.Context, args ...string) (string, error) {
+	out, err := r.Exec(ctx, append([]string{"rabbitmqctl", "-n", r.n.Name}, args...)...)
 	if err != nil {
 		return out, fmt.Errorf("testenv: rabbitmqctl -n %s %s: %w", r.n.Name, strings.Join(args, " "), err)
 	}
 	return out, nil
 }
 
-func (r *dockerNode) exec(ctx context.Context, args ...string) (string, error) {
+func (r *dockerNode) Exec(ctx context.Context, args ...string) (string, error) {
 	_, broker, _ := r.ids()
 	if broker == "" {
 		return "", fmt.Errorf("testenv: exec on %s: the broker container was never created", r.n.Name)
@@ -578,7 +588,7 @@ func (r *dockerNode) exec(ctx context.Context, args ...string) (string, error) {
 	stop := context.AfterFunc(ctx, at.Close)
 	defer stop()
 	var b bytes.Buffer
-	w := &limitWriter{w: &b, n: 4 * tailBytes}
+	w := &limitWriter{w: &b, n: logBytes}
 	_, err = stdcopy.StdCopy(w, w, at.Reader)
 	if ctx.Err() != nil {
 		return b.String(), fmt.Errorf("exec %s in %s: %w", strings.Join(args, " "), r.n.Host, ctx.Err())
@@ -623,14 +633,14 @@ func (r *dockerNode) containerLogs(id string, tail int) (string, error) {
 	}
 	defer rc.Close()
 	var b bytes.Buffer
-	w := &limitWriter{w: &b, n: 4 * tailBytes}
+	w := &limitWriter{w: &b, n: logBytes}
 	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && !errors.Is(err, errLimit) {
 		return b.String(), err
 	}
 	return b.String(), nil
 }
 
-func (r *dockerNode) logTail(lines int) string {
+func (r *dockerNode) LogTail(lines int) string {
 	var b strings.Builder
 	_, broker, sidecar := r.ids()
 	for _, c := range []struct{ id, what string }{{broker, "broker"}, {sidecar, "sidecar"}} {
@@ -652,7 +662,7 @@ func (r *dockerNode) logTail(lines int) string {
 
 // failureLogs gives a failed test the logs of every container of the
 // node: whole when short, else the first and last lines.
-func (r *dockerNode) failureLogs() string {
+func (r *dockerNode) FailureLogs() string {
 	var b strings.Builder
 	pod, broker, sidecar := r.ids()
 	fmt.Fprintf(&b, "logs of %s (host %s, broker %s, sidecar %s):\n", r.n.Name, r.n.Host, r.n.AMQPAddr, r.n.SidecarAddr)
@@ -665,13 +675,16 @@ func (r *dockerNode) failureLogs() string {
 			fmt.Fprintf(&b, "--- %s container: logs unreadable: %v ---\n", c.what, err)
 			continue
 		}
-		fmt.Fprintf(&b, "--- %s container %s (%s) ---\n%s", c.what, c.id[:12], r.exitStatus(c.id), headTail(out, 40, 160))
+		fmt.Fprintf(&b, "--- %s container %s (%s) ---\n%s", c.what, c.id[:12], r.exitStatus(c.id), backend.HeadTail(out, 40, 160))
 		if out != "" && !strings.HasSuffix(out, "\n") {
 			b.WriteString("\n")
 		}
 	}
 	return b.String()
 }
+
+// logBytes bounds what is kept of a container's logs or an exec's output.
+const logBytes = 256 << 10
 
 var errLimit = errors.New("log limit reached")
 
@@ -696,19 +709,7 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	return m, err
 }
 
-// Groups of sidecars (Options.Group) are not built for containers yet;
-// withDefaults refuses them before these are reached.
-func (r *dockerNode) groupAddrs() (sidecarAddrs, error) {
-	return sidecarAddrs{}, fmt.Errorf("%w: Options.Group", ErrNotSupported)
-}
-
-func (r *dockerNode) writeSidecarConfig([]byte) error {
-	return fmt.Errorf("%w: Options.Group", ErrNotSupported)
-}
-
-func (r *dockerNode) resetSidecar() error { return nil }
-
-func (r *dockerNode) sidecarLogTail(lines int) string {
+func (r *dockerNode) SidecarLogTail(lines int) string {
 	_, _, sidecar := r.ids()
 	if sidecar == "" {
 		return ""

@@ -1,4 +1,4 @@
-package testenv
+package backend
 
 import (
 	"context"
@@ -39,7 +39,7 @@ func TestAmqpAnswersSidecarWithoutBroker(t *testing.T) {
 			t.Errorf("Serve: %v", err)
 		}
 	}()
-	if amqpAnswers(context.Background(), ln.Addr().String(), "") {
+	if AMQPAnswers(context.Background(), ln.Addr().String(), "") {
 		t.Error("a sidecar without its broker counted as an AMQP answer")
 	}
 
@@ -62,7 +62,7 @@ func TestAmqpAnswersSidecarWithoutBroker(t *testing.T) {
 		c.Write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStart{VersionMinor: 9,
 			ServerProperties: amqp.Table{{Key: "product", Value: "RabbitMQ"}}, Mechanisms: "PLAIN", Locales: "en_US"}))
 	}()
-	if !amqpAnswers(context.Background(), fake.Addr().String(), "") {
+	if !AMQPAnswers(context.Background(), fake.Addr().String(), "") {
 		t.Error("a broker's connection.start did not count as an answer")
 	}
 }

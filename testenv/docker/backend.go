@@ -1,4 +1,4 @@
-package testenv
+package docker
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv"
+	"github.com/mirrorproxy/mirrorproxy/testenv/internal/backend"
 )
 
 // The docker backend runs each node as three containers, the Kubernetes
@@ -36,7 +39,7 @@ import (
 //
 // Everything the backend makes carries the labels below; Close removes
 // it, the signal watcher removes it on SIGINT/SIGTERM, and the next
-// StartGroup (or CleanupDocker) removes what a dead process left. Ryuk,
+// StartGroup (or Cleanup) removes what a dead process left. Ryuk,
 // testcontainers' own reaper, cannot be pulled here: the backend sets
 // TESTCONTAINERS_RYUK_DISABLED=true unless it is set.
 
@@ -66,11 +69,11 @@ const confDir = "/etc/mirrorproxy-testenv"
 // EnvRyukDisabled is testcontainers' setting that turns its reaper off.
 const EnvRyukDisabled = "TESTCONTAINERS_RYUK_DISABLED"
 
-// ErrNoDocker wraps the error of a Docker engine that does not answer.
-var ErrNoDocker = errors.New("testenv: no Docker engine answers")
+// ErrNoEngine wraps the error of a Docker engine that does not answer.
+var ErrNoEngine = errors.New("testenv: no Docker engine answers")
 
 type dockerBackend struct {
-	opts     Options
+	opts     testenv.Options
 	provider *testcontainers.DockerProvider
 	cli      client.APIClient
 	owner    string
@@ -95,41 +98,48 @@ func newDockerClient(ctx context.Context) (*client.Client, error) {
 	tcEnv()
 	c, err := testcontainers.NewDockerClientWithOpts(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoDocker, err)
+		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
 	return c.Client, nil
 }
 
-// DockerAvailable reports, as an error, why the docker backend cannot run
+// Available reports, as an error, why the docker backend cannot run
 // here: nil when a Docker engine answers a ping.
-func DockerAvailable(ctx context.Context) error {
+func Available(ctx context.Context) error {
 	tcEnv()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoDocker, err)
+		return fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
 	defer cli.Close()
 	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
-		return fmt.Errorf("%w: %v", ErrNoDocker, err)
+		return fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
 	return nil
 }
 
-func newDockerBackend(opts Options) (backend, error) {
+func init() { testenv.RegisterBackend(testenv.BackendDocker, newDockerBackend) }
+
+// fakeOwner replaces the "<pid>:<start time>" owner mark of the groups
+// started while it is set (tests only, never concurrently with a start:
+// makes a group look orphaned to Cleanup).
+var fakeOwner string
+
+func newDockerBackend(opts testenv.Options) (testenv.Driver, error) {
 	tcEnv()
-	owner, err := selfOwner()
+	owner, err := backend.SelfOwner()
 	if err != nil {
 		return nil, err
 	}
-	if opts.fakeOwner != "" {
-		owner = opts.fakeOwner
+	if fakeOwner != "" {
+		owner = fakeOwner
 	}
 	host, _ := os.Hostname()
 	p, err := testcontainers.NewDockerProvider(testcontainers.WithLogger(tcLogger(opts.Logger)))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoDocker, err)
+		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
 	return &dockerBackend{opts: opts, provider: p, cli: p.Client(), owner: owner, host: host}, nil
 }
@@ -147,10 +157,10 @@ func (l tcLogger) Printf(format string, args ...any) {
 	}
 }
 
-func (be *dockerBackend) setup(ctx context.Context, g *Group) error {
+func (be *dockerBackend) Setup(ctx context.Context, g *testenv.Group) error {
 	if _, err := be.cli.Ping(ctx, client.PingOptions{}); err != nil {
 		be.provider.Close()
-		return fmt.Errorf("%w: %v", ErrNoDocker, err)
+		return fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
 	if removed, err := cleanupDocker(ctx, be.cli); err != nil {
 		be.opts.Logger("testenv: removing what dead test processes left: %v", err)
@@ -161,7 +171,7 @@ func (be *dockerBackend) setup(ctx context.Context, g *Group) error {
 		be.provider.Close()
 		return err
 	}
-	g.ID = randomHex(4)
+	g.ID = backend.RandomHex(4)
 	be.netName = "mpt-" + g.ID
 	be.labels = map[string]string{labelGroup: g.ID, labelOwner: be.owner, labelHost: be.host}
 	res, err := be.cli.NetworkCreate(ctx, be.netName, client.NetworkCreateOptions{
@@ -215,13 +225,13 @@ func (be *dockerBackend) imagePresent(ctx context.Context, ref string) error {
 	return nil
 }
 
-func (be *dockerBackend) newNode(g *Group, n *Node) (nodeRuntime, error) {
+func (be *dockerBackend) NewNode(g *testenv.Group, n *testenv.Node) (testenv.NodeDriver, error) {
 	n.Host = fmt.Sprintf("mpt-%s-%d", g.ID, n.Index)
 	n.Name = "rabbit@" + n.Host
 	return &dockerNode{be: be, g: g, n: n}, nil
 }
 
-func (be *dockerBackend) teardown(g *Group, keep bool) error {
+func (be *dockerBackend) Teardown(g *testenv.Group, keep bool) error {
 	defer be.provider.Close()
 	if be.netID == "" || be.opts.KeepDirs {
 		return nil
@@ -234,11 +244,11 @@ func (be *dockerBackend) teardown(g *Group, keep bool) error {
 	return nil
 }
 
-// CleanupDocker removes the containers and networks of testenv groups
+// Cleanup removes the containers and networks of testenv groups
 // whose owner process (on this machine) is gone: groups of crashed or
 // killed test processes, and groups kept with KeepDirs. Groups of live
 // processes are left alone. It returns the names of what it removed.
-func CleanupDocker(ctx context.Context) ([]string, error) {
+func Cleanup(ctx context.Context) ([]string, error) {
 	cli, err := newDockerClient(ctx)
 	if err != nil {
 		return nil, err
@@ -250,7 +260,7 @@ func CleanupDocker(ctx context.Context) ([]string, error) {
 func cleanupDocker(ctx context.Context, cli client.APIClient) ([]string, error) {
 	host, _ := os.Hostname()
 	stale := func(labels map[string]string) bool {
-		return labels[labelHost] == host && !ownerAlive(labels[labelOwner])
+		return labels[labelHost] == host && !backend.OwnerAlive(labels[labelOwner])
 	}
 	var removed []string
 	var errs []error

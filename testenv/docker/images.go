@@ -1,4 +1,4 @@
-package testenv
+package docker
 
 import (
 	"archive/tar"
@@ -22,6 +22,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
+
+	"github.com/mirrorproxy/mirrorproxy/testenv/internal/backend"
 )
 
 // Images without a registry. This machine reaches Debian's packages and
@@ -160,7 +162,7 @@ func EnsureBrokerImage(ctx context.Context, logf func(string, ...any)) (ImageBui
 		}
 		werr := cmd.Wait()
 		if werr != nil {
-			return fmt.Errorf("mmdebstrap: %w\n%s", werr, lastLines(stderr.String(), 30))
+			return fmt.Errorf("mmdebstrap: %w\n%s", werr, backend.LastLines(stderr.String(), 30))
 		}
 		return ierr
 	})
@@ -195,7 +197,7 @@ func EnsureSidecarImage(ctx context.Context, binary string, logf func(string, ..
 		}
 		defer os.RemoveAll(dir)
 		path = filepath.Join(dir, "mirrorproxy")
-		if err := buildSidecarBinary(ctx, path); err != nil {
+		if err := backend.BuildSidecar(ctx, path); err != nil {
 			return ImageBuild{}, err
 		}
 	}
@@ -274,24 +276,6 @@ func pruneSidecarImages(ctx context.Context, cli *client.Client, current string,
 			}
 		}
 	}
-}
-
-// buildSidecarBinary runs `go build` of cmd/mirrorproxy into out, from the
-// current directory (inside this module, or a module that requires it).
-func buildSidecarBinary(ctx context.Context, out string) error {
-	goCmd := "go"
-	if root := os.Getenv("GOROOT"); root != "" {
-		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
-			goCmd = p
-		}
-	}
-	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-buildvcs=false", "-o", out,
-		"github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if o, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("testenv: build the sidecar binary (go build github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy): %w\n%s\n(or set SidecarOptions.Binary or .Image)", err, o)
-	}
-	return nil
 }
 
 // ensureImage returns ref when it exists with the inputs label, else runs
@@ -435,9 +419,4 @@ func orDiscard(logf func(string, ...any)) func(string, ...any) {
 		return func(string, ...any) {}
 	}
 	return logf
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
