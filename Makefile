@@ -3,8 +3,13 @@ GO      ?= go
 PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
+# golangci-lint: the version CI installs (lint-install) and .golangci.yml is
+# written for. It is a tool, not a module of go.mod: docs/DEPENDENCIES.md.
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOBIN_DIR     := $(or $(shell $(GO) env GOBIN),$(shell $(GO) env GOPATH)/bin)
+GOLANGCI_LINT ?= $(GOBIN_DIR)/golangci-lint
 
-.PHONY: help build test test-short verify fmt vet demo bench fuzz clean-testenv chaos
+.PHONY: help build test test-short verify lint lint-install fmt vet demo bench fuzz clean-testenv chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -23,6 +28,17 @@ verify: ## gofmt, vet, go.mod tidy, generated code current
 	$(GO) vet $(PKGS)
 	$(GO) mod tidy -diff
 	$(GO) test -count=1 -run 'TestGeneratedCodeIsCurrent' ./proxy/amqp/...
+
+lint: ## golangci-lint with .golangci.yml (make lint-install installs the pinned version)
+	@if [ ! -x "$(GOLANGCI_LINT)" ]; then echo "$(GOLANGCI_LINT) not found: run make lint-install (golangci-lint $(GOLANGCI_LINT_VERSION))"; exit 1; fi
+	@have=$$("$(GOLANGCI_LINT)" version --short 2>/dev/null); if [ "v$$have" != "$(GOLANGCI_LINT_VERSION)" ]; then \
+		echo "warning: golangci-lint $$have, .golangci.yml is written for $(GOLANGCI_LINT_VERSION) (make lint-install)"; fi
+	"$(GOLANGCI_LINT)" run ./...
+
+lint-install: ## install the pinned golangci-lint (GOLANGCI_LINT_VERSION) into GOBIN, unless that version is there
+	@have=$$("$(GOLANGCI_LINT)" version --short 2>/dev/null || true); \
+	if [ "v$$have" = "$(GOLANGCI_LINT_VERSION)" ]; then echo "golangci-lint $(GOLANGCI_LINT_VERSION) already installed ($(GOLANGCI_LINT))"; \
+	else $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); fi
 
 demo: build ## start a mirrored group (3 local RabbitMQ nodes and sidecars), run a client through it
 	$(GO) run ./cmd/mirrorproxy demo

@@ -289,7 +289,7 @@ type snapshot []byte
 
 func (s snapshot) Persist(sink raft.SnapshotSink) error {
 	if _, err := sink.Write(s); err != nil {
-		sink.Cancel()
+		_ = sink.Cancel() // the write's error is what raft is told
 		return err
 	}
 	return sink.Close()

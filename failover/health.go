@@ -92,9 +92,9 @@ func (p *BrokerProbe) report(h BrokerHealth, err error) {
 	if !changed {
 		return
 	}
-	ev := p.cfg.Logger.Info()
+	ev := p.cfg.Logger.Info() //nolint:zerologlint // sent with Msg below
 	if h != BrokerOK {
-		ev = p.cfg.Logger.Warn().Err(err)
+		ev = p.cfg.Logger.Warn().Err(err) //nolint:zerologlint // sent with Msg below
 	}
 	ev.Stringer("broker", h).Msg("local broker health changed")
 	if p.onChange != nil {
@@ -110,7 +110,7 @@ func (p *BrokerProbe) run() {
 	var ch *amqp091.Channel
 	defer func() {
 		if conn != nil {
-			conn.CloseDeadline(time.Now().Add(p.cfg.Timeout))
+			_ = conn.CloseDeadline(time.Now().Add(p.cfg.Timeout)) // a probe connection; its close error tells nothing
 		}
 	}()
 	for {
@@ -163,7 +163,9 @@ func (p *BrokerProbe) failed(conn *amqp091.Connection, err error) {
 		p.report(BrokerFrozen, err)
 	}
 	if conn != nil {
-		go conn.CloseDeadline(time.Now().Add(p.cfg.Timeout)) // a frozen broker never answers the close
+		// In its own goroutine: a frozen broker never answers the close.
+		// A probe connection; its close error tells nothing.
+		go func() { _ = conn.CloseDeadline(time.Now().Add(p.cfg.Timeout)) }()
 	}
 }
 
@@ -205,7 +207,7 @@ func (p *BrokerProbe) call(fn func() (any, error)) (any, error) {
 		// A connection that arrives late is not used: close it.
 		if r := <-done; r.err == nil {
 			if c, ok := r.v.(*amqp091.Connection); ok {
-				c.CloseDeadline(time.Now().Add(p.cfg.Timeout))
+				_ = c.CloseDeadline(time.Now().Add(p.cfg.Timeout)) // unused; its close error tells nothing
 			}
 		}
 	}()

@@ -486,7 +486,7 @@ func (r *Role) pass(acts []Action) []Action {
 
 	// 3. Handover requests, repeated until a view decides. A shutdown that
 	// gave up waiting leaves instead of asking to stay.
-	if r.step.on && !(r.shutdown && r.step.giveUp) && (!r.step.sent || r.now.Sub(r.step.sentAt) >= r.cfg.Retry) {
+	if r.step.on && (!r.shutdown || !r.step.giveUp) && (!r.step.sent || r.now.Sub(r.step.sentAt) >= r.cfg.Retry) {
 		target := r.step.target
 		if r.step.giveUp {
 			target = r.cfg.Self

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -24,7 +25,7 @@ func sink(t testing.TB) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go io.Copy(io.Discard, far)
+	go func() { _, _ = io.Copy(io.Discard, far) }() // until the cleanup closes far
 	t.Cleanup(func() { c.Close(); far.Close() })
 	return c
 }
@@ -34,7 +35,7 @@ func sink(t testing.TB) net.Conn {
 func forwardLoop(t testing.TB, track func(amqp.Frame) (bool, error), r *amqp.Reader, o *out) {
 	for {
 		f, err := r.ReadFrame()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -128,8 +128,6 @@ func (r *dlvRing) take(tag uint64, multiple bool, fn func(queue string, id uint6
 	}
 }
 
-func (r *dlvRing) reset() { r.ents, r.head = r.ents[:0], 0 }
-
 // outstanding appends the ids of a vhost's queue delivered on the
 // session's channels and not settled.
 //
@@ -455,7 +453,11 @@ func (s *sessionState) replDeliveryHeader(ch *channelState, f amqp.Frame) ([]byt
 		return raw, nil
 	}
 	if d.noAck {
-		s.repl.Settle(s.vhost, d.queue, []uint64{id}, false)
+		// As for a client's ack (settle): a mirror that kept the copy
+		// would deliver it again after a failover.
+		if _, err := s.repl.Settle(s.vhost, d.queue, []uint64{id}, false); err != nil {
+			return nil, connErr(amqp.InternalError, "INTERNAL_ERROR - replication: %v", err)
+		}
 		return raw, nil
 	}
 	s.ringMu.Lock()
@@ -482,7 +484,9 @@ func (s *sessionState) withHeld(ch *channelState, header []byte, id uint64, know
 	}
 	m := ch.r.held
 	if known && s.redeliver(id) {
-		amqp.SetRedelivered(m[amqp.FrameHeaderSize : len(m)-1])
+		// holdDelivery keeps only frames decoded as basic.deliver or
+		// basic.get-ok, the methods SetRedelivered accepts.
+		_ = amqp.SetRedelivered(m[amqp.FrameHeaderSize : len(m)-1])
 	}
 	ch.r.out = append(append(ch.r.out[:0], m...), header...)
 	ch.r.held = ch.r.held[:0]

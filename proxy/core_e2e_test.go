@@ -79,7 +79,7 @@ func TestMasterCoreOnARealBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ch.QueueDelete(q.Name, false, false, false)
+	defer func() { _, _ = ch.QueueDelete(q.Name, false, false, false) }() // best effort: the test's own broker
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}

@@ -195,14 +195,14 @@ func handshakeRefused(err error) error {
 // validate_negotiated_integer_value): 0 means no limit, which is more than
 // any limit offered; below min is refused too. The text is RabbitMQ's (it
 // logs it, and sends no close: see handshakeRefused).
-func checkNegotiated(field string, min, offered, value uint32) error {
+func checkNegotiated(field string, minimum, offered, value uint32) error {
 	detail := ""
 	if field == "channel_max" && value == 0 {
 		detail = " (no limit)"
 	}
 	switch {
-	case value != 0 && value < min:
-		return connErr(amqp.NotAllowed, "NOT_ALLOWED - negotiated %s = %d%s is lower than the minimum allowed value (%d)", field, value, detail, min)
+	case value != 0 && value < minimum:
+		return connErr(amqp.NotAllowed, "NOT_ALLOWED - negotiated %s = %d%s is lower than the minimum allowed value (%d)", field, value, detail, minimum)
 	case offered != 0 && (value == 0 || value > offered):
 		return connErr(amqp.NotAllowed, "NOT_ALLOWED - negotiated %s = %d%s is higher than the maximum allowed value (%d)", field, value, detail, offered)
 	}

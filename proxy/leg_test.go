@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -75,8 +76,8 @@ func TestFrontWithARemoteCore(t *testing.T) {
 	if pc.opened.Load() != 1 {
 		t.Fatalf("%d legs opened for one session, want 1", pc.opened.Load())
 	}
-	if core.Server.Sessions() != 1 || front.Server.Sessions() != 1 {
-		t.Fatalf("sessions: core %d, front %d, want 1 each", core.Server.Sessions(), front.Server.Sessions())
+	if core.Sessions() != 1 || front.Sessions() != 1 {
+		t.Fatalf("sessions: core %d, front %d, want 1 each", core.Sessions(), front.Sessions())
 	}
 	// The core logs the session under the client's own address, not the pipe's.
 	local := c.LocalAddr().String()
@@ -85,7 +86,7 @@ func TestFrontWithARemoteCore(t *testing.T) {
 	})
 	c.Close()
 	eventually(t, 5*time.Second, "both sessions end with the client's", func() bool {
-		return core.Server.Sessions() == 0 && front.Server.Sessions() == 0
+		return core.Sessions() == 0 && front.Sessions() == 0
 	})
 }
 
@@ -98,7 +99,7 @@ func TestServeConnAfterClose(t *testing.T) {
 	srv.Close()
 	a, b := net.Pipe()
 	defer a.Close()
-	if err := srv.ServeConn(b); err != proxy.ErrServerClosed {
+	if err := srv.ServeConn(b); !errors.Is(err, proxy.ErrServerClosed) {
 		t.Fatalf("ServeConn after Close: %v, want ErrServerClosed", err)
 	}
 }

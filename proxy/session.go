@@ -43,11 +43,10 @@ type session struct {
 
 	// closing is set once the proxy has decided to end the session: the
 	// pumps then drop what they read, but for the client's close-ok.
-	opened    bool // the handshake completed (set before the pumps start)
-	closing   atomic.Bool
-	closeOnce sync.Once
-	done      chan struct{} // closed when the pumps should stop
-	force     chan string   // cap 1: CloseSessions' reason
+	opened  bool // the handshake completed (set before the pumps start)
+	closing atomic.Bool
+	done    chan struct{} // closed when the pumps should stop
+	force   chan string   // cap 1: CloseSessions' reason
 
 	leg legState // moves of the leg (rehome.go)
 
@@ -288,7 +287,7 @@ func (s *session) serve(ctx context.Context) {
 	up := s.up
 	s.leg.mu.Unlock()
 	for _, c := range []net.Conn{s.client, up} {
-		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20)) // drain, bounded; its end is the close below
 		c.Close()
 	}
 }
@@ -652,7 +651,7 @@ func (s *session) finish(err error, pumping bool) {
 		halfClose(c)
 		c.SetReadDeadline(deadline)
 		if !pumping {
-			io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+			_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20)) // drain, bounded; its end is the close below
 			c.Close()
 		}
 	}
@@ -693,7 +692,7 @@ func halfClose(c net.Conn) {
 	c = rawConn(c)
 	type closeWriter interface{ CloseWrite() error }
 	if cw, ok := c.(closeWriter); ok {
-		cw.CloseWrite()
+		_ = cw.CloseWrite() // fails only on a closed connection: nothing left to half-close
 	}
 }
 
@@ -702,7 +701,7 @@ func halfClose(c net.Conn) {
 func lingerClose(c net.Conn) {
 	halfClose(c)
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20)) // drain, bounded; its end is the close below
 	c.Close()
 }
 

@@ -61,9 +61,8 @@ type sessionState struct {
 	upRepl     bool
 	upCopy     bool // upOut is not in the reader's buffer: copy it
 
-	maxPending  int    // bound on unconfirmed publish bytes per session
-	pendingSize int    // bytes held in unconfirmed publishes
-	unmovable   string // why the session cannot move to another broker, "" if it can
+	maxPending  int // bound on unconfirmed publish bytes per session
+	pendingSize int // bytes held in unconfirmed publishes
 }
 
 type tuneValues struct {

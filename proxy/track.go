@@ -424,7 +424,9 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 		}
 		tag += ch.tagBase
 		if ch.tagBase != 0 {
-			amqp.SetDeliveryTag(f.Payload, tag)
+			if err := amqp.SetDeliveryTag(f.Payload, tag); err != nil {
+				return false, err
+			}
 		}
 		ch.lastTag = tag
 		if s.repl != nil && s.holdDelivery(ch, f) {
@@ -446,7 +448,9 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			}
 			tag = ch.seqs.client(tag)
 			if ch.seqs != nil {
-				amqp.SetAckTag(f.Payload, tag)
+				if err := amqp.SetAckTag(f.Payload, tag); err != nil {
+					return false, err
+				}
 			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}
@@ -461,7 +465,9 @@ func (s *sessionState) fromUpstream(f amqp.Frame) (bool, error) {
 			}
 			tag = ch.seqs.client(tag)
 			if ch.seqs != nil {
-				amqp.SetAckTag(f.Payload, tag)
+				if err := amqp.SetAckTag(f.Payload, tag); err != nil {
+					return false, err
+				}
 			}
 			s.pendingSize -= ch.unconfirmed.confirm(tag, multiple)
 		}

@@ -273,9 +273,9 @@ func (w *goneWatcher) failed(vhost, q string, gv *goneVhost, err error) {
 	if w.m.ctx.Err() != nil {
 		return
 	}
-	ev := w.m.log.Debug()
+	ev := w.m.log.Debug() //nolint:zerologlint // sent with Msg below
 	if !gv.failing {
-		ev = w.m.log.Warn()
+		ev = w.m.log.Warn() //nolint:zerologlint // sent with Msg below
 	}
 	gv.failing = true
 	base := w.interval

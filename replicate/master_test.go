@@ -136,7 +136,7 @@ func TestMasterOverARealRing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !(t1 < t2 && t2 < t3) {
+	if t1 >= t2 || t2 >= t3 {
 		t.Fatalf("tickets %d %d %d are not in order", t1, t2, t3)
 	}
 	deadline := time.Now().Add(10 * time.Second)

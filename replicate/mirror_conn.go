@@ -523,7 +523,7 @@ func (ch *brokerChan) publish(exchange, key string, mandatory bool, header, body
 // close closes the channel and waits for close-ok (or the connection's end).
 func (ch *brokerChan) close(ctx context.Context) error {
 	if ch.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // already closed: nothing left to close
 	}
 	_, err := ch.rpc(ctx, &amqp.ChannelClose{ReplyCode: 200, ReplyText: "mirrorproxy mirror closing"})
 	if err != nil && errors.Is(err, errChanClosed) {

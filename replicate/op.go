@@ -296,11 +296,12 @@ func ParseOp(b []byte) (Op, error) {
 		op.Queue = r.short("queue")
 		n := r.u32("id count")
 		if r.err == nil {
-			if n > MaxOpIDs {
+			switch {
+			case n > MaxOpIDs:
 				r.fail("%d ids, at most %d", n, MaxOpIDs)
-			} else if uint64(n)*8 > uint64(len(r.b)) {
+			case uint64(n)*8 > uint64(len(r.b)):
 				r.fail("%d ids need %d octets, %d left", n, uint64(n)*8, len(r.b))
-			} else if n > 0 {
+			case n > 0:
 				op.IDs = make([]uint64, n)
 				for i := range op.IDs {
 					op.IDs[i] = binary.BigEndian.Uint64(r.b[8*i:])

@@ -201,7 +201,7 @@ func canon(v any, path string) (any, error) {
 	case nil, bool, string:
 		return x, nil
 	case json.Number:
-		if s := string(x); s == "" || !(s[0] == '-' || s[0] >= '0' && s[0] <= '9') || !json.Valid([]byte(s)) {
+		if s := string(x); s == "" || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) || !json.Valid([]byte(s)) {
 			return nil, invalid(path, "%s: %q is not a number", path, s)
 		}
 		return x, nil

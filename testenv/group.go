@@ -159,14 +159,14 @@ func (g *Group) Close() error {
 		return g.closeErr
 	}
 	g.closed = true
-	errs := make([]error, len(g.Nodes))
+	errs := make([]error, len(g.Nodes)+1) // every node's, then the teardown's
 	var wg sync.WaitGroup
 	for i, n := range g.Nodes {
 		wg.Go(func() { errs[i] = n.close() })
 	}
 	wg.Wait()
 	unregister(g)
-	errs = append(errs, g.be.Teardown(g, g.keep.Load()))
+	errs[len(g.Nodes)] = g.be.Teardown(g, g.keep.Load())
 	g.closeErr = errors.Join(errs...)
 	return g.closeErr
 }

@@ -89,8 +89,8 @@ func findScripts() (server, ctl string, err error) {
 	} else {
 		dirs = append(dirs, "/usr/lib/rabbitmq/bin")
 		if p, err := exec.LookPath("rabbitmq-server"); err == nil {
-			if real, err := filepath.EvalSymlinks(p); err == nil {
-				p = real
+			if target, err := filepath.EvalSymlinks(p); err == nil {
+				p = target
 			}
 			dirs = append(dirs, filepath.Dir(p))
 		}

@@ -160,7 +160,7 @@ func (r *localNode) SidecarStart(ctx context.Context) error {
 	for !ready() {
 		select {
 		case <-p.done:
-			return fail(fmt.Errorf("the sidecar exited after %.1fs (%v)", time.Since(began).Seconds(), p.err))
+			return fail(fmt.Errorf("the sidecar exited after %.1fs (%w)", time.Since(began).Seconds(), p.err))
 		case <-ctx.Done():
 			what := "sidecar port " + n.SidecarAddr
 			if grouped {

@@ -267,7 +267,7 @@ func (r *localNode) waitReady(ctx context.Context, p *proc) error {
 	defer tick.Stop()
 	began := time.Now()
 	exited := func() error {
-		return fmt.Errorf("rabbitmq-server exited after %.1fs (%v)", time.Since(began).Seconds(), p.err)
+		return fmt.Errorf("rabbitmq-server exited after %.1fs (%w)", time.Since(began).Seconds(), p.err)
 	}
 	// A broker configured with proxy_protocol = true wants a PROXY header
 	// first. RabbitMQ 3.10 crashes the connection on "PROXY UNKNOWN" (its

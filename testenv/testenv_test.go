@@ -348,7 +348,7 @@ func TestManagement(t *testing.T) {
 	if n.MgmtPort == 0 || n.MgmtURL == "" {
 		t.Fatalf("no management port: %+v", n)
 	}
-	req, err := http.NewRequest("GET", n.MgmtURL+"/api/overview", nil)
+	req, err := http.NewRequest(http.MethodGet, n.MgmtURL+"/api/overview", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

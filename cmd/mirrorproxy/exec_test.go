@@ -142,7 +142,7 @@ func TestExecRunSIGTERM(t *testing.T) {
 	// because the broker at 127.0.0.1:1 is down), which shows it is serving.
 	if c, err := net.DialTimeout("tcp", listen, 10*time.Second); err == nil {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write([]byte("AMQP\x00\x00\x09\x01"))
+		_, _ = c.Write([]byte("AMQP\x00\x00\x09\x01")) // a failure shows in the Read below
 		_, rerr := c.Read(make([]byte, 1))
 		c.Close()
 		var ne net.Error
@@ -239,8 +239,8 @@ func startBinary(t *testing.T, args ...string) (*exec.Cmd, <-chan string, <-chan
 	}()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
+			_ = cmd.Process.Kill() // fails only when it has exited, which exited reports
+			<-exited               //nolint:errcheck // the exit the kill caused
 		}
 	})
 	return cmd, lines, exited

@@ -121,7 +121,7 @@ func runAction(c *cli.Context) error {
 		srv = s
 	}
 	bi := readBuildInfo()
-	ev := log.Info().Str("version", bi.Version)
+	ev := log.Info().Str("version", bi.Version) //nolint:zerologlint // sent with Msg below, after the optional fields
 	if bi.Commit != "" {
 		ev = ev.Str("commit", bi.Commit)
 	}

@@ -187,14 +187,15 @@ func (c *checker) step(e *Event) {
 		m.attempts++
 		p := c.producer(e.Client)
 		p.last = e.At
-		if m.attempts == 1 {
+		switch m.attempts {
+		case 1:
 			m.firstPub = e.At
 			c.res.Published++
 			p.stats.Published++
 			if p.stats.Published == 1 {
 				p.first = e.At
 			}
-		} else if m.attempts == 2 {
+		case 2:
 			c.res.Resent++
 		}
 		if !p.pending {

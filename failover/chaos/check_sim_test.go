@@ -89,9 +89,9 @@ type simCopy struct {
 }
 
 type simHeld struct {
-	c              simCopy
-	tag            uint64
-	acked, settled bool
+	c     simCopy
+	tag   uint64
+	acked bool
 }
 
 type simProducer struct {

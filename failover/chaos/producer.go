@@ -211,7 +211,7 @@ func (s *pubSession) canPublishNew() bool {
 func (s *pubSession) publishNew(ctx context.Context) error {
 	p := s.p
 	if ctx.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // ctx ending is how a producer stops, not a failure
 	}
 	m := &outMsg{id: MsgID{Producer: p.cfg.ID, Seq: p.next}}
 	p.next++
@@ -223,7 +223,7 @@ func (s *pubSession) publishNew(ctx context.Context) error {
 func (s *pubSession) publish(ctx context.Context, m *outMsg) error {
 	p := s.p
 	if ctx.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // once ctx is done nothing is sent (see above), not a failure
 	}
 	m.attempt++
 	tag := s.ch.GetNextPublishSeqNo()

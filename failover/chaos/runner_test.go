@@ -411,7 +411,7 @@ func sidecarBinary(t *testing.T) string {
 			cmd := exec.Command("go", "build", "-o", binPath, "github.com/mirrorproxy/mirrorproxy/cmd/mirrorproxy")
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
-				binErr = fmt.Errorf("build the sidecar: %v\n%s", err, out)
+				binErr = fmt.Errorf("build the sidecar: %w\n%s", err, out)
 				return
 			}
 		}

@@ -139,7 +139,11 @@ func TestFailoverOnMasterBrokerLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Stopped before the leak check: the restarted broker's waiter is testenv's.
-	defer env.Nodes[0].Kill()
+	defer func() {
+		if err := env.Nodes[0].Kill(); err != nil {
+			t.Errorf("kill node-0 at the end: %v", err)
+		}
+	}()
 	waitFor(t, "node-0 back in the view as a mirror", time.Minute, func() bool {
 		v := master.View()
 		_, in := v.Member("node-0")
@@ -195,7 +199,9 @@ func TestMirrorBrokerFreezeDoesNotHoldConfirms(t *testing.T) {
 	paused := true
 	defer func() {
 		if paused {
-			env.Nodes[2].Unpause()
+			if err := env.Nodes[2].Unpause(); err != nil {
+				t.Errorf("unpause node-2 at the end: %v", err)
+			}
 		}
 	}()
 	publishConfirmed(t, ch, "", "ha.frozen", "while node-2's broker is frozen")
@@ -318,7 +324,9 @@ func TestLostMasterComesBack(t *testing.T) {
 	paused := true
 	defer func() {
 		if paused {
-			env.Nodes[0].Unpause()
+			if err := env.Nodes[0].Unpause(); err != nil {
+				t.Errorf("unpause node-0 at the end: %v", err)
+			}
 		}
 	}()
 	waitFor(t, "a view without a master, waiting for node-0", 30*time.Second, func() bool {

@@ -442,7 +442,9 @@ func (g *Group) serveLeg(c net.Conn) {
 		c.Close()
 		return
 	}
-	srv.ServeConn(c)
+	// ErrServerClosed only: the server closed c itself (the node stopped
+	// serving as master between the check above and this call).
+	_ = srv.ServeConn(c)
 }
 
 // masterCore is a mirror's core: each session's leg goes over the peer

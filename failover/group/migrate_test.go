@@ -57,7 +57,9 @@ func TestSessionMovesWithTheMaster(t *testing.T) {
 					t.Fatalf("delivery tag %d after %d: tags must keep increasing", d.DeliveryTag, lastTag)
 				}
 				lastTag = d.DeliveryTag
-				d.Ack(false)
+				if err := d.Ack(false); err != nil {
+					t.Fatalf("ack of the redelivered %q: %v", d.Body, err)
+				}
 				goto next
 			}
 			if string(d.Body) != body {

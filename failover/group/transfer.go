@@ -70,7 +70,7 @@ func (g *Group) transferMaster(ctx context.Context, target string, forwarded boo
 			return v, fmt.Errorf("%w: the master %s answered: %s", ErrCannotHandOver, v.Master,
 				strings.TrimPrefix(re.Text, ErrCannotHandOver.Error()+": "))
 		case err != nil:
-			return v, fmt.Errorf("%w: cannot reach the master %s: %w", ErrCannotHandOver, v.Master, err)
+			return v, fmt.Errorf("%w: cannot reach the master %s: %w", ErrCannotHandOver, v.Master, err) //nolint:errorlint // both: the admin API answers ErrCannotHandOver with 409, callers match the network error
 		}
 		var nv failover.View
 		if err := json.Unmarshal(ans, &nv); err != nil {

@@ -369,7 +369,9 @@ func serveRequest(ctx context.Context, st net.Conn, peer string, h Handler, log 
 	b := []byte{status}
 	b = binary.BigEndian.AppendUint32(b, uint32(len(ans)))
 	st.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	st.Write(append(b, ans...))
+	// A failed write means the asker is gone; it gives up on its own
+	// deadline and the stream is closed by the caller.
+	_, _ = st.Write(append(b, ans...))
 }
 
 func appendPreamble(b []byte, client string) []byte {

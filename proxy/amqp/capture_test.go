@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -33,7 +34,7 @@ func loadCapture(t testing.TB, dir string) []capturedFrame {
 	var frames []capturedFrame
 	for {
 		f, err := r.ReadFrame()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return frames
 		}
 		if err != nil {

@@ -42,7 +42,7 @@ func readAll(t *testing.T, r *Reader, want [][]byte) {
 			t.Fatalf("frame %d: %x, want %x", i, f.Raw, w)
 		}
 	}
-	if f, err := r.ReadFrame(); err != io.EOF {
+	if f, err := r.ReadFrame(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the last frame: %x, %v, want io.EOF", f.Raw, err)
 	}
 }
@@ -128,11 +128,11 @@ func TestReaderTruncatedEverywhere(t *testing.T) {
 		if bounds[cut] {
 			want = io.EOF
 		}
-		if err != want || n != cut-cutRemainder(cut, bounds) {
+		if !errors.Is(err, want) || n != cut-cutRemainder(cut, bounds) {
 			t.Fatalf("cut at %d: %v after %d octets, want %v", cut, err, n, want)
 		}
 		// The error sticks.
-		if _, err2 := r.ReadFrame(); err2 != want {
+		if _, err2 := r.ReadFrame(); !errors.Is(err2, want) {
 			t.Fatalf("cut at %d: second read %v", cut, err2)
 		}
 	}
@@ -172,7 +172,7 @@ func TestReaderErrors(t *testing.T) {
 		}
 	}
 	for _, h := range []string{"AMQP\x00\x00\x09\x02", "AMQP\x01\x01\x08\x00", "AMQP\x01\x01\x09\x01", "AMQP\x03\x01\x00\x00"} {
-		if _, err := NewReader(strings.NewReader(h), 0).ReadProtocolHeader(); err != ErrBadProtocolHeader {
+		if _, err := NewReader(strings.NewReader(h), 0).ReadProtocolHeader(); !errors.Is(err, ErrBadProtocolHeader) {
 			t.Errorf("bad protocol header %q: %v", h, err)
 		}
 	}
@@ -180,7 +180,7 @@ func TestReaderErrors(t *testing.T) {
 	if _, err := NewReader(strings.NewReader("AMQP\x01\x01\x00\x09"), 0).ReadProtocolHeader(); err != nil {
 		t.Errorf("AMQP 0-9 header: %v", err)
 	}
-	if _, err := NewReader(strings.NewReader("AMQ"), 0).ReadProtocolHeader(); err != io.ErrUnexpectedEOF {
+	if _, err := NewReader(strings.NewReader("AMQ"), 0).ReadProtocolHeader(); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("short protocol header: %v", err)
 	}
 }
@@ -207,7 +207,7 @@ func TestReaderEmptyReads(t *testing.T) {
 	readAll(t, r, frames)
 
 	r = NewReader(&emptyReads{r: bytes.NewReader(stream), n: maxEmptyReads}, 0)
-	if _, err := r.ReadProtocolHeader(); err != io.ErrNoProgress {
+	if _, err := r.ReadProtocolHeader(); !errors.Is(err, io.ErrNoProgress) {
 		t.Errorf("a reader that never makes progress: %v", err)
 	}
 }

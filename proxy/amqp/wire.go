@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"unicode/utf8"
 )
@@ -135,7 +136,8 @@ func framef(format string, args ...any) error {
 
 // prefixError puts context in front of a *FrameError's reason, keeping its code.
 func prefixError(err error, context string) error {
-	if fe, ok := err.(*FrameError); ok {
+	var fe *FrameError
+	if errors.As(err, &fe) {
 		return &FrameError{Code: fe.Code, Reason: context + ": " + fe.Reason}
 	}
 	return fmt.Errorf("%s: %w", context, err)

@@ -215,12 +215,12 @@ func TestBlocked(t *testing.T) {
 	}
 
 	raise := newBarrier(len(runs), alarm.on)
-	clear := newBarrier(len(runs), alarm.off)
+	lower := newBarrier(len(runs), alarm.off)
 	accepted := proxied.proxy.accepted()
 	var wg sync.WaitGroup
 	for _, r := range runs {
 		wg.Go(func() {
-			cues := &alarmCues{raise: raise, clear: clear}
+			cues := &alarmCues{raise: raise, clear: lower}
 			defer cues.finish()
 			r.tr, r.errs = r.fn(cues, uniquePrefix(r.client+"-blocked", r.l.name))
 		})

@@ -60,7 +60,7 @@ func (s *goScenario) heartbeat() error {
 	defer timer.Stop()
 	select {
 	case err := <-closed:
-		return fmt.Errorf("the idle connection with a %v heartbeat closed after %v: %v",
+		return fmt.Errorf("the idle connection with a %v heartbeat closed after %v: %w",
 			idleHeartbeat, time.Since(s.idleSince).Round(time.Millisecond), err)
 	case <-timer.C:
 	}
@@ -310,7 +310,7 @@ func (s *goScenario) recvConfirm() error {
 func (s *goScenario) get() error {
 	d, ok, err := s.ch.Get(s.q("q"), false)
 	if err != nil || !ok {
-		return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+		return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 	}
 	s.emitDelivery("get", d, true)
 	s.expect(string(d.Body) == "msg-3", "the priority queue gives the highest priority first")
@@ -319,7 +319,7 @@ func (s *goScenario) get() error {
 	}
 	d, ok, err = s.ch.Get(s.q("altq"), false)
 	if err != nil || !ok {
-		return fmt.Errorf("basic.get from the alternate exchange's queue: ok=%v: %v", ok, err)
+		return fmt.Errorf("basic.get from the alternate exchange's queue: ok=%v: %w", ok, err)
 	}
 	s.emitDelivery("get", d, true)
 	return s.ch.Ack(d.DeliveryTag, false)
@@ -384,7 +384,7 @@ func (s *goScenario) reject() error {
 	}
 	d, ok, err := ch.Get(s.q("q"), false)
 	if err != nil || !ok {
-		return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+		return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 	}
 	s.emitDelivery("get", d, true)
 	if err := ch.Reject(d.DeliveryTag, false); err != nil {
@@ -405,7 +405,7 @@ func (s *goScenario) reject() error {
 	for _, requeue := range []bool{false, true} {
 		d, ok, err := ch.Get(s.q("nodlx"), false)
 		if err != nil || !ok {
-			return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+			return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 		}
 		s.emitDelivery("get", d, true)
 		if err := ch.Reject(d.DeliveryTag, requeue); err != nil {
@@ -415,7 +415,7 @@ func (s *goScenario) reject() error {
 	}
 	d, ok, err = ch.Get(s.q("nodlx"), false)
 	if err != nil || !ok {
-		return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+		return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 	}
 	s.emitDelivery("get", d, true)
 	s.expect(string(d.Body) == "requeue-1" && d.Redelivered, "a message rejected with requeue comes back redelivered")
@@ -437,11 +437,11 @@ func (s *goScenario) recover() error {
 	for range 2 {
 		d, ok, err := ch.Get(s.q("nodlx"), false)
 		if err != nil || !ok {
-			return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+			return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 		}
 		s.emitDelivery("get", d, true)
 	}
-	if err := ch.Recover(true); err != nil {
+	if err := ch.Recover(true); err != nil { //nolint:staticcheck // SA1019: clients still send basic.recover; the proxy must carry it
 		return fmt.Errorf("basic.recover: %w", err)
 	}
 	s.emit("recover-ok", "requeue", true)
@@ -527,7 +527,7 @@ func (s *goScenario) qos() error {
 	}
 	for range 5 {
 		if c, err := recv(confirms, "a publisher confirm"); err != nil || !c.Ack {
-			return fmt.Errorf("confirm of a qos publish: %+v %v", c, err)
+			return fmt.Errorf("confirm of a qos publish: %+v %w", c, err)
 		}
 	}
 	q, err := ch.QueueDeclarePassive(s.q("qos"), false, false, false, false, nil)
@@ -679,7 +679,7 @@ func (s *goScenario) tx() error {
 	s.emitQueue("queue-declare-passive", q)
 	d, ok, err := ch.Get(s.q("tx"), false)
 	if err != nil || !ok {
-		return fmt.Errorf("basic.get: ok=%v: %v", ok, err)
+		return fmt.Errorf("basic.get: ok=%v: %w", ok, err)
 	}
 	s.emitDelivery("get", d, true)
 	s.expect(string(d.Body) == "committed", "only the committed publish arrives")
@@ -738,7 +738,7 @@ func (s *goScenario) large() error {
 	for _, body := range sent {
 		d, ok, err := ch.Get(s.q("big"), true)
 		if err != nil || !ok {
-			return fmt.Errorf("basic.get of a large message: ok=%v: %v", ok, err)
+			return fmt.Errorf("basic.get of a large message: ok=%v: %w", ok, err)
 		}
 		sum := sha256.Sum256(d.Body)
 		same := bytes.Equal(d.Body, body)

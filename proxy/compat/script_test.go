@@ -41,7 +41,7 @@ func checkPika() (string, error) {
 	}
 	out, err := exec.Command(debianPython, "-c", "import pika; print(pika.__version__)").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("%s cannot import pika: install the Debian package python3-pika (apt-get install -y python3-pika): %v\n%s",
+		return "", fmt.Errorf("%s cannot import pika: install the Debian package python3-pika (apt-get install -y python3-pika): %w\n%s",
 			debianPython, err, out)
 	}
 	return strings.TrimSpace(string(out)), nil

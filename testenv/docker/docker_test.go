@@ -351,7 +351,7 @@ func TestDockerManagementNoSidecarAndErrors(t *testing.T) {
 	if n.MgmtURL == "" {
 		t.Fatal("no management URL")
 	}
-	req, err := http.NewRequest("GET", n.MgmtURL+"/api/overview", nil)
+	req, err := http.NewRequest(http.MethodGet, n.MgmtURL+"/api/overview", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -301,7 +301,7 @@ func ensureImage(ctx context.Context, cli *client.Client, ref, inputs string, be
 		return res, fmt.Errorf("testenv: build image %s: %w", ref, err)
 	}
 	if ok, err := imageHasInputs(ctx, cli, ref, inputs); err != nil || !ok {
-		return res, fmt.Errorf("testenv: image %s missing or without its inputs label after the build (%v)", ref, err)
+		return res, fmt.Errorf("testenv: image %s missing or without its inputs label after the build (%w)", ref, err)
 	}
 	repo, _, _ := strings.Cut(ref, ":")
 	if _, err := cli.ImageTag(ctx, client.ImageTagOptions{Source: ref, Target: repo + ":latest"}); err != nil {

@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -23,7 +24,7 @@ func TestHashOfSeparatesParts(t *testing.T) {
 	if hashOf("ab", "c") == hashOf("a", "bc") {
 		t.Fatal("hashOf does not separate its parts")
 	}
-	if hashOf("x") != hashOf("x") || len(hashOf("x")) != 64 {
+	if a, b := hashOf("x"), hashOf("x"); a != b || len(a) != 64 {
 		t.Fatal("hashOf is not a stable sha256 hex")
 	}
 }
@@ -34,7 +35,7 @@ func TestLimitWriter(t *testing.T) {
 	if n, err := w.Write([]byte("abc")); n != 3 || err != nil {
 		t.Fatalf("first write: %d, %v", n, err)
 	}
-	if n, err := w.Write([]byte("defg")); n != 2 || err != errLimit {
+	if n, err := w.Write([]byte("defg")); n != 2 || !errors.Is(err, errLimit) {
 		t.Fatalf("second write: %d, %v", n, err)
 	}
 	if b.String() != "abcde" {

@@ -323,8 +323,8 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-// notMaster is the error a group's mirror gives for a master's change.
-var notMaster = fmt.Errorf("%w: ask the master, %q", group.ErrNotMaster, "node-0")
+// errNotMaster is the error a group's mirror gives for a master's change.
+var errNotMaster = fmt.Errorf("%w: ask the master, %q", group.ErrNotMaster, "node-0")
 
 // fakeChanger records the group-wide changes; err, when set, refuses them.
 type fakeChanger struct {
@@ -399,7 +399,7 @@ func TestGroupWidePolicies(t *testing.T) {
 
 	// A mirror refuses: 409 with a reason that names the master.
 	ch.mu.Lock()
-	ch.err = notMaster
+	ch.err = errNotMaster
 	ch.mu.Unlock()
 	for _, m := range []string{"PUT", "DELETE"} {
 		code, b := do(t, m, srv.URL+"/api/policies/%2F/new", token, body)
@@ -434,7 +434,7 @@ func (s *fakeSyncer) SyncQueue(ctx context.Context, vhost, queue string) error {
 	s.mu.Unlock()
 	switch {
 	case s.notMaster:
-		return notMaster
+		return errNotMaster
 	case queue == "q":
 		return nil
 	case queue == "cancelled":
@@ -459,7 +459,7 @@ func (s *fakeSyncer) CancelSyncQueue(vhost, queue string) error {
 	s.mu.Unlock()
 	switch {
 	case s.notMaster:
-		return notMaster
+		return errNotMaster
 	case queue == "slow":
 		return nil
 	case queue == "q":
@@ -577,7 +577,7 @@ func TestCloseEndsSyncWait(t *testing.T) {
 	}
 	got := make(chan answer, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/api/queues/%2F/slow/actions", strings.NewReader(`{"action":"sync"}`))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/api/queues/%2F/slow/actions", strings.NewReader(`{"action":"sync"}`))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

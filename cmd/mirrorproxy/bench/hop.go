@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -168,19 +167,3 @@ func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 type onlyWriter struct{ w io.Writer }
 
 func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
-
-// waitAddr polls until addr accepts a TCP connection or ctx ends.
-func waitAddr(ctx context.Context, addr string) error {
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			return c.Close()
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("bench: %s does not accept connections: %w", addr, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}

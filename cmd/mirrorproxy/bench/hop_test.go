@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -99,9 +100,10 @@ func TestHopCloseEndsOpenConnections(t *testing.T) {
 		t.Fatalf("close: %v", err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ne net.Error
 	if _, err := c.Read(b); err == nil {
 		t.Fatal("client connection still delivers data after Close")
-	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	} else if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("client connection not closed by Close: read timed out")
 	}
 	if _, err := net.DialTimeout("tcp", h.Addr(), time.Second); err == nil {
@@ -127,9 +129,10 @@ func TestHopDialFailureClosesClient(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ne net.Error
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("read succeeded")
-	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	} else if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("client not closed after the upstream dial failed")
 	}
 }

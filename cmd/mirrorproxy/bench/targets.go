@@ -202,7 +202,7 @@ func startProxy(ctx context.Context, brokerAddr, brokerURL string) (*runningProx
 		p.served <- serveErr
 		cancel()
 		_ = ln.Close()
-		<-probed
+		<-probed //nolint:errcheck // the probe fails now; Serve's error is the one reported
 		_ = p.Close()
 		return nil, fmt.Errorf("proxy.Server.Serve returned at once: %w", serveErr)
 	}

@@ -204,6 +204,7 @@ func TestBadValues(t *testing.T) {
 			[]string{`c.yaml:1: the config must be a mapping of sections (key: value lines), not a list`}},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
 			[]string{`c.yaml:3: a second YAML document (after ---); the config is one document`}},
+		//nolint:misspell // "adress" is the misspelt key under test
 		{"several problems in file order", "shutdown_grace: soon\nlog:\n  format: xml\n  level: loud\nlisten:\n  adress: x\n",
 			[]string{
 				`c.yaml:1: shutdown_grace: "soon" is not a duration (a number with a unit: 500ms, 5s, 1m)`,

@@ -45,7 +45,7 @@ func Command() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err := run(ctx, c.App.Writer, c.Int("messages"), c.Bool("sidecar-logs"))
-			if err != nil && ctx.Err() != nil && c.Context.Err() == nil {
+			if err != nil && ctx.Err() != nil && c.Err() == nil {
 				// A signal, not a failure: everything the demo started is
 				// stopped by now. 130 is what a shell reports for SIGINT.
 				return cli.Exit("demo interrupted: the sidecars and brokers it started are stopped", 130)
@@ -269,7 +269,8 @@ func failoverStep(ctx context.Context, say func(string, ...any), g *testenv.Grou
 	wait(5 * time.Second)
 	run.StopProducers()
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	h.WaitQuiet(qctx, time.Second)
+	// Best effort: the drain below counts whatever arrived either way.
+	_ = h.WaitQuiet(qctx, time.Second)
 	cancel()
 	run.Stop()
 	drained, err := chaos.Drain(ctx, clients[1], queue)
@@ -593,16 +594,16 @@ func startSidecar(ctx context.Context, cfg, listen string, w io.Writer, showLogs
 		select {
 		case err := <-p.done:
 			p.done <- err
-			return nil, fmt.Errorf("the sidecar of %s exited: %v; its last log lines:\n%s", name, err, indent(p.tail.String()))
+			return nil, fmt.Errorf("the sidecar of %s exited: %w; its last log lines:\n%s", name, err, indent(p.tail.String()))
 		case <-ctx.Done():
-			cmd.Process.Kill()
-			<-p.done
+			_ = cmd.Process.Kill() // fails only when it has exited, which p.done reports
+			<-p.done               //nolint:errcheck // the exit the kill caused; the kill is the news
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			<-p.done
+			_ = cmd.Process.Kill() // fails only when it has exited, which p.done reports
+			<-p.done               //nolint:errcheck // the exit the kill caused; the kill is the news
 			return nil, fmt.Errorf("the sidecar of %s did not listen on %s within 10s; its last log lines:\n%s", name, listen, indent(p.tail.String()))
 		}
 	}
@@ -617,7 +618,7 @@ func (p *sidecarProc) stop(say func(string, ...any), name string) {
 		return
 	default:
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM) // fails only when it has exited, which p.done reports
 	select {
 	case err := <-p.done:
 		if err != nil {
@@ -626,8 +627,8 @@ func (p *sidecarProc) stop(say func(string, ...any), name string) {
 			say("   sidecar stopped on SIGTERM (exit 0)")
 		}
 	case <-time.After(15 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
+		_ = p.cmd.Process.Kill() // fails only when it has exited, which p.done reports
+		<-p.done                 //nolint:errcheck // the exit the kill caused; the kill is the news
 		say("   %s's sidecar did not stop on SIGTERM within 15s; killed", name)
 	}
 }

@@ -121,8 +121,8 @@ func TestDemoInterrupted(t *testing.T) {
 	select {
 	case <-step3:
 	case <-read:
-		cmd.Wait()
-		t.Fatalf("the demo ended before step 3:\n%s\n%s", out.String(), stderr.String())
+		werr := cmd.Wait()
+		t.Fatalf("the demo ended (%v) before step 3:\n%s\n%s", werr, out.String(), stderr.String())
 	}
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)

@@ -59,7 +59,7 @@ func TestAmqpAnswersSidecarWithoutBroker(t *testing.T) {
 		if _, err := readFull(c, hdr); err != nil {
 			return
 		}
-		c.Write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStart{VersionMinor: 9,
+		_, _ = c.Write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStart{VersionMinor: 9,
 			ServerProperties: amqp.Table{{Key: "product", Value: "RabbitMQ"}}, Mechanisms: "PLAIN", Locales: "en_US"}))
 	}()
 	if !AMQPAnswers(context.Background(), fake.Addr().String(), "") {

@@ -94,7 +94,7 @@ func hop(ln net.Listener, broker string, fromClient, fromSrv *bytes.Buffer) erro
 // pipe copies src to dst and rec until src ends, then half-closes dst.
 func pipe(dst *net.TCPConn, src net.Conn, rec *bytes.Buffer) error {
 	_, err := io.Copy(dst, io.TeeReader(src, rec))
-	dst.CloseWrite()
+	_ = dst.CloseWrite() // the copy's error (below) is the one that matters
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
 		// RabbitMQ resets the socket once it has sent connection.close-ok
 		// if the client's FIN arrives late; nothing is lost by then.
@@ -296,7 +296,9 @@ func session(url string) error {
 	if err := cons.Cancel("capture-consumer", false); err != nil {
 		return fmt.Errorf("cancel: %w", err)
 	}
-	if err := cons.Recover(true); err != nil {
+	// basic.recover is deprecated in RabbitMQ but still AMQP 0-9-1: the
+	// capture records it for the codec.
+	if err := cons.Recover(true); err != nil { //nolint:staticcheck // SA1019: on purpose, see above
 		return fmt.Errorf("recover: %w", err)
 	}
 
@@ -325,7 +327,7 @@ func session(url string) error {
 		return err
 	}
 	if _, ok, err := ch.Get("capture.dead", true); err != nil || ok {
-		return fmt.Errorf("second get: ok %v err %v", ok, err)
+		return fmt.Errorf("second get: ok %v err %w", ok, err)
 	}
 
 	// Mandatory publish nobody can route: basic.return.
@@ -388,12 +390,12 @@ func session(url string) error {
 	}
 	var ae *amqp.Error
 	if _, err := bad.QueueDeclarePassive("capture.missing", false, false, false, false, nil); !errors.As(err, &ae) || ae.Code != amqp.NotFound {
-		return fmt.Errorf("passive declare of a missing queue: %v", err)
+		return fmt.Errorf("passive declare of a missing queue: %w", err)
 	}
 
 	// Clean up.
 	if n, err := ch.QueuePurge("capture.dead", false); err != nil || n == 0 {
-		return fmt.Errorf("purge: %d %v", n, err)
+		return fmt.Errorf("purge: %d %w", n, err)
 	}
 	for _, q := range []string{"capture.work", "capture.dead"} {
 		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
