@@ -1,3 +1,19 @@
+// Package docker is testenv's docker backend: it runs each node of a
+// testenv group in containers through testcontainers-go (a pod container
+// owning the network namespace, a broker and, with Options.Sidecar, a
+// mirrorproxy sidecar), on a private network made for the group, and
+// builds its images without a registry (images.go).
+//
+// Importing it registers the backend "docker" with testenv
+// (testenv.RegisterBackend); then testenv.Options{Backend:
+// testenv.BackendDocker} or MIRRORPROXY_TESTENV=docker picks it:
+//
+//	import _ "github.com/mirrorproxy/mirrorproxy/testenv/docker"
+//
+// It is a package of its own so that programs which never run containers
+// (the mirrorproxy binary's demo and bench use the local backend) link no
+// container client. Available says whether a Docker engine answers;
+// Cleanup removes what killed test processes left. See docs/TESTENV.md.
 package docker
 
 import (
