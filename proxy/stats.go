@@ -43,6 +43,9 @@ type Stats struct {
 	// the basic.cancel sent then to x-cancel-on-ha-failover consumers, and
 	// Resent the unconfirmed publishes re-sent on the new leg.
 	Moved, Cancels, Resent uint64
+	// ConfirmsWithheld is the publishes the master's broker confirmed
+	// whose confirm waits, now, for the ring to report them stable.
+	ConfirmsWithheld int64
 }
 
 // BadInputProtocolHeader and BadInputProxyHeader are Stats.BadInput's keys
@@ -107,6 +110,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	for _, sess := range s.live {
 		t := sess.traffic.load()
+		out.ConfirmsWithheld += sess.st.withheld.Load()
 		if sess.served {
 			out.LegsOpen++
 			out.LegTraffic.add(t)
