@@ -62,12 +62,12 @@ type sessionState struct {
 	upRepl     bool
 	upCopy     bool // upOut is not in the reader's buffer: copy it
 
-	maxPending  int    // bound on unconfirmed publish bytes per session
-	pendingSize int    // bytes held in unconfirmed publishes
+	maxPending  int // bound on unconfirmed publish bytes per session
+	pendingSize int // bytes held in unconfirmed publishes
 	// withheld is the confirms held back from the client until their ops
 	// are stable (the pubLogs' withheld, summed; read by Server.Stats).
-	withheld atomic.Int64
-	unmovable   string // why the session cannot move to another broker, "" if it can
+	withheld  atomic.Int64
+	unmovable string // why the session cannot move to another broker, "" if it can
 }
 
 type tuneValues struct {
