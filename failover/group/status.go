@@ -405,3 +405,12 @@ func (g *Group) Ready() Check {
 	}
 	return Check{OK: len(reasons) == 0, Reasons: reasons}
 }
+
+// FrontStats is the node's proxy server's counters; false before Serve
+// made the server.
+func (g *Group) FrontStats() (proxy.Stats, bool) {
+	if srv := g.front(); srv != nil {
+		return srv.Stats(), true
+	}
+	return proxy.Stats{}, false
+}
