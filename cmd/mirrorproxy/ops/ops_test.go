@@ -90,10 +90,10 @@ func mustValue(t *testing.T, mfs map[string]*dto.MetricFamily, want float64, nam
 func TestCollectorFront(t *testing.T) {
 	st := proxy.Stats{
 		ClientsOpen: 2, ClientsTotal: 5, LegsOpen: 1, LegsTotal: 3,
-		ClientTraffic:    proxy.Traffic{FramesFromClient: 10, BytesFromClient: 1000, FramesToClient: 20, BytesToClient: 2000},
-		LegTraffic:       proxy.Traffic{FramesFromClient: 1, BytesFromClient: 100, FramesToClient: 2, BytesToClient: 200},
-		BadInput:         map[string]uint64{"501": 2, proxy.BadInputProtocolHeader: 1},
-		Moved:            4, Cancels: 1, Resent: 7, ConfirmsWithheld: 3,
+		ClientTraffic: proxy.Traffic{FramesFromClient: 10, BytesFromClient: 1000, FramesToClient: 20, BytesToClient: 2000},
+		LegTraffic:    proxy.Traffic{FramesFromClient: 1, BytesFromClient: 100, FramesToClient: 2, BytesToClient: 200},
+		BadInput:      map[string]uint64{"501": 2, proxy.BadInputProtocolHeader: 1},
+		Moved:         4, Cancels: 1, Resent: 7, ConfirmsWithheld: 3,
 	}
 	c := collector{version: "v9", front: func() (proxy.Stats, bool) { return st, true }}
 	mfs := scrape(t, c)
@@ -135,7 +135,7 @@ func TestCollectorGroupNode(t *testing.T) {
 		Raft:       failover.RaftStatus{State: "Leader", Leader: "node-0", Term: 3, LeaseHeld: true},
 		RingStats:  gm.Stats{Epoch: 5, Member: true, Proposed: 100, Stable: 88, Window: 4096, InFlight: 12, Held: 12, Latency: hist},
 		Promotions: 1, MasterChanges: 2, Fences: 0, MasterlessSeconds: 2.5,
-		Front:      proxy.Stats{ClientsOpen: 1, ClientsTotal: 1},
+		Front: proxy.Stats{ClientsOpen: 1, ClientsTotal: 1},
 	}
 	c := collector{version: "dev",
 		node:  func(context.Context) (group.Status, error) { return st, nil },
