@@ -109,6 +109,6 @@ func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies
 	if err != nil {
 		return nil, fmt.Errorf("admin API listener: %w", err)
 	}
-	log.Info().Str("listen", ln.Addr().String()).Bool("changes", cfg.Admin.Token != "").Msg("admin API listening (with /metrics, /healthz, /readyz and the status page)")
+	log.Info().Str("listen", ln.Addr().String()).Bool("changes", cfg.Admin.Token != "").Msg("admin API listening")
 	return admin.Start(ln, withOps(cfg, g, h, log), log), nil
 }
