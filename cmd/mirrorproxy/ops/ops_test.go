@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -336,5 +337,48 @@ func TestPlainSidecarEndpoints(t *testing.T) {
 	}
 	if code, body, _ := get("/api/status"); code != 200 || !strings.Contains(body, `"grouped":false`) || !strings.Contains(body, `"sessions_total":1`) {
 		t.Errorf("/api/status = %d %q", code, body)
+	}
+}
+
+// TestDashboardUsesOurMetrics: every mirrorproxy_ metric the Grafana
+// dashboard queries is one the sidecar serves, and it queries each family.
+func TestDashboardUsesOurMetrics(t *testing.T) {
+	b, err := os.ReadFile("../../../docs/grafana/mirrorproxy.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("the dashboard is not JSON: %v", err)
+	}
+	served := map[string]bool{}
+	re := regexp.MustCompile(`fqName: "([a-z_]+)"`)
+	for _, d := range allDescs {
+		served[re.FindStringSubmatch(d.String())[1]] = true
+	}
+	used := map[string]bool{}
+	name := regexp.MustCompile(`mirrorproxy_[a-z_]+`)
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range name.FindAllString(tg.Expr, -1) {
+				m = strings.TrimSuffix(m, "_bucket")
+				if !served[m] {
+					t.Errorf("panel %q queries %s, which the sidecar does not serve", p.Title, m)
+				}
+				used[m] = true
+			}
+		}
+	}
+	for m := range served {
+		if !used[m] && m != "mirrorproxy_build_info" {
+			t.Errorf("no panel shows %s", m)
+		}
 	}
 }
