@@ -209,10 +209,14 @@ type Status struct {
 	Master      string `json:"master"`
 	MasterEpoch uint64 `json:"master_epoch"`
 	// LostMaster is set while the group waits for the master it lost.
-	LostMaster string              `json:"lost_master,omitempty"`
-	Members    []MemberStatus      `json:"members"`
-	Queues     []QueueStatus       `json:"queues"`
-	Raft       failover.RaftStatus `json:"raft"`
+	LostMaster string `json:"lost_master,omitempty"`
+	// MasterUnsynced are the mirrored queues the master was not synced
+	// for when elected (ha-promote-on-failure: always): confirmed messages
+	// only the departed master held may be lost.
+	MasterUnsynced []string            `json:"master_unsynced,omitempty"`
+	Members        []MemberStatus      `json:"members"`
+	Queues         []QueueStatus       `json:"queues"`
+	Raft           failover.RaftStatus `json:"raft"`
 	// Ring is this node's gm ring.
 	Ring RingStatus `json:"ring"`
 	// Failover counters.
@@ -255,7 +259,7 @@ func (g *Group) Status(ctx context.Context) (Status, error) {
 	v := g.View()
 	st := Status{
 		Node: g.cfg.Self, Role: g.RoleState().String(), Serving: g.IsMaster(), Broker: g.probe.Health().String(),
-		Epoch: v.Epoch, Master: v.Master, MasterEpoch: v.MasterEpoch, LostMaster: v.LostMaster,
+		Epoch: v.Epoch, Master: v.Master, MasterEpoch: v.MasterEpoch, LostMaster: v.LostMaster, MasterUnsynced: v.MasterUnsynced,
 		Members: []MemberStatus{}, Queues: []QueueStatus{},
 		Raft: g.svc.Load().RaftStatus(), RingStats: rs,
 		Ring: RingStatus{Proposed: rs.Proposed, Stable: rs.Stable, InFlight: rs.InFlight, Window: rs.Window, Held: rs.Held},

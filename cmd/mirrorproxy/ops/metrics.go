@@ -69,6 +69,7 @@ var (
 var (
 	dEpoch         = desc("view_epoch", "Epoch of the latest view this node applied.")
 	dMembers       = desc("view_members", "Members in the latest view.")
+	dUnsynced      = desc("view_master_unsynced_queues", "Mirrored queues the master was not synced for when it was elected (ha-promote-on-failure: always): their confirmed messages that only the departed master held may be lost.")
 	dMaster        = desc("view_master", "1 for the member the latest view names master (none while the group has no master).", "master")
 	dRole          = desc("role", "1 for this node's role, 0 for the others: joining, mirror, promoting, master, fenced, stepping-down, left.", "role")
 	dServing       = desc("serving", "1 while this node's core serves clients as the master.")
@@ -116,7 +117,7 @@ var allDescs = []*prometheus.Desc{
 	dSessions, dSessionsOpened, dFrames, dBytes, dBadInput, dWithheld, dMoved, dCancels, dResent,
 	dProposed, dStable, dLatency, dInFlight, dWindow, dRingHeld, dLagOps, dLagSecs, dHeardSecs,
 	dQMessages, dQHeld, dQMirrors, dQSynced, dQLagOps, dQLagSecs, dQSyncing, dQSyncRatio, dQSyncCopied,
-	dEpoch, dMembers, dMaster, dRole, dServing, dBroker, dRaftLeader, dRaftIsLeader, dRaftTerm, dLease,
+	dEpoch, dMembers, dUnsynced, dMaster, dRole, dServing, dBroker, dRaftLeader, dRaftIsLeader, dRaftTerm, dLease,
 	dPromotions, dMasterChanges, dFences, dMasterless, dMasterlessNow, dUp,
 }
 
@@ -211,6 +212,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(dEpoch, float64(st.Epoch))
 	gauge(dMembers, float64(len(st.Members)))
+	gauge(dUnsynced, float64(len(st.MasterUnsynced)))
 	if st.Master != "" {
 		gauge(dMaster, 1, st.Master)
 	}

@@ -135,7 +135,7 @@ func TestCollectorGroupNode(t *testing.T) {
 			Synced: []string{"node-1"}, Syncing: true, SyncProgress: 0.25, SyncCopied: 10, Held: &held}},
 		Raft:       failover.RaftStatus{State: "Leader", Leader: "node-0", Term: 3, LeaseHeld: true},
 		RingStats:  gm.Stats{Epoch: 5, Member: true, Proposed: 100, Stable: 88, Window: 4096, InFlight: 12, Held: 12, Latency: hist},
-		Promotions: 1, MasterChanges: 2, Fences: 0, MasterlessSeconds: 2.5,
+		Promotions: 1, MasterChanges: 2, Fences: 0, MasterlessSeconds: 2.5, MasterUnsynced: []string{"/\x00ha.x"},
 		Front: proxy.Stats{ClientsOpen: 1, ClientsTotal: 1},
 	}
 	c := collector{version: "dev",
@@ -173,6 +173,7 @@ func TestCollectorGroupNode(t *testing.T) {
 	mustValue(t, mfs, 7, "mirrorproxy_queue_mirror_messages", "queue", "ha.q", "mirror", "node-0")
 	mustValue(t, mfs, 5, "mirrorproxy_view_epoch")
 	mustValue(t, mfs, 3, "mirrorproxy_view_members")
+	mustValue(t, mfs, 1, "mirrorproxy_view_master_unsynced_queues")
 	mustValue(t, mfs, 1, "mirrorproxy_view_master", "master", "node-0")
 	mustValue(t, mfs, 1, "mirrorproxy_role", "role", "master")
 	mustValue(t, mfs, 0, "mirrorproxy_role", "role", "mirror")
