@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -212,7 +213,6 @@ func TestOpsOnAGroup(t *testing.T) {
 		expectation{"mirrorproxy_queue_syncing", q, eq(0), "0"},
 		expectation{"mirrorproxy_confirms_withheld", nil, eq(0), "0 (every confirm went out)"},
 		expectation{"mirrorproxy_promotions_total", nil, eq(1), "1 (the bootstrap)"},
-		expectation{"mirrorproxy_raft_is_leader", nil, eq(1), "1 (the bootstrap voter)"},
 	))
 	if p, s := m0["mirrorproxy_ring_ops_proposed_total"], m0["mirrorproxy_ring_ops_stable_total"]; p.GetMetric()[0].GetCounter().GetValue() < s.GetMetric()[0].GetCounter().GetValue() {
 		t.Errorf("more ops stable than proposed on the master")
@@ -221,12 +221,12 @@ func TestOpsOnAGroup(t *testing.T) {
 	waitMetrics(t, "node-1", front.AdminURL, time.Minute, append(common("mirror"),
 		expectation{"mirrorproxy_serving", nil, eq(0), "0"},
 		expectation{"mirrorproxy_client_sessions", []string{"origin", "client"}, eq(1), "1"},
-		expectation{"mirrorproxy_client_sessions_opened_total", []string{"origin", "client"}, eq(1), "1"},
+		expectation{"mirrorproxy_client_sessions_opened_total", []string{"origin", "client"}, atLeast(1), ">= 1"},
 		expectation{"mirrorproxy_frames_total", []string{"origin", "client", "direction", "from_client"}, atLeast(3 * msgs), ">= 3 per publish"},
 		expectation{"mirrorproxy_frames_total", []string{"origin", "client", "direction", "to_client"}, atLeast(msgs), ">= a confirm per publish"},
 		expectation{"mirrorproxy_bytes_total", []string{"origin", "client", "direction", "from_client"}, atLeast(3 * msgs * 8), ">= 8 bytes a frame"},
 		expectation{"mirrorproxy_queue_mirror_messages", append(q, "mirror", "node-1"), eq(msgs), fmt.Sprint(msgs, " copies held")},
-		expectation{"mirrorproxy_raft_leader", []string{"leader", "node-0"}, eq(1), "1"},
+		expectation{"mirrorproxy_raft_leader", nil, eq(1), "a leader known"},
 	))
 	waitMetrics(t, "node-2", g.Nodes[2].AdminURL, time.Minute, append(common("mirror"),
 		expectation{"mirrorproxy_client_sessions", []string{"origin", "client"}, eq(0), "0"},
@@ -272,10 +272,23 @@ func TestOpsOnAGroup(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ready      yes") || !strings.Contains(out, "node-2 (mirror)") {
 		t.Errorf("ctl status on node-2 back: exit %d\n%s", code, out)
 	}
-	// The master saw node-2 leave and come back.
-	_, events := httpGet(t, g.Nodes[0].AdminURL+"/api/events")
-	if !strings.Contains(events, "left node-2") || !strings.Contains(events, "joined node-2") {
-		t.Errorf("node-0's events lack node-2 leaving and joining:\n%s", events)
+	// The master saw node-2 leave, then come back.
+	_, body = httpGet(t, g.Nodes[0].AdminURL+"/api/events")
+	var events []struct{ Kind, Text string }
+	if err := json.Unmarshal([]byte(body), &events); err != nil {
+		t.Fatalf("/api/events: %v: %q", err, body)
+	}
+	left, back := -1, -1
+	for i, e := range events {
+		switch {
+		case e.Kind == "view" && strings.Contains(e.Text, "left node-2"):
+			left = i
+		case e.Kind == "view" && strings.Contains(e.Text, "joined node-2") && left >= 0:
+			back = i
+		}
+	}
+	if left < 0 || back < left {
+		t.Errorf("node-0's events do not show node-2 leaving, then joining again:\n%s", body)
 	}
 }
 
