@@ -338,3 +338,47 @@ func statusPageInChromium(t *testing.T, g *testenv.Group) {
 		t.Logf("rendered DOM:\n%s", page)
 	}
 }
+
+// TestExecPlainSidecarAdmin: `run --admin ADDR` gives a plain sidecar (no
+// group) /metrics, /healthz and /readyz; with its broker unreachable it is
+// alive but not ready, says why, and counts the client it refused.
+func TestExecPlainSidecarAdmin(t *testing.T) {
+	listen, adminAddr, deadBroker := freeAddr(t), freeAddr(t), freeAddr(t)
+	cmd, lines, exited := startBinary(t, "run", "--listen", listen, "--upstream", deadBroker, "--admin", adminAddr, "--log-format", "json")
+	base := "http://" + adminAddr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c := http.Client{Timeout: time.Second}
+		if resp, err := c.Get(base + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the plain sidecar's admin listener did not answer within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, body := httpGet(t, base+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	code, body := httpGet(t, base+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "the broker "+deadBroker+" does not answer") {
+		t.Errorf("/readyz with no broker = %d %q", code, body)
+	}
+	if _, err := amqp.Dial("amqp://guest:guest@" + listen + "/"); err == nil {
+		t.Fatal("a client got through to a broker that does not exist")
+	}
+	waitMetrics(t, "the plain sidecar", base, 10*time.Second, []expectation{
+		{"mirrorproxy_build_info", []string{"grouped", "false"}, eq(1), "1"},
+		{"mirrorproxy_client_sessions_opened_total", []string{"origin", "client"}, eq(1), "1 (the refused client)"},
+		{"mirrorproxy_client_sessions", []string{"origin", "client"}, eq(0), "0"},
+	})
+	if mfs := metricsOf(t, base); mfs["mirrorproxy_view_epoch"] != nil {
+		t.Error("a plain sidecar reports a view")
+	}
+	code, out, _ := runCLI("ctl", "--admin", adminAddr, "status")
+	if code != 1 || !strings.Contains(out, "plain sidecar (no group)") || !strings.Contains(out, "ready      no: the broker") {
+		t.Errorf("ctl status of the plain sidecar: exit %d\n%s", code, out)
+	}
+	stopBinary(t, cmd, lines, exited, nil, 10*time.Second)
+}
