@@ -2,6 +2,7 @@ package gm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -122,5 +123,49 @@ func TestNodeStats(t *testing.T) {
 	sender.Close()
 	if _, err := sender.Stats(ctx); err != ErrClosed {
 		t.Errorf("Stats after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestNodeStatsFailsWhenWedged: a node whose goroutine is stuck (here in
+// an application Deliver that never returns) does not answer Stats within
+// the caller's deadline: that is how a liveness probe sees it wedged.
+func TestNodeStatsFailsWhenWedged(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	ids := []string{"m0", "m1"}
+	v := View{Epoch: 1, Members: []Member{{ID: "m0", Inc: 1}, {ID: "m1", Inc: 1}}}
+	c := newCluster(t, ids, testSecret, nil)
+	defer c.closeAll()
+	release := make(chan struct{})
+	stuck := make(chan struct{}, 1)
+	c.nodes["m1"].cfg.Deliver = func(Op) {
+		select {
+		case stuck <- struct{}{}:
+		default:
+		}
+		<-release
+	}
+	c.install(v)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.nodes["m1"].Stats(ctx); err != nil {
+		t.Fatalf("a running node's Stats: %v", err)
+	}
+	if _, err := c.nodes["m0"].Propose(ctx, []byte("op")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stuck:
+	case <-ctx.Done():
+		t.Fatal("the op never reached m1")
+	}
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err := c.nodes["m1"].Stats(short)
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stats of a wedged node: %v, want the deadline exceeded", err)
+	}
+	close(release)
+	if _, err := c.nodes["m1"].Stats(ctx); err != nil {
+		t.Errorf("Stats once the node runs again: %v", err)
 	}
 }
