@@ -141,7 +141,8 @@ func TestOpsOnAGroup(t *testing.T) {
 		t.Skip("starts a group of brokers and sidecars")
 	}
 	g := testenv.Start(t, testenv.Options{Nodes: 3, Sidecar: &testenv.SidecarOptions{}, Group: &testenv.GroupOptions{
-		Policies: []testenv.Policy{{Name: "ha-all", Pattern: `^ha\.`, ApplyTo: "queues", Definition: map[string]any{"ha-mode": "all"}}},
+		Policies:     []testenv.Policy{{Name: "ha-all", Pattern: `^ha\.`, ApplyTo: "queues", Definition: map[string]any{"ha-mode": "all"}}},
+		MoveSessions: true, // the handover at the end moves the client's session
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -167,6 +168,18 @@ func TestOpsOnAGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer that asks to be told of failovers, on a queue of its own.
+	cch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cch.QueueDeclare("ha.cancel", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	cancelled := cch.NotifyCancel(make(chan string, 1))
+	if _, err := cch.Consume("ha.cancel", "canceller", false, false, false, false, amqp.Table{"x-cancel-on-ha-failover": true}); err != nil {
 		t.Fatal(err)
 	}
 	const msgs = 20
@@ -289,6 +302,48 @@ func TestOpsOnAGroup(t *testing.T) {
 	}
 	if left < 0 || back < left {
 		t.Errorf("node-0's events do not show node-2 leaving, then joining again:\n%s", body)
+	}
+
+	// A handover (ctl transfer_master node-1): the failover metrics move.
+	// The client's session on node-1's front moves from the peer link to
+	// node-1's own core, its x-cancel-on-ha-failover consumer is told.
+	code, out, errs := runCLI("ctl", "--admin", g.Nodes[0].AdminAddr, "--token", g.AdminToken, "transfer_master", "node-1")
+	if code != 0 {
+		t.Fatalf("ctl transfer_master node-1: exit %d\n%s%s", code, out, errs)
+	}
+	waitMetrics(t, "node-1 after the handover", front.AdminURL, time.Minute, []expectation{
+		{"mirrorproxy_role", []string{"role", "master"}, eq(1), "1"},
+		{"mirrorproxy_serving", nil, eq(1), "1"},
+		{"mirrorproxy_view_master", []string{"master", "node-1"}, eq(1), "1"},
+		{"mirrorproxy_promotions_total", nil, eq(1), "1"},
+		{"mirrorproxy_view_master_changes_total", nil, eq(1), "1 (node-0 → node-1)"},
+		{"mirrorproxy_sessions_moved_total", nil, atLeast(1), ">= 1 (the client's session)"},
+		{"mirrorproxy_consumer_cancels_sent_total", nil, eq(1), "1 (the canceller)"},
+		{"mirrorproxy_masterless_seconds", nil, eq(0), "0"},
+	})
+	waitMetrics(t, "node-0 after the handover", g.Nodes[0].AdminURL, time.Minute, []expectation{
+		{"mirrorproxy_role", []string{"role", "mirror"}, eq(1), "1"},
+		{"mirrorproxy_serving", nil, eq(0), "0"},
+		{"mirrorproxy_view_master_changes_total", nil, eq(1), "1"},
+	})
+	select {
+	case tag := <-cancelled:
+		if tag != "canceller" {
+			t.Errorf("basic.cancel for %q, want canceller", tag)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the x-cancel-on-ha-failover consumer got no basic.cancel")
+	}
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", "ha.metrics", true, false, amqp.Publishing{Body: []byte("after")})
+	if err != nil {
+		t.Fatalf("publish after the handover on the moved session: %v", err)
+	}
+	if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+		t.Fatalf("publish after the handover not confirmed: %v %v", ok, err)
+	}
+	_, body = httpGet(t, front.AdminURL+"/api/events")
+	if !strings.Contains(body, "master node-0 → node-1") {
+		t.Errorf("node-1's events lack the handover:\n%s", body)
 	}
 }
 
