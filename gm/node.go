@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -110,6 +111,15 @@ type Node struct {
 	member    bool     // self is in the installed view
 	nextSeq   uint64   // last seq handed out by Propose
 	pending   [][]byte // proposed, not yet given to the ring (bounded by the window)
+	// proposeAt[seq%Window] is when own op seq was proposed (unix nanos),
+	// for the latency histogram and lags (stats.go).
+	proposeAt []int64
+
+	// Counters for Stats: written by Propose and the node goroutine.
+	proposed    atomic.Uint64
+	stableTotal atomic.Uint64
+	latency     histogram
+	statsReq    chan chan Stats
 
 	// owned by the node goroutine
 	ring    *Ring
@@ -143,6 +153,8 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		lastHeard: map[string]time.Time{},
 		writers:   map[string]*writerHandle{},
 		purposes:  []string{"gm"},
+		proposeAt: make([]int64, cfg.Ring.Window),
+		statsReq:  make(chan chan Stats),
 	}
 	for p := range cfg.Handoff {
 		if p != "gm" {
@@ -208,7 +220,9 @@ func (n *Node) Propose(ctx context.Context, data []byte) (uint64, error) {
 			n.nextSeq++
 			seq := n.nextSeq
 			n.pending = append(n.pending, data)
+			n.proposeAt[seq%uint64(len(n.proposeAt))] = time.Now().UnixNano()
 			n.mu.Unlock()
+			n.proposed.Add(1)
 			n.poke()
 			return seq, nil
 		}
@@ -349,6 +363,9 @@ func (n *Node) loop(ctx context.Context) {
 				w.w.send(hbf)
 			}
 		case <-n.wake:
+		case reply := <-n.statsReq:
+			reply <- n.stats()
+			continue
 		}
 		n.takeHandoffs()
 		n.flush()
@@ -494,6 +511,15 @@ func (n *Node) flush() {
 		}
 		if rd.Stable > 0 {
 			n.mu.Lock()
+			if rd.Stable > n.stable {
+				now := time.Now()
+				for seq := n.stable + 1; seq <= rd.Stable; seq++ {
+					if t := n.proposeAt[seq%uint64(len(n.proposeAt))]; t != 0 {
+						n.latency.observe(now.Sub(time.Unix(0, t)))
+					}
+				}
+				n.stableTotal.Add(rd.Stable - n.stable)
+			}
 			n.stable = rd.Stable
 			close(n.stableCh)
 			n.stableCh = make(chan struct{})

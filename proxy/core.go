@@ -497,8 +497,10 @@ func (s *sessionState) withHeld(ch *channelState, header []byte, id uint64, know
 // release appends the client confirms every resolved publish allows.
 func (s *sessionState) release(dst []byte, ch *channelState) []byte {
 	var freed int
+	before := ch.unconfirmed.withheld
 	dst, freed = ch.unconfirmed.release(dst, ch.id, s.stable)
 	s.pendingSize -= freed
+	s.withheld.Add(int64(ch.unconfirmed.withheld - before))
 	return dst
 }
 

@@ -182,12 +182,12 @@ const silentCloseDelay = 3 * time.Second
 // answers by logging it and, after silentCloseDelay, dropping the
 // connection without a connection.close: the proxy does the same.
 func handshakeRefused(err error) error {
-	reason := err.Error()
+	reason, code := err.Error(), uint16(0)
 	var fe *amqp.FrameError
 	if errors.As(err, &fe) {
-		reason = fe.Reason
+		reason, code = fe.Reason, fe.Code
 	}
-	return &sessionError{kind: kindHandshakeRefused, reason: reason}
+	return &sessionError{kind: kindHandshakeRefused, code: code, reason: reason}
 }
 
 // checkNegotiated checks a value of the client's tune-ok against the

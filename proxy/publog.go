@@ -18,6 +18,9 @@ type pubLog struct {
 	live    int  // bytes of unconfirmed records
 	garbage int  // bytes of confirmed records still in arena
 	dropped bool // content was not kept (over the session bound) since the log was last empty
+	// withheld counts the publishes the broker acked whose ops are not
+	// stable yet: their confirms are held back from the client.
+	withheld int
 }
 
 type pubRec struct {
@@ -168,6 +171,9 @@ func (l *pubLog) brokerConfirm(seq uint64, multiple, nack bool) {
 	mark := func(r *pubRec) {
 		if !r.brokerOK {
 			r.brokerOK, r.nack = true, nack
+			if !nack {
+				l.withheld++
+			}
 		}
 	}
 	if multiple {
@@ -208,6 +214,7 @@ func (l *pubLog) release(dst []byte, channel uint16, stable Ticket) ([]byte, int
 			dst = appendConfirm(dst, channel, r.seq, false, true)
 		} else {
 			runEnd = r.seq
+			l.withheld--
 		}
 		l.recs[i].done = true
 	}

@@ -382,6 +382,7 @@ func (rp *replayer) channels() error {
 		if ch.confirm {
 			m := &seqMap{base: ch.nextSeq}
 			ch.unconfirmed.each(func(seq uint64, b []byte) {
+				s.srv.stats.resent.Add(1)
 				m.replayed = append(m.replayed, seq)
 				frames = append(frames, b...)
 			})

@@ -39,7 +39,8 @@ type Server struct {
 	nextID    atomic.Uint64
 	moved     atomic.Int64        // sessions moved to a new leg (Options.Resume)
 	cancels   atomic.Int64        // basic.cancel sent for x-cancel-on-ha-failover consumers
-	live      map[uint64]*session // for Outstanding; guarded by mu
+	live      map[uint64]*session // for Outstanding and Stats; guarded by mu
+	stats     serverStats         // stats.go
 }
 
 // NewServer checks opts and returns a Server. It does not listen.
@@ -297,6 +298,9 @@ func (s *Server) startSession(c net.Conn, counted bool) {
 	sess.served = counted
 	if !counted {
 		s.sessions.Add(1)
+		s.stats.clientsTotal.Add(1)
+	} else {
+		s.stats.legsTotal.Add(1)
 	}
 	s.active.Add(1)
 	s.mu.Lock()
@@ -308,6 +312,7 @@ func (s *Server) startSession(c net.Conn, counted bool) {
 		defer func() {
 			s.mu.Lock()
 			delete(s.live, id)
+			s.sessionEnded(sess)
 			s.mu.Unlock()
 		}()
 		// RemoteAddr of a PROXY-protocol connection reads the header: do it

@@ -41,6 +41,9 @@ type session struct {
 	clientRead atomic.Bool
 	upRead     atomic.Bool
 
+	// traffic counts the frames and bytes each pump read (stats.go).
+	traffic sessionTraffic
+
 	// closing is set once the proxy has decided to end the session: the
 	// pumps then drop what they read, but for the client's close-ok.
 	opened  bool // the handshake completed (set before the pumps start)
@@ -194,12 +197,14 @@ func (s *session) serve(ctx context.Context) {
 		if errors.Is(err, amqp.ErrBadProtocolHeader) {
 			// As a broker does: answer with the header we speak and close.
 			s.log.Warn().Msg("bad protocol header from client; answered with AMQP 0-9-1's")
+			s.srv.stats.badInputSeen(BadInputProtocolHeader)
 			_ = s.cout.write(amqp.ProtocolHeader[:])
 			lingerClose(s.client)
 			return
 		}
 		if errors.Is(err, ErrProxyHeader) {
 			s.log.Warn().Err(err).Msg("refused a client connection: bad PROXY protocol header")
+			s.srv.stats.badInputSeen(BadInputProxyHeader)
 			return
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -310,8 +315,11 @@ const sendTimeout = 15 * time.Second
 
 // clientPump forwards the client's frames to the broker.
 func (s *session) clientPump() error {
+	var n pumpCount
+	defer n.publish(&s.traffic.framesFromClient, &s.traffic.bytesFromClient)
 	for {
 		if !s.cr.HasFrame() {
+			n.publish(&s.traffic.framesFromClient, &s.traffic.bytesFromClient)
 			out, gen, ok := s.legOut()
 			if !ok {
 				return nil
@@ -327,6 +335,8 @@ func (s *session) clientPump() error {
 		if err != nil {
 			return s.clientReadError(err)
 		}
+		n.frames++
+		n.bytes += uint64(len(f.Raw))
 		s.clientRead.Store(true)
 		if s.closing.Load() {
 			if isCloseOk(f) {
@@ -374,8 +384,11 @@ func (s *session) forwardFromClient(f amqp.Frame, out *out) error {
 
 // upstreamPump forwards the broker's frames to the client.
 func (s *session) upstreamPump() error {
+	var n pumpCount
+	defer n.publish(&s.traffic.framesToClient, &s.traffic.bytesToClient)
 	for {
 		if !s.ur.HasFrame() {
+			n.publish(&s.traffic.framesToClient, &s.traffic.bytesToClient)
 			if err := s.cout.flush(); err != nil {
 				var lost errAuthorityLost
 				if !errors.As(err, &lost) {
@@ -410,6 +423,8 @@ func (s *session) upstreamPump() error {
 			}
 			return upstreamGone(err)
 		}
+		n.frames++
+		n.bytes += uint64(len(f.Raw))
 		s.upRead.Store(true)
 		if s.closing.Load() || s.lapsed.Load() {
 			// Closing; or the leg is closed for a lost authority, and what
@@ -605,8 +620,10 @@ func (s *session) finish(err error, pumping bool) {
 		hardClient, upstreamClose = true, true
 	case se.kind == kindHandshakeRefused:
 		hardClient, hardUpstream = true, true // logged by serve
+		s.srv.stats.badInputSeen(badInputKey(se.code))
 	case se.kind == kindClientFault:
 		s.log.Warn().Uint16("code", se.code).Str("reason", se.reason).Msg("closing client connection: protocol error")
+		s.srv.stats.badInputSeen(badInputKey(se.code))
 		clientCode, clientReason, upstreamClose = se.code, se.reason, true
 	case se.kind == kindUpstreamGone && !s.opened:
 		// During the handshake the broker ends a connection it refuses

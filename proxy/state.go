@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
@@ -63,6 +64,9 @@ type sessionState struct {
 
 	maxPending  int // bound on unconfirmed publish bytes per session
 	pendingSize int // bytes held in unconfirmed publishes
+	// withheld is the confirms held back from the client until their ops
+	// are stable (the pubLogs' withheld, summed; read by Server.Stats).
+	withheld atomic.Int64
 }
 
 type tuneValues struct {

@@ -364,3 +364,31 @@ func TestPubLogCompactsAndReplaysInOrder(t *testing.T) {
 		t.Fatalf("arena holds %d bytes for %d live: confirmed records are not reclaimed", len(l.arena), l.live)
 	}
 }
+
+// TestPubLogCountsWithheldConfirms: a publish the broker acked waits for
+// its op to be stable, and is counted withheld until then; a nack waits for
+// nothing and is never counted.
+func TestPubLogCountsWithheldConfirms(t *testing.T) {
+	var l pubLog
+	for seq := uint64(1); seq <= 4; seq++ {
+		l.begin(seq, []byte{byte(seq)}, true)
+		l.setTicket(seq, Ticket(seq))
+	}
+	l.brokerConfirm(3, true, false) // 1..3 acked by the broker
+	l.brokerConfirm(4, false, true) // 4 nacked
+	if l.withheld != 3 {
+		t.Fatalf("withheld = %d after the broker acked 3, want 3", l.withheld)
+	}
+	l.brokerConfirm(2, false, false) // again: no change
+	if l.withheld != 3 {
+		t.Fatalf("withheld = %d after a repeated ack, want 3", l.withheld)
+	}
+	_, _ = l.release(nil, 1, 2) // ops 1 and 2 stable
+	if l.withheld != 1 {
+		t.Fatalf("withheld = %d with ops 1..2 stable, want 1", l.withheld)
+	}
+	_, _ = l.release(nil, 1, 4)
+	if l.withheld != 0 || l.pending() != 0 {
+		t.Fatalf("withheld = %d, pending %d with everything stable, want 0 and 0", l.withheld, l.pending())
+	}
+}

@@ -540,6 +540,7 @@ func (s *sessionState) openChannel(id uint16) {
 
 func (s *sessionState) closeChannel(ch *channelState) {
 	s.pendingSize -= ch.unconfirmed.live
+	s.withheld.Add(-int64(ch.unconfirmed.withheld))
 	s.ringMu.Lock()
 	s.channels[ch.id] = nil
 	s.ringMu.Unlock()
@@ -585,7 +586,9 @@ func peekDeliveryTag(key uint32, p []byte) (uint64, error) {
 // heldConfirm records the broker's confirm and queues for the client what
 // it releases (under mu, so confirms keep their order).
 func (s *sessionState) heldConfirm(ch *channelState, seq uint64, multiple, nack bool) error {
+	before := ch.unconfirmed.withheld
 	ch.unconfirmed.brokerConfirm(seq, multiple, nack)
+	s.withheld.Add(int64(ch.unconfirmed.withheld - before))
 	s.releaseToClient(ch)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
@@ -76,6 +77,9 @@ type syncRun struct {
 	done    chan struct{}
 	err     error
 	lost    map[string]bool // targets that reported a failure during the run
+	// copied and ready are the run's progress (SyncProgress): messages
+	// sent to the ring, and the queue's ready count last asked.
+	copied, ready atomic.Int64
 }
 
 func (s *syncState) init(members []Member) {
@@ -626,6 +630,7 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 			return err
 		}
 		copied++
+		r.copied.Store(int64(copied))
 		last = uint64(seq)
 		if sinceWait++; sinceWait >= batch {
 			// One batch in flight at a time: the ring's window bounds
@@ -653,6 +658,9 @@ func (m *Master) runSync(ctx context.Context, r *syncRun, e *QueueEntry, batch i
 			retry = nil
 		case c := <-asked:
 			asked = nil
+			if c.err == nil {
+				r.ready.Store(int64(c.ready))
+			}
 			if c.err != nil {
 				return fmt.Errorf("replicate: sync of queue %q: %w", e.Name, c.err)
 			}

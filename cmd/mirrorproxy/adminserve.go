@@ -110,5 +110,5 @@ func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies
 		return nil, fmt.Errorf("admin API listener: %w", err)
 	}
 	log.Info().Str("listen", ln.Addr().String()).Bool("changes", cfg.Admin.Token != "").Msg("admin API listening")
-	return admin.Start(ln, h, log), nil
+	return admin.Start(ln, withOps(cfg, g, h, log), log), nil
 }

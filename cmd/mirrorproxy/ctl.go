@@ -28,7 +28,7 @@ func ctlCommand() *cli.Command {
 	verbose := &cli.BoolFlag{Name: "verbose", Usage: "also print the timeout line rabbitmqctl prints"}
 	return &cli.Command{
 		Name:  "ctl",
-		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue, transfer_master)",
+		Usage: "rabbitmqctl-like verbs against a sidecar's admin API (list_queues, list_policies, set_policy, clear_policy, sync_queue, cancel_sync_queue, transfer_master, status)",
 		Description: "The sidecar is --admin, else admin.address of --config, else " + config.DefaultAdmin + ".\n" +
 			"Changes need the node's admin.token: --token, MIRRORPROXY_ADMIN_TOKEN, or admin.token of --config.\n" +
 			"Policy changes and syncs are the group's, made by the master: ask the master's sidecar\n" +
@@ -88,6 +88,7 @@ func ctlCommand() *cli.Command {
 				Action:    queueAction("cancel_sync", "Stopping synchronising queue '%s' in vhost '%s' ...", ctlTimeoutSecs),
 			},
 			ctlTransferMasterCommand(quiet),
+			ctlStatusCommand(),
 		},
 	}
 }

@@ -27,6 +27,7 @@ var flagKeys = []struct{ flag, key string }{
 	{"upstream", "upstream.address"},
 	{"log-level", "log.level"},
 	{"log-format", "log.format"},
+	{"admin", "admin.address"},
 }
 
 func runCommand() *cli.Command {
@@ -41,6 +42,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "upstream", Usage: "upstream.address: the broker, `HOST:PORT` (default " + config.DefaultUpstream + ")"},
 			&cli.StringFlag{Name: "log-level", Usage: "log.level: trace, debug, info, warn, error (default info)"},
 			&cli.StringFlag{Name: "log-format", Usage: "log.format: json, console, auto (default auto: console on a terminal)"},
+			&cli.StringFlag{Name: "admin", Usage: "admin.address: `HOST:PORT` of /metrics, /healthz, /readyz and the status page (and a group node's admin API), or off"},
 		},
 		Action: runAction,
 	}
@@ -119,6 +121,13 @@ func runAction(c *cli.Context) error {
 			return cli.Exit("", 1)
 		}
 		srv = s
+		if cfg.AdminEnabled() {
+			if adm, err = startPlainAdmin(cfg, s, log); err != nil {
+				ln.Close()
+				log.Error().Err(err).Str("listen", cfg.Admin.Address).Msg("cannot serve /metrics and the probes")
+				return cli.Exit("", 1)
+			}
+		}
 	}
 	bi := readBuildInfo()
 	ev := log.Info().Str("version", bi.Version) //nolint:zerologlint // sent with Msg below, after the optional fields

@@ -34,7 +34,8 @@ type input struct {
 	tail     uint64 // the tail up to this barrier is applied
 	released uint64 // the held copies are released for this barrier
 	shutdown bool
-	handover *string // hand over to this member ("": the leader chooses)
+	handover *string       // hand over to this member ("": the leader chooses)
+	ping     chan struct{} // closed by the driver (Healthy)
 }
 
 // post hands an input to the driver; it never blocks the caller for long
@@ -78,6 +79,8 @@ func (g *Group) drive() {
 			}
 		case in := <-g.inputs:
 			switch {
+			case in.ping != nil:
+				close(in.ping)
 			case in.health != failover.BrokerUnknown:
 				acts = g.role.BrokerHealth(in.health)
 			case in.joined != 0:
@@ -105,6 +108,7 @@ func (g *Group) publishRole() {
 	st := g.role.State()
 	if prev := failover.RoleState(g.roleState.Swap(int32(st))); prev != st {
 		g.log.Info().Stringer("from", prev).Stringer("to", st).Uint64("epoch", g.role.Epoch()).Msg("role changed")
+		g.roleApplied(prev, st, g.role.Epoch())
 		g.roleChanged()
 	}
 }

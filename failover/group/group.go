@@ -126,6 +126,10 @@ type Group struct {
 	quit     chan struct{} // closed by Shutdown or Close: Serve stops waiting
 	quitOnce sync.Once
 
+	// What the node tells about itself (status.go).
+	events   history
+	counters counters
+
 	wg        sync.WaitGroup // the driver and its background work, masterLoop
 	closeOnce sync.Once
 	closeErr  error
@@ -291,6 +295,7 @@ func (g *Group) onView(v failover.View) {
 	close(g.viewCh)
 	g.viewCh = make(chan struct{})
 	g.viewMu.Unlock()
+	g.viewApplied(old, v)
 	g.node.InstallView(v.GM())
 	if old.Master != "" && v.Master != old.Master {
 		g.log.Warn().Str("was", old.Master).Str("now", v.Master).Uint64("epoch", v.Epoch).Msg("the view changed master")

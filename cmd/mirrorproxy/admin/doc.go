@@ -14,6 +14,9 @@
 //	                                    mirrors, answering 204 when they are synced;
 //	                                    {"action": "cancel_sync"}: stop a running sync
 //
+// The same listener serves /metrics, /healthz, /readyz, the status page
+// and /api/status, /api/events: package ops, in front of this handler.
+//
 // The vhost in a path is escaped ("/" is %2F), as in RabbitMQ's HTTP API.
 // Reads are open to whoever reaches the listener, which is loopback unless
 // configured otherwise; changes and actions need "Authorization: Bearer

@@ -26,8 +26,21 @@ type Admin struct {
 	Token string `yaml:"token"`
 }
 
-// AdminEnabled reports whether this sidecar serves the admin API.
-func (c *Config) AdminEnabled() bool { return c.Grouped() && c.Admin.Address != AdminOff }
+// AdminEnabled reports whether this sidecar serves its admin listener: a
+// node of a group unless admin.address is off; a plain proxy (which has
+// no admin API, only /metrics, the probes and the status page) only when
+// admin.address is set, so that plain sidecars sharing a host do not
+// contend for the default port.
+func (c *Config) AdminEnabled() bool {
+	if c.Admin.Address == AdminOff {
+		return false
+	}
+	if c.Grouped() {
+		return true
+	}
+	_, set := c.where["admin.address"]
+	return set
+}
 
 // validateAdmin checks the admin section.
 func (v *validator) validateAdmin() {
@@ -38,8 +51,8 @@ func (v *validator) validateAdmin() {
 	if c.Admin.Token != "" && len(c.Admin.Token) < minAdminToken {
 		v.fail("admin.token", "is %d bytes; use at least %d", len(c.Admin.Token), minAdminToken)
 	}
-	if !v.ok("admin.address") || c.Admin.Address == AdminOff || c.Admin.Token != "" {
-		return
+	if !v.ok("admin.address") || c.Admin.Address == AdminOff || c.Admin.Token != "" || !c.Grouped() {
+		return // a plain proxy's admin listener changes nothing
 	}
 	// Reads need no token; on an address others reach, say changes are off.
 	host, _, err := net.SplitHostPort(c.Admin.Address)

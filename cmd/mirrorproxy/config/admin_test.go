@@ -20,7 +20,36 @@ func TestAdminDefaults(t *testing.T) {
 		t.Fatalf("admin = %+v enabled=%v; want loopback 127.0.0.1:15673, no token, enabled", c.Admin, c.AdminEnabled())
 	}
 	if Default().AdminEnabled() {
-		t.Error("a plain proxy (no node.name) serves the admin API")
+		t.Error("a plain proxy (no node.name) serves the admin listener without admin.address set")
+	}
+}
+
+// TestAdminPlainProxy: a plain proxy serves its admin listener (/metrics,
+// the probes, the status page) only when admin.address is set, in the file
+// or by --admin, and needs no token on any address: it changes nothing.
+func TestAdminPlainProxy(t *testing.T) {
+	c, err := Parse("c.yaml", []byte("admin:\n  address: \":15673\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("a plain proxy's admin listener on every interface: %v", err)
+	}
+	if !c.AdminEnabled() {
+		t.Error("admin.address set in the file: want the admin listener")
+	}
+	c = Default()
+	if err := c.Set("admin.address", "127.0.0.1:9990", "--admin"); err != nil {
+		t.Fatal(err)
+	}
+	if !c.AdminEnabled() || c.Admin.Address != "127.0.0.1:9990" {
+		t.Errorf("--admin: enabled %v address %q", c.AdminEnabled(), c.Admin.Address)
+	}
+	if err := c.Set("admin.address", "off", "--admin"); err != nil {
+		t.Fatal(err)
+	}
+	if c.AdminEnabled() {
+		t.Error("--admin off: want no admin listener")
 	}
 }
 
