@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -274,5 +275,42 @@ ssl_options.fail_if_no_peer_cert = false
 	var ae *amqp091.Error
 	if !errors.As(err, &ae) || ae.Code != 320 || !strings.Contains(ae.Reason, "TLS handshake with the broker") {
 		t.Fatalf("dial through a sidecar that distrusts the broker: %v, want 320 naming the TLS handshake", err)
+	}
+}
+
+// TestTLSClientAddressReachesTheBroker: behind a load balancer that sends
+// a PROXY header before the client's TLS, the PROXY header the sidecar
+// writes to the broker names that client, as on the plain listener. The
+// "broker" here only records the header.
+func TestTLSClientAddressReachesTheBroker(t *testing.T) {
+	f := newTLSFixture(t)
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	header := make(chan string, 1)
+	go func() {
+		c, err := up.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		header <- line
+	}()
+	p := startTLSProxy(t, proxy.Options{
+		Upstream: up.Addr().String(), SendProxyProtocol: "v1",
+		ProxyProtocol: proxy.ProxyProtocolRequired, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+	}, f.serverConfig(tls.NoClientCert))
+	_ = tlsAttempt(t, p.Addr, "PROXY TCP4 203.0.113.7 127.0.0.1 5555 5671\r\n", f.clientConfig(nil)) // ends when the "broker" hangs up
+	select {
+	case got := <-header:
+		if !strings.HasPrefix(got, "PROXY TCP4 203.0.113.7 ") || !strings.Contains(got, " 5555 ") {
+			t.Fatalf("PROXY header to the broker %q, want the TLS client's address 203.0.113.7:5555", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sidecar did not connect to the broker")
 	}
 }

@@ -29,9 +29,17 @@ type tlsNode struct {
 	done  chan struct{} // closed when stderr ended
 }
 
-// startTLSNode runs `mirrorproxy run` with args and reads its JSON log in
-// the background until it exits.
+// startTLSNode runs `mirrorproxy run` with args, reads its JSON log in
+// the background until it exits, and waits for its amqps listener.
 func startTLSNode(t *testing.T, tlsAddr string, args ...string) *tlsNode {
+	t.Helper()
+	n := launchNode(t, tlsAddr, args...)
+	n.waitLog("the amqps listener", func(l logLine) bool { return l.msg() == "accepting AMQP clients" && l["tls"] == true })
+	return n
+}
+
+// launchNode is startTLSNode without the wait.
+func launchNode(t *testing.T, tlsAddr string, args ...string) *tlsNode {
 	t.Helper()
 	cmd, lines, exited := startBinary(t, append([]string{"run", "--log-format", "json"}, args...)...)
 	n := &tlsNode{t: t, cmd: cmd, exited: exited, tlsAddr: tlsAddr, done: make(chan struct{})}
@@ -57,7 +65,6 @@ func startTLSNode(t *testing.T, tlsAddr string, args ...string) *tlsNode {
 			n.mu.Unlock()
 		}
 	})
-	n.waitLog("the amqps listener", func(l logLine) bool { return l.msg() == "accepting AMQP clients" && l["tls"] == true })
 	return n
 }
 
