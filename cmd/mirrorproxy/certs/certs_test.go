@@ -72,8 +72,22 @@ func good2(f testcerts.Files) Files { return Files{Cert: f.Cert, Key: f.Key, CA:
 // certificate it served.
 func served(t *testing.T, srvCfg, cliCfg *tls.Config) (string, error) {
 	t.Helper()
-	a, b := net.Pipe()
+	// Loopback TCP, not net.Pipe: a side that fails writes its alert
+	// into the socket buffer instead of waiting for the other to read.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer a.Close()
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer b.Close()
 	errc := make(chan error, 1)
 	go func() {
@@ -84,7 +98,12 @@ func served(t *testing.T, srvCfg, cliCfg *tls.Config) (string, error) {
 	}()
 	c := tls.Client(a, cliCfg)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	err := c.Handshake()
+	err = c.Handshake()
+	if err == nil {
+		// Under TLS 1.3 the server judges the client's certificate after
+		// the client's handshake returned: wait for the server's verdict.
+		c.Write([]byte{0})
+	}
 	serr := <-errc
 	if err != nil {
 		return "", err
