@@ -115,7 +115,9 @@ func (v *validator) validateTLS() {
 	if t.ReloadInterval < 0 {
 		v.fail("tls.reload_interval", "%v is negative (0 turns polling off)", t.ReloadInterval)
 	}
-	v.oneOf("tls.client_auth", t.ClientAuth, "", ClientAuthNone, ClientAuthVerifyIfGiven, ClientAuthRequire)
+	if t.ClientAuth != "" {
+		v.oneOf("tls.client_auth", t.ClientAuth, ClientAuthNone, ClientAuthVerifyIfGiven, ClientAuthRequire)
+	}
 	if t.Listen == "" {
 		for _, k := range []struct{ key, val string }{
 			{"tls.cert", t.Cert}, {"tls.key", t.Key}, {"tls.ca", t.CA}, {"tls.client_auth", t.ClientAuth},

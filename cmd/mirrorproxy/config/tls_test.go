@@ -95,7 +95,7 @@ upstream:
 		}},
 		{"same port", fmt.Sprintf("listen:\n  address: 127.0.0.1:5673\ntls:\n  listen: 127.0.0.1:5673\n  cert: %s\n  key: %s\n  client_auth: sometimes\n", good.Cert, good.Key), []string{
 			`c.yaml:4: tls.listen: "127.0.0.1:5673" is listen.address too: the amqps listener needs a port of its own`,
-			`c.yaml:7: tls.client_auth: "sometimes" is not one of , none, verify_if_given, require`,
+			`c.yaml:7: tls.client_auth: "sometimes" is not one of none, verify_if_given, require`,
 		}},
 		{"ca unused", fmt.Sprintf("tls:\n  listen: :5671\n  cert: %s\n  key: %s\n  ca: %s\n  client_auth: none\n  reload_interval: -1s\n", good.Cert, good.Key, good.CA), []string{
 			`c.yaml:5: tls.ca: is set but tls.client_auth is none, so no client certificate would be checked against it; remove one of them`,
