@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -251,8 +252,19 @@ func TestTLSToBroker(t *testing.T) {
 		t.Skip("starts a broker")
 	}
 	f := newTLSFixture(t)
-	dir := t.TempDir()
+	// The broker runs as user rabbitmq when the tests run as root: its
+	// files must be readable by others (t.TempDir is 0700).
+	dir, err := os.MkdirTemp("", "mirrorproxy-tls-broker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	files := testcerts.Write(t, dir, "broker", f.ca.Leaf(t, testcerts.LeafOptions{}), f.ca)
+	for p, mode := range map[string]os.FileMode{dir: 0o755, files.Cert: 0o644, files.Key: 0o644, files.CA: 0o644} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
 	addrs, err := testenv.ReserveAddrs(1)
 	if err != nil {
 		t.Fatal(err)
