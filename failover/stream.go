@@ -29,7 +29,13 @@ type authStream struct {
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // handed to raft; closed on Close so raft's readers end
+	// refusedLogged: when a refused dial to each address was last logged
+	// (guarded by mu; raft redials often, the log says it once in a while).
+	refusedLogged map[raft.ServerAddress]time.Time
 }
+
+// refusedLogEvery bounds how often a peer refused on dialling is logged.
+const refusedLogEvery = 10 * time.Second
 
 func newAuthStream(ln net.Listener, auth gm.AuthConfig, self string, log zerolog.Logger) *authStream {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -142,7 +148,27 @@ func (s *authStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 	}
 	conn, _, err := gm.AuthDial(c, s.auth, s.self, "raft")
 	if err != nil {
+		// A peer that fails authentication (its certificate, the secret)
+		// is refused by this node as the dialling side too: say so, since
+		// raft itself only logs at debug.
+		if errors.Is(err, gm.ErrAuth) && s.shouldLogRefusal(addr) {
+			s.log.Warn().Err(err).Str("remote", string(addr)).Msg("raft peer refused")
+		}
 		return nil, err
 	}
 	return s.track(conn), nil
+}
+
+// shouldLogRefusal reports whether a refused dial to addr is due a log line.
+func (s *authStream) shouldLogRefusal(addr raft.ServerAddress) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refusedLogged == nil {
+		s.refusedLogged = map[raft.ServerAddress]time.Time{}
+	}
+	if last, ok := s.refusedLogged[addr]; ok && time.Since(last) < refusedLogEvery {
+		return false
+	}
+	s.refusedLogged[addr] = time.Now()
+	return true
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"time"
@@ -34,6 +35,10 @@ type BrokerCore struct {
 	// SendProxyProtocol is "", "v1" or "v2": a PROXY header written first
 	// so the broker sees the client's address.
 	SendProxyProtocol string
+	// TLS, when set, runs a TLS handshake with the broker (after the PROXY
+	// header) and carries the leg inside it. An empty ServerName is
+	// filled with Addr's host.
+	TLS *tls.Config
 }
 
 // Open implements Core.
@@ -56,10 +61,18 @@ func (b BrokerCore) Open(ctx context.Context, client, local net.Addr) (net.Conn,
 		}
 		c.SetWriteDeadline(time.Time{})
 	}
+	if b.TLS != nil {
+		return brokerTLS(ctx, c, b.TLS, b.Addr)
+	}
 	return c, nil
 }
 
-func (b BrokerCore) String() string { return "broker " + b.Addr }
+func (b BrokerCore) String() string {
+	if b.TLS != nil {
+		return "broker " + b.Addr + " (TLS)"
+	}
+	return "broker " + b.Addr
+}
 
 // dialUpstream opens the session's leg through the server's core and sends
 // the protocol header on it.

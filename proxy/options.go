@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net/netip"
 	"time"
 
@@ -58,6 +59,9 @@ type Options struct {
 	// SendProxyProtocol is "", "v1" or "v2": the header written to the broker
 	// so it sees the client's real address.
 	SendProxyProtocol string
+	// UpstreamTLS, when set, makes the default core's legs TLS connections
+	// to the broker (BrokerCore.TLS).
+	UpstreamTLS *tls.Config
 
 	// ShutdownGrace bounds how long Shutdown lets sessions finish before
 	// closing them with 320 CONNECTION_FORCED.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -33,10 +34,19 @@ type out struct {
 	// wrote is set by every flush; the heartbeat loop clears it and sends a
 	// heartbeat only after an idle interval.
 	wrote atomic.Bool
+
+	// joined, for a TLS connection, gathers the spans of a flush into one
+	// Write: net.Buffers would write each span as a TLS record of its own.
+	joined []byte
+	tls    bool
 }
 
+// maxJoined bounds the joined buffer kept between flushes.
+const maxJoined = 1 << 20
+
 func newOut(conn net.Conn, timeout time.Duration) *out {
-	return &out{conn: conn, timeout: timeout, spans: make([][]byte, 0, 64), scratch: make([]byte, 0, 4096)}
+	_, isTLS := conn.(*tls.Conn)
+	return &out{conn: conn, timeout: timeout, spans: make([][]byte, 0, 64), scratch: make([]byte, 0, 4096), tls: isTLS}
 }
 
 // queueLocked adds b to the pending spans. b must stay valid until flushLocked.
@@ -95,8 +105,22 @@ func (o *out) flushLocked() error {
 	if o.timeout > 0 {
 		o.conn.SetWriteDeadline(time.Now().Add(o.timeout))
 	}
-	o.nb = o.spans
-	_, err := o.nb.WriteTo(o.conn)
+	var err error
+	if o.tls && len(o.spans) > 1 {
+		buf := o.joined[:0]
+		for _, sp := range o.spans {
+			buf = append(buf, sp...)
+		}
+		_, err = o.conn.Write(buf)
+		if cap(buf) <= maxJoined {
+			o.joined = buf[:0]
+		} else {
+			o.joined = nil
+		}
+	} else {
+		o.nb = o.spans
+		_, err = o.nb.WriteTo(o.conn)
+	}
 	o.reset()
 	o.wrote.Store(true)
 	if err != nil {

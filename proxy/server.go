@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -77,7 +78,7 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("proxy: Options.SendProxyProtocol %q: want \"\", v1 or v2", opts.SendProxyProtocol)
 	}
 	if opts.Core == nil {
-		opts.Core = BrokerCore{Addr: opts.Upstream, DialTimeout: opts.DialTimeout, SendProxyProtocol: opts.SendProxyProtocol}
+		opts.Core = BrokerCore{Addr: opts.Upstream, DialTimeout: opts.DialTimeout, SendProxyProtocol: opts.SendProxyProtocol, TLS: opts.UpstreamTLS}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
@@ -226,7 +227,11 @@ func (s *Server) Sessions() int { return int(s.active.Load()) }
 // non-nil error; after Shutdown or Close it is ErrServerClosed. The accept
 // loop never blocks on a client: PROXY headers are read, and the broker
 // dialled, in the session's own goroutine.
-func (s *Server) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, nil) }
+
+// serve is Serve, with each client's TLS handshake first when tlsCfg is
+// set (ServeTLS).
+func (s *Server) serve(ln net.Listener, tlsCfg *tls.Config) error {
 	ln = wrapProxyListener(ln, s.opts)
 	s.mu.Lock()
 	if s.closed {
@@ -242,7 +247,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	s.log.Info().Str("listen", ln.Addr().String()).Stringer("core", s.route.Load().Core).Msg("accepting AMQP clients")
+	s.log.Info().Str("listen", ln.Addr().String()).Stringer("core", s.route.Load().Core).Bool("tls", tlsCfg != nil).Msg("accepting AMQP clients")
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -258,7 +263,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.startSession(c, false)
+		s.startSession(c, false, tlsCfg)
 	}
 }
 
@@ -276,13 +281,18 @@ func (s *Server) ServeConn(c net.Conn) error {
 	}
 	s.sessions.Add(1) // under mu: never after Shutdown started waiting
 	s.mu.Unlock()
-	s.startSession(c, true)
+	s.startSession(c, true, nil)
 	return nil
 }
 
-func (s *Server) startSession(c net.Conn, counted bool) {
+func (s *Server) startSession(c net.Conn, counted bool, tlsCfg *tls.Config) {
 	if tc, ok := rawConn(c).(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
+	}
+	var tc *tls.Conn
+	if tlsCfg != nil {
+		tc = tls.Server(c, tlsCfg) // no I/O yet: the handshake runs in the session's goroutine
+		c = tc
 	}
 	id := s.nextID.Add(1)
 	sess := &session{
@@ -318,6 +328,9 @@ func (s *Server) startSession(c net.Conn, counted bool) {
 		// RemoteAddr of a PROXY-protocol connection reads the header: do it
 		// here, under the header timeout, not in the accept loop.
 		sess.log = s.log.With().Uint64("session", id).Str("client", clientAddr(c)).Logger()
+		if tc != nil && !sess.tlsHandshake(s.ctx, tc) {
+			return
+		}
 		sess.serve(s.ctx)
 	}()
 }

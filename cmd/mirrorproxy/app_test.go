@@ -114,7 +114,7 @@ func TestConfigCheck(t *testing.T) {
 	code, out, errs = runCLI("config", "check", bad)
 	want := bad + `:4: limits.heartbeat: "5x" is not a duration (a number with a unit: 500ms, 5s, 1m)` + "\n" +
 		bad + `:5: limits.frame_max: 10 is below AMQP's minimum frame size 4096` + "\n" +
-		bad + `:6: foo: unknown key (known here: admin, broker, gm, limits, listen, log, node, peers, policies, proxy_protocol, raft, shutdown_grace, upstream)` + "\n"
+		bad + `:6: foo: unknown key (known here: admin, broker, gm, limits, listen, log, node, peers, policies, proxy_protocol, raft, shutdown_grace, tls, upstream)` + "\n"
 	if code != 1 || out != "" || errs != want {
 		t.Errorf("bad file: exit %d, stdout %q, stderr:\n%s\nwant:\n%s", code, out, errs, want)
 	}

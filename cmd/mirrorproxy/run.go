@@ -28,6 +28,9 @@ var flagKeys = []struct{ flag, key string }{
 	{"log-level", "log.level"},
 	{"log-format", "log.format"},
 	{"admin", "admin.address"},
+	{"tls-listen", "tls.listen"},
+	{"tls-cert", "tls.cert"},
+	{"tls-key", "tls.key"},
 }
 
 func runCommand() *cli.Command {
@@ -35,7 +38,8 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "run a sidecar: accept AMQP clients and carry them to the broker",
 		Description: "Settings come from the defaults, then the --config file, then the other flags.\n" +
-			"SIGTERM or SIGINT shuts down gracefully (shutdown_grace); a second signal closes every session at once.",
+			"SIGTERM or SIGINT shuts down gracefully (shutdown_grace); a second signal closes every session at once.\n" +
+			"SIGHUP reloads the TLS certificates (open sessions keep theirs).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, TakesFile: true, Usage: "config `FILE` (see config.example.yaml); without it, defaults and flags only"},
 			&cli.StringFlag{Name: "listen", Usage: "listen.address: where clients connect, `HOST:PORT` (default " + config.DefaultListen + ")"},
@@ -43,6 +47,9 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-level", Usage: "log.level: trace, debug, info, warn, error (default info)"},
 			&cli.StringFlag{Name: "log-format", Usage: "log.format: json, console, auto (default auto: console on a terminal)"},
 			&cli.StringFlag{Name: "admin", Usage: "admin.address: `HOST:PORT` of /metrics, /healthz, /readyz and the status page (and a group node's admin API), or off"},
+			&cli.StringFlag{Name: "tls-listen", Usage: "tls.listen: an amqps listener for clients, `HOST:PORT` (docs/TLS.md)"},
+			&cli.StringFlag{Name: "tls-cert", TakesFile: true, Usage: "tls.cert: the amqps listener's certificate, PEM `FILE` (reloaded on SIGHUP and when it changes)"},
+			&cli.StringFlag{Name: "tls-key", TakesFile: true, Usage: "tls.key: its private key, PEM `FILE`"},
 		},
 		Action: runAction,
 	}
@@ -90,15 +97,30 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
+	tr, err := startTLS(cfg, log)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot load the TLS certificates")
+		return cli.Exit("", 1)
+	}
+	defer tr.Close()
 	ln, err := net.Listen("tcp", cfg.Listen.Address)
 	if err != nil {
 		log.Error().Err(err).Str("listen", cfg.Listen.Address).Msg("cannot listen")
 		return cli.Exit("", 1)
 	}
+	tln, err := tr.listen()
+	if err != nil {
+		ln.Close()
+		log.Error().Err(err).Str("listen", cfg.TLS.Listen).Msg("cannot listen for amqps")
+		return cli.Exit("", 1)
+	}
+	if tln != nil {
+		defer tln.Close() // on the error paths; Serve closes it otherwise
+	}
 	var srv server
 	var adm *admin.Server
 	if cfg.Grouped() {
-		grp, policies, err := startGroup(cfg, log)
+		grp, policies, err := startGroup(cfg, tr.peerAuth(), log)
 		if err != nil {
 			ln.Close()
 			log.Error().Err(err).Msg("cannot start the group node")
@@ -114,7 +136,9 @@ func runAction(c *cli.Context) error {
 			}
 		}
 	} else {
-		s, err := proxy.NewServer(cfg.Options(log))
+		opts := cfg.Options(log)
+		opts.UpstreamTLS = tr.upstreamConfig()
+		s, err := proxy.NewServer(opts)
 		if err != nil {
 			ln.Close()
 			log.Error().Err(err).Msg("cannot start")
@@ -143,7 +167,11 @@ func runAction(c *cli.Context) error {
 	ev.Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).
 		Str("proxy_protocol", cfg.ProxyProtocol.Mode).Msg("mirrorproxy starting")
 	checkUpstream(log, cfg.Upstream.Address)
-	err = serve(log, srv, ln, cfg.ShutdownGrace, signals)
+	if tln != nil {
+		err = serve(log, withTLS(srv, tln, tr.serverConfig()), ln, cfg.ShutdownGrace, signals)
+	} else {
+		err = serve(log, srv, ln, cfg.ShutdownGrace, signals)
+	}
 	if adm != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if aerr := adm.Close(ctx); aerr != nil {
@@ -166,7 +194,7 @@ func runAction(c *cli.Context) error {
 // startGroup starts this sidecar's node of its group (config node, peers,
 // gm, raft, broker, policies): it listens on its own peer entry's gm and
 // raft addresses.
-func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicate.Policies, error) {
+func startGroup(cfg *config.Config, auth gm.AuthConfig, log zerolog.Logger) (*group.Group, *replicate.Policies, error) {
 	policies, err := cfg.PolicySet()
 	if err != nil {
 		return nil, nil, err
@@ -193,7 +221,7 @@ func startGroup(cfg *config.Config, log zerolog.Logger) (*group.Group, *replicat
 	}
 	g, err := group.Start(group.Config{
 		Self: cfg.Node.Name, Peers: peers, GMListener: gl, RaftListener: rl,
-		Auth:      gm.AuthConfig{Secret: []byte(cfg.GM.Secret)},
+		Auth:      auth,
 		BrokerURL: cfg.BrokerURL(), Policies: policies, Proxy: cfg.Options(log),
 		Ring:              gm.Config{Window: int(cfg.GM.Window)},
 		HeartbeatInterval: cfg.GM.HeartbeatInterval,

@@ -282,7 +282,7 @@ func (g *Group) openCore(epoch uint64) {
 
 func (g *Group) localRoute(m *replicate.Master) proxy.Route {
 	return proxy.Route{Core: proxy.BrokerCore{Addr: g.cfg.Proxy.Upstream, DialTimeout: g.cfg.Proxy.DialTimeout,
-		SendProxyProtocol: g.cfg.Proxy.SendProxyProtocol}, Replicator: m, Authority: g.authority}
+		SendProxyProtocol: g.cfg.Proxy.SendProxyProtocol, TLS: g.cfg.Proxy.UpstreamTLS}, Replicator: m, Authority: g.authority}
 }
 
 // authority is the core's check before its broker's frames reach a client

@@ -3,6 +3,7 @@ package group
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -476,7 +477,19 @@ func (c masterCore) String() string { return "the master's sidecar over the peer
 // node's core serves, and over the peer link to the master's sidecar
 // otherwise; the driver switches the route as the role changes. It returns
 // proxy.ErrServerClosed after Shutdown or Close.
-func (g *Group) Serve(ln net.Listener) error {
+func (g *Group) Serve(ln net.Listener) error { return g.serve(ln, nil) }
+
+// ServeTLS is Serve for an amqps listener (proxy.Server.ServeTLS). A node
+// may serve both at once: they share one front.
+func (g *Group) ServeTLS(ln net.Listener, cfg *tls.Config) error {
+	if cfg == nil {
+		ln.Close()
+		return errors.New("group: ServeTLS needs a tls.Config")
+	}
+	return g.serve(ln, cfg)
+}
+
+func (g *Group) serve(ln net.Listener, tlsCfg *tls.Config) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -522,6 +535,9 @@ func (g *Group) Serve(ln net.Listener) error {
 		g.log.Info().Uint64("epoch", v.Epoch).Msg("front serving clients with this node's core (the master)")
 	} else {
 		g.log.Info().Str("master", v.Master).Uint64("epoch", v.Epoch).Msg("front serving clients over the peer link to the master's sidecar")
+	}
+	if tlsCfg != nil {
+		return srv.ServeTLS(ln, tlsCfg)
 	}
 	return srv.Serve(ln)
 }

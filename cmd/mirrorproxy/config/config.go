@@ -18,7 +18,9 @@ import (
 // uint16, uint32, ByteSize, []netip.Prefix, map[string]any (a policy
 // definition), nested sections and lists of sections.
 type Config struct {
-	Listen        Listen        `yaml:"listen"`
+	Listen Listen `yaml:"listen"`
+	// TLS is the amqps listener for clients (tls.go).
+	TLS           TLS           `yaml:"tls"`
 	Upstream      Upstream      `yaml:"upstream"`
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
 	Limits        Limits        `yaml:"limits"`
@@ -68,6 +70,8 @@ type Upstream struct {
 	// ProxyProtocol is the PROXY header written to the broker so it sees
 	// clients' real addresses: off, v1 or v2.
 	ProxyProtocol string `yaml:"proxy_protocol"`
+	// TLS makes the connections to the broker TLS (tls.go).
+	TLS UpstreamTLS `yaml:"tls"`
 }
 
 // ProxyProtocol is how PROXY headers from load balancers are read.
@@ -117,6 +121,7 @@ func Default() *Config {
 	d := proxy.DefaultOptions
 	return &Config{
 		Listen: Listen{Address: DefaultListen},
+		TLS:    TLS{ReloadInterval: DefaultTLSReloadInterval},
 		Upstream: Upstream{
 			Address:       DefaultUpstream,
 			DialTimeout:   d.DialTimeout,

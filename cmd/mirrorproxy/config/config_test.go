@@ -91,6 +91,7 @@ func TestGoodFile(t *testing.T) {
 		GM:            Default().GM,
 		Raft:          Default().Raft,
 		Admin:         Default().Admin,
+		TLS:           Default().TLS,
 	}
 	if got := data(c); !reflect.DeepEqual(got, want) {
 		t.Fatalf("decoded\n %+v\nwant\n %+v", got, want)
@@ -185,7 +186,7 @@ func TestBadValues(t *testing.T) {
 		{"log format", "log:\n  format: xml\n",
 			[]string{`c.yaml:2: log.format: "xml" is not one of json, console, auto`}},
 		{"unknown top-level key", "listn:\n  address: :5672\n",
-			[]string{`c.yaml:1: listn: unknown key (known here: admin, broker, gm, limits, listen, log, node, peers, policies, proxy_protocol, raft, shutdown_grace, upstream)`}},
+			[]string{`c.yaml:1: listn: unknown key (known here: admin, broker, gm, limits, listen, log, node, peers, policies, proxy_protocol, raft, shutdown_grace, tls, upstream)`}},
 		{"unknown nested key", "limits:\n  heartbeet: 5s\n",
 			[]string{`c.yaml:2: limits.heartbeet: unknown key (known here: channel_max, frame_max, handshake_timeout, heartbeat, max_unconfirmed, upstream_heartbeat)`}},
 		{"admin unknown key", "log:\n  level: info\nadmin:\n  listen: 127.0.0.1:15680\n",

@@ -41,6 +41,9 @@ type GM struct {
 	Window uint32 `yaml:"window"`
 	// HeartbeatInterval is how often a node tells each peer it is alive.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// TLS is mutual TLS between the peers, beside or instead of Secret
+	// (tls.go).
+	TLS PeerTLS `yaml:"tls"`
 }
 
 // Raft tunes the view store.
@@ -152,8 +155,10 @@ func (v *validator) validateGroup() {
 		v.fail("node.name", "%q is not among the peers; list this node there too", c.Node.Name)
 	}
 	switch {
+	case c.GM.Secret == "" && c.GM.TLS.Set():
+		// Peers prove themselves with certificates (validateTLS).
 	case c.GM.Secret == "":
-		v.fail(v.setOne("gm.secret", "gm", "node.name"), "a node of a group needs gm.secret, the shared secret its peers prove (at least 16 bytes)")
+		v.fail(v.setOne("gm.secret", "gm", "node.name"), "a node of a group needs gm.secret, the shared secret its peers prove (at least 16 bytes), or gm.tls (mutual TLS), or both")
 	case len(c.GM.Secret) < 16:
 		v.fail("gm.secret", "is %d bytes; use at least 16", len(c.GM.Secret))
 	}

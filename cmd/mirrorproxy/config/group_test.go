@@ -78,7 +78,7 @@ func TestGroupErrors(t *testing.T) {
 		{"short secret", strings.Replace(ok, "sixteen bytes ok!", "short", 1),
 			[]string{`c.yaml:9: gm.secret: is 5 bytes; use at least 16`}},
 		{"no secret", strings.Replace(ok, "gm:\n  secret: sixteen bytes ok!\n", "", 1),
-			[]string{`c.yaml:2: node.name: a node of a group needs gm.secret, the shared secret its peers prove (at least 16 bytes)`}},
+			[]string{`c.yaml:2: node.name: a node of a group needs gm.secret, the shared secret its peers prove (at least 16 bytes), or gm.tls (mutual TLS), or both`}},
 		{"no broker user", strings.Replace(ok, "broker:\n  username: u\n", "", 1),
 			[]string{`c.yaml:2: node.name: a node of a group needs broker.username for its own broker connections`}},
 		{"lease not under failure timeout", ok + "raft:\n  failure_timeout: 1s\n  lease_duration: 1s\n",

@@ -61,6 +61,7 @@ func (c *Config) Validate() error {
 
 	v.validateGroup()
 	v.validateAdmin()
+	v.validateTLS()
 
 	return v.errs.orNil()
 }
