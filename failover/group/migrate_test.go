@@ -113,3 +113,89 @@ func TestSessionMovesWithTheMaster(t *testing.T) {
 	default:
 	}
 }
+
+// A session with publishes in flight moves too: the front sends the
+// unconfirmed ones again through the new master, which drops those it
+// stored already (the old master's op reached it). Every publish is
+// confirmed once, and the queue holds each message once.
+func TestUnconfirmedPublishesMoveAndAreStoredOnce(t *testing.T) {
+	moveSessions = true
+	defer func() { moveSessions = false }()
+	_, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	conn := dial(t, "amqp://guest:guest@"+s.clients[1]+"/")
+	pub := channel(t, conn)
+	if _, err := pub.QueueDeclare("ha.inflight", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	// A steady stream of publishes, never waiting for a confirm, while
+	// the master's sidecar dies under it: some are in flight at the
+	// kill, at every stage (sent, replicated, confirmed by the broker).
+	const total = 3000
+	dcs := make([]*amqp091.DeferredConfirmation, 0, total)
+	killed := false
+	for i := range total {
+		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, "", "ha.inflight", false, false,
+			amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("m-" + strconv.Itoa(i))})
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		dcs = append(dcs, dc)
+		if !killed && i >= total/3 && dcs[i/2].Acked() {
+			// Confirms flow: kill while the rest are on their way.
+			s.kill(t, 0)
+			killed = true
+		}
+	}
+	if !killed {
+		t.Fatal("no confirm arrived before the last publish: the failover did not happen mid-stream")
+	}
+	for i, dc := range dcs {
+		ok, err := dc.WaitContext(ctx)
+		if err != nil || !ok {
+			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
+		}
+	}
+	if conn.IsClosed() {
+		t.Fatal("the client's connection was closed by the failover")
+	}
+
+	// Drain: each message exactly once.
+	sub := channel(t, conn)
+	seen := make(map[string]int, total)
+	for len(seen) < total {
+		d, ok, err := sub.Get("ha.inflight", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		seen[string(d.Body)]++
+	}
+	var missing, twice []string
+	for i := range total {
+		switch n := seen["m-"+strconv.Itoa(i)]; {
+		case n == 0:
+			missing = append(missing, strconv.Itoa(i))
+		case n > 1:
+			twice = append(twice, strconv.Itoa(i))
+		}
+	}
+	if _, ok, _ := sub.Get("ha.inflight", true); ok {
+		twice = append(twice, "(more messages after all were seen)")
+	}
+	if len(missing) > 0 || len(twice) > 0 {
+		t.Fatalf("confirmed but missing: %v; stored twice: %v", missing, twice)
+	}
+	var dropped int64
+	for i := 1; i < 3; i++ {
+		dropped += s.groups[i].Deduplicated()
+	}
+	t.Logf("%d publishes confirmed and stored once; %d re-sent ones were dropped as stored already", total, dropped)
+}
