@@ -67,3 +67,13 @@ func (s *StoredKeys) Has(key uint64) bool {
 	_, ok := s.set[key]
 	return ok
 }
+
+// Len reports how many keys are remembered.
+func (s *StoredKeys) Len() int {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.set)
+}

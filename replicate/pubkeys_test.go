@@ -13,6 +13,9 @@ func TestStoredKeysRemembersTheNewest(t *testing.T) {
 			t.Fatalf("%d forgotten within the bound", k)
 		}
 	}
+	if s.Len() != 3 {
+		t.Fatalf("Len %d, want 3", s.Len())
+	}
 	s.Add(40) // past the bound: the oldest goes
 	if s.Has(10) || !s.Has(20) || !s.Has(40) {
 		t.Fatalf("after a fourth key: 10 %v, 20 %v, 40 %v", s.Has(10), s.Has(20), s.Has(40))

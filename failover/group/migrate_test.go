@@ -198,3 +198,89 @@ func TestUnconfirmedPublishesMoveAndAreStoredOnce(t *testing.T) {
 	}
 	t.Logf("%d publishes confirmed and stored once; %d re-sent ones were dropped as stored already", total, dropped)
 }
+
+// The case de-duplication exists for, made certain: a mirror's broker is
+// frozen, so the master withholds every confirm (an op is stable only when
+// every member applied it), while the other mirror — the front's own node —
+// applies the publishes. The master's sidecar dies then: every one of them
+// is sent again through the new master, which holds them all already.
+func TestResentPublishesTheNewMasterHoldsAreDropped(t *testing.T) {
+	moveSessions = true
+	defer func() { moveSessions = false }()
+	env, s := startGroup(t, policy(t, "ha-all", `^ha\.`, map[string]any{"ha-mode": "all"}))
+	conn := dial(t, "amqp://guest:guest@"+s.clients[1]+"/")
+	pub := channel(t, conn)
+	if _, err := pub.QueueDeclare("ha.resent", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, pub, "", "ha.resent", "warm-1", "warm-2")
+
+	if err := env.Nodes[2].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Nodes[2].Unpause(); err != nil {
+			t.Errorf("unpausing node 2's broker: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 50
+	base := s.groups[1].stored.Len()
+	var dcs []*amqp091.DeferredConfirmation
+	for i := range n {
+		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, "", "ha.resent", false, false,
+			amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("r-" + strconv.Itoa(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dcs = append(dcs, dc)
+	}
+	waitFor(t, "node 1 to store the publishes", 20*time.Second, func() bool { return s.groups[1].stored.Len() >= base+n })
+	confirmedEarly := 0
+	for _, dc := range dcs {
+		if dc.Acked() {
+			confirmedEarly++
+		}
+	}
+	s.kill(t, 0)
+
+	for i, dc := range dcs {
+		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
+		}
+	}
+	if conn.IsClosed() {
+		t.Fatal("the client's connection was closed by the failover")
+	}
+	sub := channel(t, conn)
+	seen := map[string]int{}
+	for {
+		d, ok, err := sub.Get("ha.resent", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		seen[string(d.Body)]++
+	}
+	for _, b := range []string{"warm-1", "warm-2"} {
+		if seen[b] != 1 {
+			t.Errorf("%s stored %d times, want once", b, seen[b])
+		}
+	}
+	for i := range n {
+		if b := "r-" + strconv.Itoa(i); seen[b] != 1 {
+			t.Errorf("%s stored %d times, want once", b, seen[b])
+		}
+	}
+	dropped := s.groups[1].Deduplicated() + s.groups[2].Deduplicated()
+	if want := int64(n - confirmedEarly); dropped < want {
+		t.Errorf("%d re-sent publishes dropped as stored already, want at least %d (%d confirmed before the kill)", dropped, want, confirmedEarly)
+	}
+	t.Logf("%d publishes unconfirmed at the kill (%d confirmed before it); %d re-sent ones dropped as stored already", n-confirmedEarly, confirmedEarly, dropped)
+}
