@@ -32,6 +32,17 @@ type replChannel struct {
 	lastTicket Ticket // the newest op this channel made
 	ids        []uint64
 
+	// A served leg's confirm-mode publish: its method frame waits for the
+	// header, whose front key says whether the message is stored already
+	// (pubMethod, pubOut); a dropped one's content is not forwarded
+	// (dropping), and skipped lists, ascending, the sequence numbers of
+	// the leg's publishes the broker never saw, so the broker's confirm
+	// numbers can be mapped back.
+	pubMethod, pubOut []byte
+	pubHeld           bool
+	dropping          bool
+	skipped           []uint64
+
 	// held is a delivery's method frame, held back until its header shows
 	// the message's id (it may need the redelivered flag); out is where
 	// the two are put together.
@@ -41,6 +52,7 @@ type replChannel struct {
 // pubAsm gathers a publish as it passes, to hand it over whole.
 type pubAsm struct {
 	id         uint64
+	key        uint64
 	exchange   []byte
 	routingKey []byte
 	mandatory  bool
@@ -168,19 +180,78 @@ func (s *sessionState) replPublish(ch *channelState, p []byte) error {
 }
 
 // replPublishHeader stamps the publish's content header and returns the
-// frame to send instead of f.
-func (s *sessionState) replPublishHeader(ch *channelState, f amqp.Frame) ([]byte, error) {
+// frame to send instead of f. With fromFront the header carries a front
+// stamp (the front's key), which becomes the x-mirror-id stamp. A nil
+// frame and no error: the publish is a re-sent one the node stored
+// already, dropped (see dropStored).
+func (s *sessionState) replPublishHeader(ch *channelState, f amqp.Frame, fromFront bool) ([]byte, error) {
 	a := &ch.r.asm
+	a.key = 0
 	var err error
-	a.header, err = amqp.AppendStampedHeader(a.header[:0], f.Payload, a.id)
-	if err != nil {
-		return nil, err
+	took := false
+	if fromFront {
+		a.header = append(a.header[:0], f.Payload...)
+		if a.key, took, err = amqp.TakeFrontKey(a.header, a.id); err != nil {
+			return nil, err
+		}
+	}
+	if !took {
+		if a.header, err = amqp.AppendStampedHeader(a.header[:0], f.Payload, a.id); err != nil {
+			return nil, err
+		}
+	}
+	if ch.r.pubHeld {
+		ch.r.pubHeld = false
+		if a.key != 0 && s.dedup.Stored(a.key) {
+			s.dropStored(ch)
+			return nil, nil
+		}
 	}
 	s.scratch = amqp.AppendFrame(s.scratch[:0], amqp.FrameHeader, f.Channel, a.header)
-	if ch.in.state == contentNone {
-		return s.scratch, s.replPublishDone(ch)
+	out := s.scratch
+	if len(ch.r.pubMethod) > 0 {
+		ch.r.pubOut = append(append(ch.r.pubOut[:0], ch.r.pubMethod...), s.scratch...)
+		ch.r.pubMethod = ch.r.pubMethod[:0]
+		out = ch.r.pubOut
 	}
-	return s.scratch, nil
+	if ch.in.state == contentNone {
+		return out, s.replPublishDone(ch)
+	}
+	return out, nil
+}
+
+// dropStored drops a publish a moved session sent again whose message
+// this node stored already (it applied the old master's op for it): the
+// broker never sees it, the client gets its confirm as soon as those
+// before it have theirs, and the broker's later confirm numbers skip it.
+func (s *sessionState) dropStored(ch *channelState) {
+	seq := ch.nextSeq - 1
+	ch.r.pubMethod = ch.r.pubMethod[:0]
+	ch.r.dropping = ch.in.state != contentNone
+	ch.r.skipped = append(ch.r.skipped, seq)
+	before := ch.unconfirmed.withheld
+	ch.unconfirmed.brokerConfirm(seq, false, false)
+	ch.unconfirmed.setTicket(seq, 0)
+	s.withheld.Add(int64(ch.unconfirmed.withheld - before))
+	if s.toClient != nil {
+		s.releaseToClient(ch)
+		s.flushClient = true
+	}
+	if s.deduped != nil {
+		s.deduped.Add(1)
+	}
+}
+
+// legSeq maps the broker's confirm number to the leg's, past the
+// publishes dropped as stored already.
+func (ch *channelState) legSeq(seq uint64) uint64 {
+	for _, d := range ch.r.skipped {
+		if d > seq {
+			break
+		}
+		seq++
+	}
+	return seq
 }
 
 func (s *sessionState) replPublishBody(ch *channelState, f amqp.Frame) error {
@@ -195,7 +266,7 @@ func (s *sessionState) replPublishBody(ch *channelState, f amqp.Frame) error {
 // transaction's commit).
 func (s *sessionState) replPublishDone(ch *channelState) error {
 	a := &ch.r.asm
-	p := Publish{Vhost: s.vhost, ID: a.id, Exchange: a.exchange, RoutingKey: a.routingKey, Mandatory: a.mandatory, Header: a.header, Body: a.body}
+	p := Publish{Vhost: s.vhost, ID: a.id, Exchange: a.exchange, RoutingKey: a.routingKey, Mandatory: a.mandatory, Header: a.header, Body: a.body, Key: a.key}
 	if ch.tx {
 		cp := p
 		cp.Exchange, cp.RoutingKey = clone(p.Exchange), clone(p.RoutingKey)

@@ -25,10 +25,11 @@ import (
 //   - delivery tags keep increasing: the channel's tagBase moves past the
 //     last tag the client saw, and acks of older tags (the old broker's
 //     deliveries, requeued there when the session left it) are dropped;
-//   - the new broker's confirm numbers are mapped back to the client's
-//     (unconfirmed publishes would be sent again in order; until the new
-//     master can drop the ones it already holds, a session with
-//     unconfirmed publishes is closed instead, see movableForMove);
+//   - unconfirmed publishes are sent again in order, with the front keys
+//     they were first sent with: the new master drops, and confirms, those
+//     it stored already (the old master's op reached it), so each is
+//     stored once; the new broker's confirm numbers are mapped back to the
+//     client's;
 //   - a synchronous method the client was waiting on is sent again.
 //
 // A session that cannot move (an open transaction, unconfirmed publishes
@@ -190,13 +191,8 @@ func (st *sessionState) movableForMove() string {
 		switch {
 		case ch.tx:
 			return "a transaction is open on channel " + itoa(int(ch.id))
-		case ch.confirm && ch.unconfirmed.pending() > 0:
-			// Sent again through the new master they would be stored a
-			// second time when the old master had replicated them: until
-			// the new master can drop those it holds (de-duplication by
-			// id, docs/FAILOVER.md), the client re-sends them itself and
-			// knows they may be duplicates.
-			return "publishes on channel " + itoa(int(ch.id)) + " are not confirmed yet (the client re-sends them)"
+		case ch.confirm && ch.unconfirmed.dropped:
+			return "unconfirmed publishes on channel " + itoa(int(ch.id)) + " exceed the replay bound"
 		case !ch.confirm && ch.in.state != contentNone:
 			return "a publish was half sent on channel " + itoa(int(ch.id))
 		}

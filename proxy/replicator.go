@@ -33,6 +33,15 @@ type Redeliverer interface {
 	MayHaveBeenDelivered(id uint64) bool
 }
 
+// Deduper is what a Replicator may also be: it remembers the front keys
+// (Publish.Key) of the publishes this node stored, as master or as a
+// mirror applying the master's stream, so that a publish a moved session
+// sends again is dropped, and confirmed, when the message is stored
+// already (docs/FAILOVER.md, "Publishes re-sent after a move").
+type Deduper interface {
+	Stored(key uint64) bool
+}
+
 // Ticket orders a replicator's ops; a ticket is stable when every member of
 // the view has durably applied its op and every op before it.
 type Ticket uint64
@@ -46,4 +55,8 @@ type Publish struct {
 	Mandatory  bool
 	Header     []byte // content-header payload, stamped
 	Body       []byte
+	// Key is the publish's front key: who sent it (the front's session,
+	// channel and confirm sequence number), the same when a moved session
+	// sends it again; 0 when the publisher did not ask for confirms.
+	Key uint64
 }

@@ -40,6 +40,7 @@ type Server struct {
 	nextID    atomic.Uint64
 	moved     atomic.Int64        // sessions moved to a new leg (Options.Resume)
 	cancels   atomic.Int64        // basic.cancel sent for x-cancel-on-ha-failover consumers
+	deduped   atomic.Int64        // re-sent publishes dropped as stored already
 	live      map[uint64]*session // for Outstanding and Stats; guarded by mu
 	stats     serverStats         // stats.go
 }
@@ -220,6 +221,10 @@ func (s *Server) Outstanding(vhost, queue string) []uint64 {
 // basic.cancel were sent to x-cancel-on-ha-failover consumers then.
 func (s *Server) Moved() (moves, cancels int64) { return s.moved.Load(), s.cancels.Load() }
 
+// Deduplicated reports how many publishes that moved sessions sent again
+// were dropped here because this node had stored them already.
+func (s *Server) Deduplicated() int64 { return s.deduped.Load() }
+
 // Sessions reports how many client sessions are open.
 func (s *Server) Sessions() int { return int(s.active.Load()) }
 
@@ -306,6 +311,11 @@ func (s *Server) startSession(c net.Conn, counted bool, tlsCfg *tls.Config) {
 	sess.leg.cond = sync.NewCond(&sess.leg.mu)
 	sess.client = c
 	sess.served = counted
+	sess.st.served, sess.st.deduped = counted, &s.deduped
+	if s.opts.Resume && !counted {
+		// This session may move: its publishes carry front keys.
+		sess.st.stampFront = true
+	}
 	if !counted {
 		s.sessions.Add(1)
 		s.stats.clientsTotal.Add(1)

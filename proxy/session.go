@@ -261,6 +261,9 @@ func (s *session) serve(ctx context.Context) {
 		if rd, ok := r.(Redeliverer); ok {
 			s.st.redeliver = rd.MayHaveBeenDelivered
 		}
+		if dd, ok := r.(Deduper); ok && s.served {
+			s.st.dedup = dd
+		}
 		s.st.mu.Unlock()
 		cancel := r.Watch(func(t Ticket) {
 			if s.st.onStable(t) {
@@ -365,6 +368,12 @@ func (s *session) forwardFromClient(f amqp.Frame, out *out) error {
 	fwd, err := s.st.fromClient(f)
 	if err != nil {
 		return s.clientFault(err)
+	}
+	if s.st.flushClient {
+		s.st.flushClient = false
+		if err := s.cout.flush(); err != nil {
+			return err
+		}
 	}
 	if !fwd {
 		return nil

@@ -62,6 +62,20 @@ type sessionState struct {
 	upRepl     bool
 	upCopy     bool // upOut is not in the reader's buffer: copy it
 
+	// Front keys (docs/FAILOVER.md, "Publishes re-sent after a move"):
+	// with stampFront, the session stamps each confirm-mode publish with
+	// a key of its own (random) and keeps the stamped frames for a replay; frontOut is the stamped
+	// header frame. served marks a leg another front opened here: its
+	// publishes carry the front's stamp, and dedup (the Replicator's
+	// Deduper) drops those stored already. flushClient asks the client
+	// pump to flush confirms it made up.
+	stampFront  bool
+	served      bool
+	frontOut    []byte
+	dedup       Deduper
+	deduped     *atomic.Int64 // the server's count of publishes dropped
+	flushClient bool
+
 	maxPending  int // bound on unconfirmed publish bytes per session
 	pendingSize int // bytes held in unconfirmed publishes
 	// withheld is the confirms held back from the client until their ops

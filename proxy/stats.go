@@ -43,6 +43,9 @@ type Stats struct {
 	// the basic.cancel sent then to x-cancel-on-ha-failover consumers, and
 	// Resent the unconfirmed publishes re-sent on the new leg.
 	Moved, Cancels, Resent uint64
+	// Deduplicated counts re-sent publishes this node's core dropped
+	// because the node had stored them already.
+	Deduplicated uint64
 	// ConfirmsWithheld is the publishes the master's broker confirmed
 	// whose confirm waits, now, for the ring to report them stable.
 	ConfirmsWithheld int64
@@ -133,6 +136,7 @@ func (s *Server) Stats() Stats {
 	out.Moved = uint64(s.moved.Load())
 	out.Cancels = uint64(s.cancels.Load())
 	out.Resent = s.stats.resent.Load()
+	out.Deduplicated = uint64(s.deduped.Load())
 	return out
 }
 

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"math/rand/v2"
+
 	"github.com/mirrorproxy/mirrorproxy/proxy/amqp"
 )
 
@@ -44,22 +46,7 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		}
 	}
 	if f.Type != amqp.FrameMethod {
-		raw := f.Raw
-		if s.repl != nil {
-			if f.Type == amqp.FrameHeader {
-				out, err := s.replPublishHeader(ch, f)
-				if err != nil {
-					return false, err
-				}
-				raw, s.clientOut, s.clientRepl = out, out, true
-			} else if err := s.replPublishBody(ch, f); err != nil {
-				return false, err
-			}
-		}
-		if ch.confirm {
-			s.pendingSize += ch.unconfirmed.add(raw, s.pendingSize+len(raw) <= s.maxPending)
-		}
-		return true, nil
+		return s.clientContent(ch, f)
 	}
 	key, ok := amqp.MethodKey(f.Payload)
 	if !ok {
@@ -79,6 +66,13 @@ func (s *sessionState) fromClient(f amqp.Frame) (bool, error) {
 		if s.repl != nil {
 			if err := s.replPublish(ch, f.Payload); err != nil {
 				return false, err
+			}
+			if s.dedup != nil && ch.confirm {
+				// A front's publish: its header says whether the
+				// message is stored here already (dropStored).
+				ch.r.pubMethod = append(ch.r.pubMethod[:0], f.Raw...)
+				ch.r.pubHeld = true
+				return false, nil
 			}
 		}
 	case amqp.BasicAckID, amqp.BasicNackID, amqp.BasicRejectID:
@@ -587,7 +581,7 @@ func peekDeliveryTag(key uint32, p []byte) (uint64, error) {
 // it releases (under mu, so confirms keep their order).
 func (s *sessionState) heldConfirm(ch *channelState, seq uint64, multiple, nack bool) error {
 	before := ch.unconfirmed.withheld
-	ch.unconfirmed.brokerConfirm(seq, multiple, nack)
+	ch.unconfirmed.brokerConfirm(ch.legSeq(seq), multiple, nack)
 	s.withheld.Add(int64(ch.unconfirmed.withheld - before))
 	s.releaseToClient(ch)
 	return nil
@@ -598,4 +592,67 @@ func (s *sessionState) releaseToClient(ch *channelState) {
 		return
 	}
 	s.toClient.build(func(b []byte) []byte { return s.release(b, ch) })
+}
+
+// clientContent tracks a content frame of a client's publish (its method
+// was tracked before): a front stamps the header with the publish's front
+// key, the master's core stamps its id and replicates the publish, and a
+// confirm-mode channel keeps the frames for a replay. It reports whether
+// to forward the frame (clientOut, when set, replaces it).
+func (s *sessionState) clientContent(ch *channelState, f amqp.Frame) (bool, error) {
+	raw, logged := f.Raw, f.Raw
+	stamped := false
+	if f.Type == amqp.FrameHeader && s.stampFront && ch.confirm {
+		var err error
+		p := f.Payload
+		key := frontKey()
+		b, off := amqp.BeginFrame(s.frontOut[:0], amqp.FrameHeader, f.Channel)
+		if b, err = amqp.AppendFrontStamp(b, p, key); err != nil {
+			return false, err
+		}
+		s.frontOut = amqp.EndFrame(b, off)
+		f.Raw, f.Payload = s.frontOut, s.frontOut[amqp.FrameHeaderSize:len(s.frontOut)-1]
+		raw, logged, stamped = f.Raw, f.Raw, true
+		s.clientOut, s.clientRepl = raw, true
+	}
+	fwd := true
+	if s.repl != nil {
+		if ch.r.dropping {
+			fwd = false
+			if ch.in.state == contentNone {
+				ch.r.dropping = false
+			}
+		} else if f.Type == amqp.FrameHeader {
+			out, err := s.replPublishHeader(ch, f, stamped || s.served)
+			if err != nil {
+				return false, err
+			}
+			if out == nil {
+				fwd, s.clientRepl = false, false
+			} else {
+				raw, s.clientOut, s.clientRepl = out, out, true
+				if !stamped {
+					logged = raw
+				}
+			}
+		} else if err := s.replPublishBody(ch, f); err != nil {
+			return false, err
+		}
+	}
+	if ch.confirm {
+		s.pendingSize += ch.unconfirmed.add(logged, s.pendingSize+len(logged) <= s.maxPending)
+	}
+	return fwd, nil
+}
+
+// frontKey returns a new front key: random, so that keys of different
+// sessions and nodes do not collide in any structured way (a false match
+// would drop a new publish; with 64 random bits the odds are the number
+// of keys sent again times the keys remembered, over 2^64); never 0.
+func frontKey() uint64 {
+	for {
+		if k := rand.Uint64(); k != 0 {
+			return k
+		}
+	}
 }

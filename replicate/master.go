@@ -49,6 +49,10 @@ type MasterConfig struct {
 	// waits until those it saw at its start are settled or back in the
 	// queue, because a mirror can only be given them from there.
 	Outstanding func(vhost, queue string) []uint64
+	// Stored is the node's set of front keys (NewStoredKeys), shared with
+	// its Mirror: the master adds its own publishes' keys and answers
+	// proxy.Deduper from it. Nil: no de-duplication.
+	Stored *StoredKeys
 	// Members is the view's membership when the master starts; SetMembers
 	// follows later views.
 	Members []Member
@@ -149,9 +153,15 @@ func (m *Master) propose(op *Op) (proxy.Ticket, error) {
 
 // Publish implements proxy.Replicator.
 func (m *Master) Publish(p proxy.Publish) (proxy.Ticket, error) {
-	return m.propose(&Op{Kind: OpPublish, Vhost: p.Vhost, ID: p.ID, Exchange: string(p.Exchange),
+	m.cfg.Stored.Add(p.Key)
+	return m.propose(&Op{Kind: OpPublish, Vhost: p.Vhost, ID: p.ID, Key: p.Key, Exchange: string(p.Exchange),
 		RoutingKey: string(p.RoutingKey), Mandatory: p.Mandatory, Header: p.Header, Body: p.Body})
 }
+
+// Stored implements proxy.Deduper: whether this node stored the publish
+// with front key key already, as master or applying an older master's
+// stream.
+func (m *Master) Stored(key uint64) bool { return m.cfg.Stored.Has(key) }
 
 // Settle implements proxy.Replicator.
 func (m *Master) Settle(vhost, queue string, ids []uint64, drop bool) (proxy.Ticket, error) {

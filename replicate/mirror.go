@@ -26,6 +26,10 @@ type MirrorConfig struct {
 	// replicated), and the mirror drops its copies of queues the new
 	// policies no longer place here.
 	Policies *Policies
+	// Stored is the node's set of front keys (NewStoredKeys), shared with
+	// the Master this node may become: the mirror adds the keys of the
+	// publishes it applies. Nil: none are remembered.
+	Stored *StoredKeys
 	// Logger receives the mirror's logs.
 	Logger zerolog.Logger
 	// MaxHeld bounds the copies a shadow consumer holds per queue; it is
@@ -178,6 +182,12 @@ func (m *Mirror) Apply(b []byte, done func(error)) {
 		m.log.Error().Err(err).Msg("mirror: cannot parse op")
 		done(err)
 		return
+	}
+	if op.Kind == OpPublish {
+		// Remembered whatever becomes of it here: a message the master
+		// published is in the group, and if this node is promoted, a
+		// moved session that sends it again must not store it twice.
+		m.cfg.Stored.Add(op.Key)
 	}
 	switch op.Kind {
 	case OpPolicy:

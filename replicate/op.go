@@ -77,7 +77,7 @@ func (k OpKind) String() string {
 
 // Op is one replicated change. Which fields are used depends on Kind:
 //
-//	Publish    Vhost ID Exchange RoutingKey Mandatory Header Body
+//	Publish    Vhost ID Key Exchange RoutingKey Mandatory Header Body
 //	Ack, Drop  Vhost Queue IDs
 //	Purge      Vhost Queue IDs (kept)
 //	Topology   Vhost Method
@@ -93,7 +93,9 @@ type Op struct {
 	Kind  OpKind
 	Vhost string
 	// ID is the message's x-mirror-id (epoch in the top 24 bits).
-	ID         uint64
+	ID uint64
+	// Key is a publish's front key (proxy.Publish.Key), 0 for none.
+	Key        uint64
 	Exchange   string
 	RoutingKey string
 	Mandatory  bool
@@ -114,6 +116,12 @@ type Op struct {
 	Data []byte
 }
 
+// The flags of a Publish op.
+const (
+	publishMandatory = 1 << 0
+	publishKeyed     = 1 << 1
+)
+
 // OpFormat is the format octet that starts every encoded op. A decoder
 // refuses any other, so a format change is a new number here and a
 // rolling-upgrade plan, never a silent reinterpretation.
@@ -131,7 +139,9 @@ const MaxOpIDs = 1 << 16
 //
 //	all kinds   vhost        u8 length + octets
 //	Publish     id           u64
-//	            flags        u8 (bit 0: mandatory; other bits zero)
+//	            flags        u8 (bit 0: mandatory; bit 1: a front key
+//	                         follows; other bits zero)
+//	            front key    u64, with flags bit 1
 //	            exchange     u8 length + octets
 //	            routing key  u8 length + octets
 //	            header       u32 length + octets
@@ -171,7 +181,17 @@ func AppendOp(dst []byte, op *Op) []byte {
 	switch op.Kind {
 	case OpPublish:
 		dst = binary.BigEndian.AppendUint64(dst, op.ID)
-		dst = appendFlag(dst, op.Mandatory)
+		flags := byte(0)
+		if op.Mandatory {
+			flags |= publishMandatory
+		}
+		if op.Key != 0 {
+			flags |= publishKeyed
+		}
+		dst = append(dst, flags)
+		if op.Key != 0 {
+			dst = binary.BigEndian.AppendUint64(dst, op.Key)
+		}
 		dst = appendShort(dst, op.Exchange)
 		dst = appendShort(dst, op.RoutingKey)
 		dst = appendLong(dst, op.Header)
@@ -287,7 +307,14 @@ func ParseOp(b []byte) (Op, error) {
 	switch kind {
 	case OpPublish:
 		op.ID = r.u64("id")
-		op.Mandatory = r.flag("mandatory")
+		flags := r.u8("flags")
+		if flags&^(publishMandatory|publishKeyed) != 0 {
+			r.fail("flags 0x%02x: only bits 0 (mandatory) and 1 (front key) are defined", flags)
+		}
+		op.Mandatory = flags&publishMandatory != 0
+		if flags&publishKeyed != 0 {
+			op.Key = r.u64("front key")
+		}
 		op.Exchange = r.short("exchange")
 		op.RoutingKey = r.short("routing key")
 		op.Header = r.long("header")

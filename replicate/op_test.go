@@ -21,6 +21,8 @@ func sampleOps() []Op {
 	return []Op{
 		{Kind: OpPublish, Vhost: "/", ID: 1<<40 | 7, Exchange: "ex", RoutingKey: "rk", Mandatory: true, Header: header, Body: []byte("hello")},
 		{Kind: OpPublish, Vhost: "", ID: 0, Header: []byte{}, Body: []byte{}},
+		{Kind: OpPublish, Vhost: "/", ID: 3, Key: 0xfeedface12345678, Exchange: "ex", Mandatory: true, Header: header, Body: []byte("keyed")},
+		{Kind: OpPublish, Vhost: "/", ID: 4, Key: 1, Header: header},
 		{Kind: OpPublish, Vhost: strings.Repeat("v", 255), ID: ^uint64(0), Exchange: strings.Repeat("e", 255), RoutingKey: strings.Repeat("r", 255), Header: header, Body: bytes.Repeat([]byte{0xce}, 70000)},
 		{Kind: OpAck, Vhost: "/", Queue: "q1", IDs: []uint64{3, 1, 2}},
 		{Kind: OpAck, Vhost: "/", Queue: "q1"},
@@ -111,9 +113,13 @@ func TestParseOpMalformed(t *testing.T) {
 		{"trailing", append(append([]byte{}, good...), 0), "1 octets after"},
 		{"flags", func() []byte {
 			b := append([]byte{}, good...)
-			b[2+2+8] = 2 // vhost "/" is 2 octets, then the id
+			b[2+2+8] = 4 // vhost "/" is 2 octets, then the id
 			return b
-		}(), "flags 0x02"},
+		}(), "flags 0x04"},
+		{"truncated front key", func() []byte {
+			b := append([]byte{}, good[:2+2+8]...)
+			return append(b, 2, 0, 0, 0) // keyed, then 3 octets of the key
+		}(), "front key"},
 		{"huge id count", []byte{OpFormat, byte(OpAck), 0, 0, 0xff, 0xff, 0xff, 0xff}, "at most"},
 		{"ids past end", append(ack[:len(ack)-16:len(ack)-16], make([]byte, 8)...), "2 ids need 16 octets, 8 left"},
 		{"huge body length", []byte{OpFormat, byte(OpTopology), 0, 0xff, 0xff, 0xff, 0xff}, "method needs 4294967295 octets"},

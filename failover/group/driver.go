@@ -246,7 +246,7 @@ func (g *Group) openCore(epoch uint64) {
 		m = g.apply.Promote(replicate.MasterConfig{
 			Ring: g.node, Epoch: epoch, Self: g.cfg.Self, BrokerURL: g.cfg.BrokerURL,
 			Policies: g.cfg.Policies, Members: members(v), Logger: g.log.With().Str("part", "master").Logger(),
-			HoldUnrecorded: true,
+			HoldUnrecorded: true, Stored: g.stored,
 			Outstanding: func(vhost, queue string) []uint64 {
 				g.roleMu.Lock()
 				srv := g.srv
@@ -388,7 +388,7 @@ func (g *Group) resync(inc uint64) {
 	}
 	old := g.mir
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
-		BrokerURL: g.cfg.BrokerURL, Mirrored: g.mirrored, Policies: g.cfg.Policies, Self: g.cfg.Self,
+		BrokerURL: g.cfg.BrokerURL, Mirrored: g.mirrored, Policies: g.cfg.Policies, Self: g.cfg.Self, Stored: g.stored,
 		Logger: g.log.With().Str("part", "mirror").Logger(),
 	})
 	if err != nil {

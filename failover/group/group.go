@@ -89,6 +89,9 @@ type Group struct {
 	svc   atomic.Pointer[failover.Service]
 	apply *replicate.Follower
 	mir   *replicate.Mirror
+	// stored is the node's front keys, shared by each Mirror and Master it
+	// runs, so a promoted node drops re-sent publishes it stored already.
+	stored *replicate.StoredKeys
 
 	// viewMaster is the master of the latest committed view, set before
 	// gm is given that view: gm's OnReset (on its own goroutine) reads it
@@ -163,8 +166,10 @@ func Start(cfg Config) (*Group, error) {
 	g.stoppedCtx, stopCtx = context.WithCancel(context.Background())
 	go func() { <-g.stopped; stopCtx() }()
 
+	g.stored = replicate.NewStoredKeys(0)
 	mir, err := replicate.NewMirror(context.Background(), replicate.MirrorConfig{
-		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Policies: cfg.Policies, Self: cfg.Self, Logger: log.With().Str("part", "mirror").Logger(),
+		BrokerURL: cfg.BrokerURL, Mirrored: g.mirrored, Policies: cfg.Policies, Self: cfg.Self, Stored: g.stored,
+		Logger: log.With().Str("part", "mirror").Logger(),
 	})
 	if err != nil {
 		closeListeners(cfg)
@@ -626,6 +631,18 @@ func (g *Group) stopServing() {
 	g.closed = true
 	g.roleMu.Unlock()
 	g.quitOnce.Do(func() { close(g.quit) })
+}
+
+// Deduplicated reports how many publishes that moved sessions sent again
+// this node dropped because it had stored them already.
+func (g *Group) Deduplicated() int64 {
+	g.roleMu.Lock()
+	srv := g.srv
+	g.roleMu.Unlock()
+	if srv == nil {
+		return 0
+	}
+	return srv.Deduplicated()
 }
 
 // Close stops everything the group started and waits for it: client

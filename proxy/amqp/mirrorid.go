@@ -60,10 +60,54 @@ func headersAt(p []byte) (flagsOff, at int, has bool, err error) {
 	return flagsOff, i, true, nil
 }
 
+// FrontKeyHeader is the header that carries a publish's front key from
+// the front that took it from the client to the master's core
+// (docs/FAILOVER.md, "Publishes re-sent after a move"). It has the stamp's
+// layout and length: the core turns it into the x-mirror-id stamp in place,
+// so no broker ever stores it.
+const FrontKeyHeader = "x-mirror-pk"
+
 // AppendStampedHeader appends to dst the content-header payload p with
 // x-mirror-id = id as the first field of its headers table. p must not
 // carry a stamp already.
 func AppendStampedHeader(dst, p []byte, id uint64) ([]byte, error) {
+	return appendStamp(dst, p, MirrorIDHeader, id)
+}
+
+// AppendFrontStamp appends to dst the content-header payload p with
+// x-mirror-pk = key as the first field of its headers table.
+func AppendFrontStamp(dst, p []byte, key uint64) ([]byte, error) {
+	return appendStamp(dst, p, FrontKeyHeader, key)
+}
+
+// TakeFrontKey turns a front stamp (x-mirror-pk, the first field of p's
+// headers table) into the x-mirror-id stamp with value id, in place, and
+// returns the front's key. Without a front stamp it changes nothing and
+// returns ok false.
+func TakeFrontKey(p []byte, id uint64) (key uint64, ok bool, err error) {
+	_, at, has, err := headersAt(p)
+	if err != nil || !has {
+		return 0, false, err
+	}
+	f := at + 4 // the first field
+	n := int(binary.BigEndian.Uint32(p[at:]))
+	if n < stampLen || p[f] != byte(len(FrontKeyHeader)) || string(p[f+1:f+1+len(FrontKeyHeader)]) != FrontKeyHeader {
+		return 0, false, nil
+	}
+	if tag := p[f+1+len(FrontKeyHeader)]; tag != 'l' && tag != addedTableTag {
+		return 0, false, nil
+	}
+	v := f + stampLen - 8
+	key = binary.BigEndian.Uint64(p[v:])
+	copy(p[f+1:], MirrorIDHeader)
+	binary.BigEndian.PutUint64(p[v:], id)
+	return key, true, nil
+}
+
+// appendStamp appends p with name = v as the first field of its headers
+// table (name is one of the two stamps, both stampLen long).
+func appendStamp(dst, p []byte, name string, v uint64) ([]byte, error) {
+	id := v
 	flagsOff, at, has, err := headersAt(p)
 	if err != nil {
 		return dst, err
@@ -81,8 +125,8 @@ func AppendStampedHeader(dst, p []byte, id uint64) ([]byte, error) {
 		binary.BigEndian.PutUint16(dst[start+flagsOff:], flags|FlagHeaders)
 		dst = binary.BigEndian.AppendUint32(dst, stampLen)
 	}
-	dst = append(dst, byte(len(MirrorIDHeader)))
-	dst = append(dst, MirrorIDHeader...)
+	dst = append(dst, byte(len(name)))
+	dst = append(dst, name...)
 	dst = append(dst, tag)
 	dst = binary.BigEndian.AppendUint64(dst, id)
 	return append(dst, p[at:]...), nil

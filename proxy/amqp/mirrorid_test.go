@@ -119,3 +119,60 @@ func TestStampLen(t *testing.T) {
 		t.Fatalf("stampLen %d does not match the header name", stampLen)
 	}
 }
+
+// A front stamp has the core stamp's layout: taking its key turns it into
+// the core's stamp in place, the same bytes AppendStampedHeader makes, and
+// stripping that gives back the publisher's header.
+func TestFrontStampBecomesTheMirrorIDStamp(t *testing.T) {
+	cases := map[string]Properties{
+		"no headers":                            {ContentType: "text/plain", DeliveryMode: 2},
+		"headers":                               {Headers: Table{{Key: "k", Value: "v"}}, Priority: 3},
+		"a client's own x-mirror-pk after ours": {Headers: Table{{Key: FrontKeyHeader, Value: int64(5)}}},
+	}
+	for name, props := range cases {
+		t.Run(name, func(t *testing.T) {
+			orig := AppendContentHeader(nil, 60, 10, &props)
+			front, err := AppendFrontStamp(nil, orig, 0x1122334455667788)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, h, err := DecodeContentHeader(front); err != nil || h.Headers[0].Key != FrontKeyHeader {
+				t.Fatalf("front-stamped header: %v %+v", err, h.Headers)
+			}
+			if _, ok, _ := PeekMirrorID(front); ok {
+				t.Fatal("a front stamp read as an x-mirror-id")
+			}
+			key, ok, err := TakeFrontKey(front, 77)
+			if err != nil || !ok || key != 0x1122334455667788 {
+				t.Fatalf("take: %x %v %v", key, ok, err)
+			}
+			want, _ := AppendStampedHeader(nil, orig, 77)
+			if !bytes.Equal(front, want) {
+				t.Fatalf("turned stamp differs from the core's:\n got %x\nwant %x", front, want)
+			}
+			out, id, ok, err := StripMirrorID(front)
+			if err != nil || !ok || id != 77 || !bytes.Equal(out, orig) {
+				t.Fatalf("strip after take: id %d ok %v err %v", id, ok, err)
+			}
+		})
+	}
+}
+
+// Only a front stamp in first place is taken: a header without one (or
+// with the client's own field of that name further in) is left alone.
+func TestTakeFrontKeyLeavesOtherHeadersAlone(t *testing.T) {
+	for name, props := range map[string]Properties{
+		"no headers":            {DeliveryMode: 2},
+		"other first":           {Headers: Table{{Key: "a", Value: int64(1)}, {Key: FrontKeyHeader, Value: int64(2)}}},
+		"x-mirror-pk of a type": {Headers: Table{{Key: FrontKeyHeader, Value: "text"}}},
+	} {
+		h := AppendContentHeader(nil, 60, 1, &props)
+		orig := append([]byte(nil), h...)
+		if _, ok, err := TakeFrontKey(h, 9); ok || err != nil || !bytes.Equal(h, orig) {
+			t.Fatalf("%s: ok=%v err=%v changed=%v", name, ok, err, !bytes.Equal(h, orig))
+		}
+	}
+	if _, _, err := TakeFrontKey([]byte{0, 60}, 1); err == nil {
+		t.Fatal("a truncated header gave no error")
+	}
+}

@@ -37,6 +37,7 @@ var (
 	dMoved          = desc("sessions_moved_total", "Client sessions moved to a new master's broker without closing the client's connection (raft.move_sessions).")
 	dCancels        = desc("consumer_cancels_sent_total", "basic.cancel sent to x-cancel-on-ha-failover consumers when their session moved.")
 	dResent         = desc("publishes_resent_total", "Unconfirmed publishes re-sent to the new master when a session moved.")
+	dDeduplicated   = desc("publishes_deduplicated_total", "Re-sent publishes this node dropped (and confirmed) because it had stored them already.")
 )
 
 // The ring.
@@ -114,7 +115,7 @@ func newCollector(cfg *Config) collector {
 }
 
 var allDescs = []*prometheus.Desc{
-	dSessions, dSessionsOpened, dFrames, dBytes, dBadInput, dWithheld, dMoved, dCancels, dResent,
+	dSessions, dSessionsOpened, dFrames, dBytes, dBadInput, dWithheld, dMoved, dCancels, dResent, dDeduplicated,
 	dProposed, dStable, dLatency, dInFlight, dWindow, dRingHeld, dLagOps, dLagSecs, dHeardSecs,
 	dQMessages, dQHeld, dQMirrors, dQSynced, dQLagOps, dQLagSecs, dQSyncing, dQSyncRatio, dQSyncCopied,
 	dEpoch, dMembers, dUnsynced, dMaster, dRole, dServing, dBroker, dRaftLeader, dRaftIsLeader, dRaftTerm, dLease,
@@ -266,6 +267,7 @@ func collectFront(s proxy.Stats, gauge, counter func(*prometheus.Desc, float64, 
 	counter(dMoved, float64(s.Moved))
 	counter(dCancels, float64(s.Cancels))
 	counter(dResent, float64(s.Resent))
+	counter(dDeduplicated, float64(s.Deduplicated))
 }
 
 func collectRing(rs gm.Stats, ch chan<- prometheus.Metric, gauge, counter func(*prometheus.Desc, float64, ...string)) {

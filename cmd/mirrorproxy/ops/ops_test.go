@@ -94,7 +94,7 @@ func TestCollectorFront(t *testing.T) {
 		ClientTraffic: proxy.Traffic{FramesFromClient: 10, BytesFromClient: 1000, FramesToClient: 20, BytesToClient: 2000},
 		LegTraffic:    proxy.Traffic{FramesFromClient: 1, BytesFromClient: 100, FramesToClient: 2, BytesToClient: 200},
 		BadInput:      map[string]uint64{"501": 2, proxy.BadInputProtocolHeader: 1},
-		Moved:         4, Cancels: 1, Resent: 7, ConfirmsWithheld: 3,
+		Moved:         4, Cancels: 1, Resent: 7, Deduplicated: 5, ConfirmsWithheld: 3,
 	}
 	c := collector{version: "v9", front: func() (proxy.Stats, bool) { return st, true }}
 	mfs := scrape(t, c)
@@ -112,6 +112,7 @@ func TestCollectorFront(t *testing.T) {
 	mustValue(t, mfs, 4, "mirrorproxy_sessions_moved_total")
 	mustValue(t, mfs, 1, "mirrorproxy_consumer_cancels_sent_total")
 	mustValue(t, mfs, 7, "mirrorproxy_publishes_resent_total")
+	mustValue(t, mfs, 5, "mirrorproxy_publishes_deduplicated_total")
 	mustValue(t, mfs, 3, "mirrorproxy_confirms_withheld")
 	if _, ok := mfs["mirrorproxy_view_epoch"]; ok {
 		t.Error("a plain sidecar reports a view epoch")
