@@ -121,7 +121,7 @@ func TestNodeStats(t *testing.T) {
 	}
 	// A closed node answers no more.
 	sender.Close()
-	if _, err := sender.Stats(ctx); err != ErrClosed {
+	if _, err := sender.Stats(ctx); !errors.Is(err, ErrClosed) {
 		t.Errorf("Stats after Close: %v, want ErrClosed", err)
 	}
 }

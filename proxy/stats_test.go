@@ -51,7 +51,7 @@ func TestStatsCountSessionsTrafficAndBadInput(t *testing.T) {
 	// Not AMQP at all.
 	rc := dialRaw(t, p.Addr)
 	rc.send([]byte("GET / HTTP/1.1\r\n\r\n"))
-	io.ReadAll(rc.conn)
+	_, _ = io.ReadAll(rc.conn)
 	eventually(t, 5*time.Second, "the bad sessions are counted", func() bool {
 		b := p.Stats().BadInput
 		return b["505"] == 1 && b["501"] == 1 && b[proxy.BadInputProtocolHeader] == 1

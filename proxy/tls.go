@@ -63,9 +63,9 @@ func (s *session) tlsHandshake(ctx context.Context, tc *tls.Conn) bool {
 	}
 	tc.Close()
 	reason, quiet := tlsRefusal(err)
-	ev := s.log.Warn()
+	ev := s.log.Warn() //nolint:zerologlint // sent with Msg below
 	if quiet {
-		ev = s.log.Debug()
+		ev = s.log.Debug() //nolint:zerologlint // sent with Msg below
 	}
 	addCertFields(ev, err).Err(err).Msg("refused a TLS client: " + reason)
 	return false

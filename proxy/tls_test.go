@@ -168,7 +168,7 @@ func TestTLSHandshakeRefusals(t *testing.T) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write([]byte("AMQP\x00\x00\x09\x01"))
+		_, _ = c.Write([]byte("AMQP\x00\x00\x09\x01"))
 		answer, err := io.ReadAll(c)
 		if err != nil {
 			t.Fatalf("reading the answer: %v (want the alert, then the end)", err)

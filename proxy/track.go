@@ -600,7 +600,7 @@ func (s *sessionState) releaseToClient(ch *channelState) {
 // confirm-mode channel keeps the frames for a replay. It reports whether
 // to forward the frame (clientOut, when set, replaces it).
 func (s *sessionState) clientContent(ch *channelState, f amqp.Frame) (bool, error) {
-	raw, logged := f.Raw, f.Raw
+	logged := f.Raw
 	stamped := false
 	if f.Type == amqp.FrameHeader && s.stampFront && ch.confirm {
 		var err error
@@ -612,8 +612,8 @@ func (s *sessionState) clientContent(ch *channelState, f amqp.Frame) (bool, erro
 		}
 		s.frontOut = amqp.EndFrame(b, off)
 		f.Raw, f.Payload = s.frontOut, s.frontOut[amqp.FrameHeaderSize:len(s.frontOut)-1]
-		raw, logged, stamped = f.Raw, f.Raw, true
-		s.clientOut, s.clientRepl = raw, true
+		logged, stamped = f.Raw, true
+		s.clientOut, s.clientRepl = f.Raw, true
 	}
 	fwd := true
 	if s.repl != nil {
@@ -630,9 +630,9 @@ func (s *sessionState) clientContent(ch *channelState, f amqp.Frame) (bool, erro
 			if out == nil {
 				fwd, s.clientRepl = false, false
 			} else {
-				raw, s.clientOut, s.clientRepl = out, out, true
+				s.clientOut, s.clientRepl = out, true
 				if !stamped {
-					logged = raw
+					logged = out
 				}
 			}
 		} else if err := s.replPublishBody(ch, f); err != nil {

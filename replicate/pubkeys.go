@@ -26,13 +26,13 @@ type StoredKeys struct {
 	full bool
 }
 
-// NewStoredKeys returns a set that remembers the newest max keys
+// NewStoredKeys returns a set that remembers the newest bound keys
 // (DefaultStoredKeys when max <= 0).
-func NewStoredKeys(max int) *StoredKeys {
-	if max <= 0 {
-		max = DefaultStoredKeys
+func NewStoredKeys(bound int) *StoredKeys {
+	if bound <= 0 {
+		bound = DefaultStoredKeys
 	}
-	return &StoredKeys{set: make(map[uint64]struct{}, max), ring: make([]uint64, max)}
+	return &StoredKeys{set: make(map[uint64]struct{}, bound), ring: make([]uint64, bound)}
 }
 
 // Add remembers key (0, no key, is ignored); past the bound the oldest key

@@ -28,7 +28,7 @@ func TestCtlStatus(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		json.NewEncoder(w).Encode(st)
+		_ = json.NewEncoder(w).Encode(st)
 	}))
 	defer srv.Close()
 	code, out, errs := runCLI("ctl", "--admin", srv.URL, "status")

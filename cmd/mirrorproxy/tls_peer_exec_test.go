@@ -93,9 +93,9 @@ admin:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	intruder.cmd.Process.Kill()
+	_ = intruder.cmd.Process.Kill()
 	<-intruder.done
-	<-intruder.exited
+	<-intruder.exited //nolint:errcheck // killed on purpose: its exit error says so
 
 	// The same node with a certificate of the group's CA joins.
 	n2 := launchNode(t, a[2].tls, "--config", config(2, good2))

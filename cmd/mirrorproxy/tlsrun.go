@@ -176,11 +176,11 @@ type bothListeners struct {
 func (b bothListeners) Serve(ln net.Listener) error {
 	errs := make(chan error, 2)
 	go func() { errs <- b.tlsServer.Serve(ln) }()
-	go func() { errs <- b.tlsServer.ServeTLS(b.tln, b.cfg) }()
+	go func() { errs <- b.ServeTLS(b.tln, b.cfg) }()
 	first := <-errs
 	if !errors.Is(first, proxy.ErrServerClosed) {
-		_ = b.tlsServer.Close()
+		_ = b.Close()
 	}
-	<-errs
+	<-errs //nolint:errcheck // the first listener's error is the one returned; this waits for the other
 	return first
 }

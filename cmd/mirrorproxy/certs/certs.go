@@ -169,7 +169,7 @@ func firstCert(data []byte) (*x509.Certificate, error) {
 		if b.Type == "CERTIFICATE" {
 			c, err := x509.ParseCertificate(b.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("certificate does not parse: %v", err)
+				return nil, fmt.Errorf("certificate does not parse: %w", err)
 			}
 			return c, nil
 		}
@@ -194,7 +194,7 @@ func loadPool(path string) (*x509.CertPool, error) {
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%q: certificate %d does not parse: %v", path, n+1, err)
+			return nil, fmt.Errorf("%q: certificate %d does not parse: %w", path, n+1, err)
 		}
 		pool.AddCert(c)
 		n++
@@ -264,7 +264,7 @@ func (s *Store) reloadLocked(why string) error {
 }
 
 func (s *Store) logLoaded(m *Material, msg string) {
-	ev := s.log.Info()
+	ev := s.log.Info() //nolint:zerologlint // sent with Msg below
 	if m.Leaf != nil {
 		ev = ev.Str("subject", m.Leaf.Subject.String()).Str("serial", m.Leaf.SerialNumber.String()).
 			Time("not_after", m.Leaf.NotAfter)

@@ -92,17 +92,17 @@ func served(t *testing.T, srvCfg, cliCfg *tls.Config) (string, error) {
 	errc := make(chan error, 1)
 	go func() {
 		s := tls.Server(b, srvCfg)
-		s.SetDeadline(time.Now().Add(5 * time.Second))
+		_ = s.SetDeadline(time.Now().Add(5 * time.Second))
 		errc <- s.Handshake()
 		s.Close()
 	}()
 	c := tls.Client(a, cliCfg)
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	err = c.Handshake()
 	if err == nil {
 		// Under TLS 1.3 the server judges the client's certificate after
 		// the client's handshake returned: wait for the server's verdict.
-		c.Write([]byte{0})
+		_, _ = c.Write([]byte{0})
 	}
 	serr := <-errc
 	if err != nil {

@@ -253,14 +253,14 @@ func TestPlainSidecarEndpoints(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(cln) }()
-	defer func() { srv.Close(); <-served }()
+	defer func() { srv.Close(); <-served }() //nolint:errcheck // the served error is ErrServerClosed, not under test here
 	// Not AMQP: counted as bad input before the broker is dialled.
 	c, err := net.Dial("tcp", cln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
-	io.ReadAll(c)
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	_, _ = io.ReadAll(c)
 	c.Close()
 
 	h := NewHandler(Config{Front: srv, Upstream: broker.Addr().String(), Version: "test", Logger: zerolog.Nop()}, nil)
