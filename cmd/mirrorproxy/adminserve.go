@@ -56,23 +56,7 @@ func (b brokerMessages) Messages(ctx context.Context, vhost, queue string) (int,
 	if b.isMaster != nil && !b.isMaster() {
 		return 0, fmt.Errorf("this node is a mirror: ask the master's admin API")
 	}
-	u, err := url.Parse(b.url)
-	if err != nil {
-		return 0, fmt.Errorf("broker URL: %w", err)
-	}
-	u.Path = "/" + vhost
-	u.RawPath = "/" + url.PathEscape(vhost)
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	conn, err := amqp091.DialConfig(u.String(), amqp091.Config{
-		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: timeout}
-			return d.DialContext(ctx, network, addr)
-		},
-		Properties: amqp091.Table{"connection_name": "mirrorproxy admin status"},
-	})
+	conn, err := dialVhost(ctx, b.url, vhost, "mirrorproxy admin status", 10*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("connecting to the broker for queue %q: %w", queue, err)
 	}
@@ -111,4 +95,25 @@ func startAdmin(cfg *config.Config, g *group.Group, policies *replicate.Policies
 	}
 	log.Info().Str("listen", ln.Addr().String()).Bool("changes", cfg.Admin.Token != "").Msg("admin API listening")
 	return admin.Start(ln, withOps(cfg, g, h, log), log), nil
+}
+
+// dialVhost opens a connection of the sidecar's own to vhost on the broker
+// at brokerURL (amqp://user:pass@host:port/, the vhost replaced), named
+// name, within ctx's deadline or else timeout.
+func dialVhost(ctx context.Context, brokerURL, vhost, name string, timeout time.Duration) (*amqp091.Connection, error) {
+	u, err := url.Parse(brokerURL)
+	if err != nil {
+		return nil, fmt.Errorf("broker URL: %w", err)
+	}
+	u.Path, u.RawPath = "/"+vhost, "/"+url.PathEscape(vhost)
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return amqp091.DialConfig(u.String(), amqp091.Config{
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: timeout}
+			return d.DialContext(ctx, network, addr)
+		},
+		Properties: amqp091.Table{"connection_name": name},
+	})
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -55,22 +54,7 @@ func (b brokerMessages) countAll(ctx context.Context, queues []ops.QueueRef) map
 		byVhost[q.Vhost] = append(byVhost[q.Vhost], q.Name)
 	}
 	for vhost, names := range byVhost {
-		u, err := url.Parse(b.url)
-		if err != nil {
-			return out
-		}
-		u.Path, u.RawPath = "/"+vhost, "/"+url.PathEscape(vhost)
-		timeout := 5 * time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			timeout = time.Until(dl)
-		}
-		conn, err := amqp091.DialConfig(u.String(), amqp091.Config{
-			Dial: func(network, addr string) (net.Conn, error) {
-				d := net.Dialer{Timeout: timeout}
-				return d.DialContext(ctx, network, addr)
-			},
-			Properties: amqp091.Table{"connection_name": "mirrorproxy metrics"},
-		})
+		conn, err := dialVhost(ctx, b.url, vhost, "mirrorproxy metrics", 5*time.Second)
 		if err != nil {
 			continue
 		}
